@@ -1,0 +1,43 @@
+"""dbresilience: keep database-backed services answering when their database misbehaves.
+
+::
+
+    import dbresilience as dbr
+
+    @dbr.with_retry(attempts=3, deadline=8.0)
+    def load_user(user_id: int) -> tuple[int, float, bool] | None: ...
+
+    try:
+        load_user(42)
+    except Exception as exc:
+        c = dbr.classify(exc)          # c.code == "P1001", c.retryable, c.http_status == 503
+
+The public surface is this module's ``__all__``; everything in ``dbresilience._*`` is private.
+"""
+
+from __future__ import annotations
+
+from dbresilience._backoff import Backoff
+from dbresilience._classify import Classification, ErrorKind, classify
+from dbresilience._deadline import Deadline
+from dbresilience._errors import DBResilienceError
+from dbresilience._events import RetryDetails, RetryHook, log_retry
+from dbresilience._retry import RetryPolicy, testing, with_retry, withRetry
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Backoff",
+    "Classification",
+    "DBResilienceError",
+    "Deadline",
+    "ErrorKind",
+    "RetryDetails",
+    "RetryHook",
+    "RetryPolicy",
+    "classify",
+    "log_retry",
+    "testing",
+    "withRetry",
+    "with_retry",
+]

@@ -1,0 +1,435 @@
+"""Error classification: what went wrong, whether retrying can help, and what to answer.
+
+The order of evidence is fixed: the library's own errors first (they know what they are), then
+the SQLSTATE anywhere in the chain, then the exception class, then the message text, then the
+state of the connection the error came from. The chain is the exception, SQLAlchemy's ``.orig``,
+``__cause__`` and ``__context__``, walked breadth-first and cycle-safe.
+
+Nothing here imports an optional dependency: SQLAlchemy and redis-py exceptions are recognised by
+module and class name, so classifying costs no import and works whichever versions are installed.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import psycopg_pool
+
+__all__ = ["Classification", "ErrorKind", "classify"]
+
+_MAX_CHAIN = 16
+
+
+class ErrorKind(enum.Enum):
+    """What kind of failure an exception is; :func:`classify` returns one in ``.kind``."""
+
+    # reaching the server
+    UNREACHABLE = "unreachable"
+    CONNECT_TIMEOUT = "connect_timeout"
+    AUTH_FAILED = "auth_failed"
+    DATABASE_MISSING = "database_missing"
+    ACCESS_DENIED = "access_denied"
+    TLS_ERROR = "tls_error"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    # a connection that was open
+    CONNECTION_LOST = "connection_lost"
+    CONNECTION_CLOSED = "connection_closed"
+    IDLE_TIMEOUT = "idle_timeout"
+    READ_ONLY = "read_only"
+    # pools and deadlines
+    POOL_TIMEOUT = "pool_timeout"
+    QUERY_TIMEOUT = "query_timeout"
+    # transactions
+    SERIALIZATION_FAILURE = "serialization_failure"
+    DEADLOCK = "deadlock"
+    LOCK_NOT_AVAILABLE = "lock_not_available"
+    COMPLETION_UNKNOWN = "completion_unknown"
+    INSUFFICIENT_RESOURCES = "insufficient_resources"
+    # the request itself is wrong
+    UNIQUE_VIOLATION = "unique_violation"
+    FOREIGN_KEY_VIOLATION = "foreign_key_violation"
+    NOT_NULL_VIOLATION = "not_null_violation"
+    CONSTRAINT_VIOLATION = "constraint_violation"
+    VALUE_TOO_LONG = "value_too_long"
+    INVALID_DATA = "invalid_data"
+    TABLE_MISSING = "table_missing"
+    COLUMN_MISSING = "column_missing"
+    SYNTAX_ERROR = "syntax_error"
+    QUERY_ERROR = "query_error"
+    # the server itself
+    SERVER_ERROR = "server_error"
+    # Redis
+    REDIS_UNAVAILABLE = "redis_unavailable"
+    REDIS_TIMEOUT = "redis_timeout"
+    REDIS_AUTH_FAILED = "redis_auth_failed"
+    # everything else
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    code: str
+    retryable: bool
+    commit_unknown: bool
+    http_status: int
+    retry_after: float | None
+
+
+_K = ErrorKind
+# One row per kind: code, retryable, commit_unknown, HTTP status, suggested Retry-After (s).
+# Every kind a client may retry later answers 503 with a Retry-After, even where retrying
+# *inside* the call is off by default (a query timeout: the next request may well succeed).
+_SPECS: dict[ErrorKind, _Spec] = {
+    _K.UNREACHABLE: _Spec("P1001", True, False, 503, 1.0),
+    _K.CONNECT_TIMEOUT: _Spec("P1002", True, False, 503, 1.0),
+    _K.AUTH_FAILED: _Spec("P1000", False, False, 500, None),
+    _K.DATABASE_MISSING: _Spec("P1003", False, False, 500, None),
+    _K.ACCESS_DENIED: _Spec("P1010", False, False, 500, None),
+    _K.TLS_ERROR: _Spec("P1011", False, False, 500, None),
+    _K.TOO_MANY_CONNECTIONS: _Spec("P2037", True, False, 503, 2.0),
+    _K.CONNECTION_LOST: _Spec("P1017", True, True, 503, 1.0),
+    _K.CONNECTION_CLOSED: _Spec("P1017", True, False, 503, 1.0),
+    _K.IDLE_TIMEOUT: _Spec("P1017", True, False, 503, 1.0),
+    _K.READ_ONLY: _Spec("DBR1004", True, False, 503, 2.0),
+    _K.POOL_TIMEOUT: _Spec("P2024", True, False, 503, 1.0),
+    _K.QUERY_TIMEOUT: _Spec("P1008", False, False, 503, 2.0),
+    _K.SERIALIZATION_FAILURE: _Spec("P2034", True, False, 503, 1.0),
+    _K.DEADLOCK: _Spec("P2034", True, False, 503, 1.0),
+    _K.LOCK_NOT_AVAILABLE: _Spec("DBR2001", True, False, 503, 1.0),
+    _K.COMPLETION_UNKNOWN: _Spec("DBR2002", True, True, 503, 1.0),
+    _K.INSUFFICIENT_RESOURCES: _Spec("DBR2003", False, False, 503, 5.0),
+    _K.UNIQUE_VIOLATION: _Spec("P2002", False, False, 409, None),
+    _K.FOREIGN_KEY_VIOLATION: _Spec("P2003", False, False, 409, None),
+    _K.NOT_NULL_VIOLATION: _Spec("P2011", False, False, 400, None),
+    _K.CONSTRAINT_VIOLATION: _Spec("P2004", False, False, 400, None),
+    _K.VALUE_TOO_LONG: _Spec("P2000", False, False, 400, None),
+    _K.INVALID_DATA: _Spec("P2007", False, False, 400, None),
+    _K.TABLE_MISSING: _Spec("P2021", False, False, 500, None),
+    _K.COLUMN_MISSING: _Spec("P2022", False, False, 500, None),
+    _K.SYNTAX_ERROR: _Spec("P2010", False, False, 500, None),
+    _K.QUERY_ERROR: _Spec("P2010", False, False, 500, None),
+    _K.SERVER_ERROR: _Spec("DBR2999", False, False, 500, None),
+    _K.REDIS_UNAVAILABLE: _Spec("DBR3001", True, False, 503, 1.0),
+    _K.REDIS_TIMEOUT: _Spec("DBR3002", True, False, 503, 1.0),
+    _K.REDIS_AUTH_FAILED: _Spec("DBR3003", False, False, 500, None),
+    _K.CANCELLED: _Spec("DBR9001", False, False, 499, None),
+    _K.UNKNOWN: _Spec("DBR9000", False, False, 500, None),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """What :func:`classify` found out about an exception.
+
+    ``retryable`` says whether running the same operation again can help; ``commit_unknown``
+    says that a write may or may not have been applied (the connection was lost mid-write or
+    during COMMIT), so only idempotent work should be re-run. ``http_status`` and
+    ``retry_after`` (seconds, or ``None``) are what a web service should answer. ``reason``
+    says which piece of evidence decided, e.g. ``"sqlstate 57P01"`` or ``"class PoolTimeout"``.
+    """
+
+    kind: ErrorKind
+    code: str
+    retryable: bool
+    commit_unknown: bool
+    http_status: int
+    retry_after: float | None
+    sqlstate: str | None
+    reason: str
+
+    @property
+    def transient(self) -> bool:
+        """True when the trouble is expected to pass (HTTP 503): retry now or a little later."""
+        return self.http_status == 503
+
+
+def _make(kind: ErrorKind, sqlstate: str | None, reason: str) -> Classification:
+    spec = _SPECS[kind]
+    return Classification(
+        kind=kind,
+        code=spec.code,
+        retryable=spec.retryable,
+        commit_unknown=spec.commit_unknown,
+        http_status=spec.http_status,
+        retry_after=spec.retry_after,
+        sqlstate=sqlstate,
+        reason=reason,
+    )
+
+
+# --- SQLSTATE ---------------------------------------------------------------------------------
+
+_SQLSTATE_EXACT: dict[str, ErrorKind] = {
+    "57P03": _K.UNREACHABLE,  # cannot_connect_now: starting up, shutting down, in recovery
+    "57P01": _K.CONNECTION_LOST,  # admin_shutdown (pg_terminate_backend, fast shutdown)
+    "57P02": _K.CONNECTION_LOST,  # crash_shutdown
+    "57P04": _K.CONNECTION_LOST,  # database_dropped
+    "57P05": _K.IDLE_TIMEOUT,  # idle_session_timeout: nothing was in flight
+    "25P03": _K.IDLE_TIMEOUT,  # idle_in_transaction_session_timeout: transaction rolled back
+    "57014": _K.QUERY_TIMEOUT,  # query_canceled (statement_timeout or a cancel request)
+    "40001": _K.SERIALIZATION_FAILURE,
+    "40P01": _K.DEADLOCK,
+    "40003": _K.COMPLETION_UNKNOWN,  # statement_completion_unknown
+    "55P03": _K.LOCK_NOT_AVAILABLE,  # lock_timeout, NOWAIT
+    "25006": _K.READ_ONLY,  # read_only_sql_transaction: a standby after failover
+    "53300": _K.TOO_MANY_CONNECTIONS,
+    "28P01": _K.AUTH_FAILED,
+    "28000": _K.AUTH_FAILED,
+    "3D000": _K.DATABASE_MISSING,
+    "42501": _K.ACCESS_DENIED,
+    "23505": _K.UNIQUE_VIOLATION,
+    "23503": _K.FOREIGN_KEY_VIOLATION,
+    "23502": _K.NOT_NULL_VIOLATION,
+    "22001": _K.VALUE_TOO_LONG,
+    "42P01": _K.TABLE_MISSING,
+    "42703": _K.COLUMN_MISSING,
+    "42601": _K.SYNTAX_ERROR,
+    "08001": _K.UNREACHABLE,  # sqlclient_unable_to_establish_sqlconnection
+    "08004": _K.UNREACHABLE,  # sqlserver_rejected_establishment_of_sqlconnection
+    "08007": _K.CONNECTION_LOST,  # transaction_resolution_unknown
+}
+
+# By the two-character SQLSTATE class, for codes not listed above.
+_SQLSTATE_CLASS: dict[str, ErrorKind] = {
+    "08": _K.CONNECTION_LOST,  # connection exception
+    "22": _K.INVALID_DATA,  # data exception
+    "23": _K.CONSTRAINT_VIOLATION,  # integrity constraint violation
+    "42": _K.QUERY_ERROR,  # syntax error or access rule violation
+    "0A": _K.QUERY_ERROR,  # feature not supported
+    "21": _K.INVALID_DATA,  # cardinality violation
+    "44": _K.CONSTRAINT_VIOLATION,  # with check option violation
+    "53": _K.INSUFFICIENT_RESOURCES,
+    "54": _K.QUERY_ERROR,  # program limit exceeded
+    "58": _K.SERVER_ERROR,  # system error (I/O)
+    "XX": _K.SERVER_ERROR,  # internal error
+    "F0": _K.SERVER_ERROR,  # configuration file error
+    "25": _K.QUERY_ERROR,  # invalid transaction state
+    "2B": _K.QUERY_ERROR,
+    "2D": _K.QUERY_ERROR,
+    "34": _K.QUERY_ERROR,  # invalid cursor name
+    "3F": _K.QUERY_ERROR,  # invalid schema name
+    "P0": _K.QUERY_ERROR,  # PL/pgSQL raise
+    "HV": _K.SERVER_ERROR,  # foreign data wrapper
+}
+
+# PgBouncer answers with 08P01 and a text that says what really happened.
+_PGBOUNCER_08P01: tuple[tuple[str, ErrorKind], ...] = (
+    ("query_wait_timeout", _K.POOL_TIMEOUT),
+    ("no more connections allowed", _K.TOO_MANY_CONNECTIONS),
+    ("pgbouncer cannot connect to server", _K.UNREACHABLE),
+    ("server login has been failing", _K.UNREACHABLE),
+)
+
+_SQLSTATE_RE = re.compile(r"^[0-9A-Z]{5}$")
+
+
+def _sqlstate_of(exc: BaseException) -> str | None:
+    # psycopg 3 and asyncpg: .sqlstate; psycopg2: .pgcode
+    for attr in ("sqlstate", "pgcode"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, str) and _SQLSTATE_RE.match(value):
+            return value
+    return None
+
+
+def _by_sqlstate(sqlstate: str, exc: BaseException) -> Classification:
+    reason = f"sqlstate {sqlstate}"
+    if sqlstate == "08P01":
+        text = _message_of(exc).lower()
+        for needle, kind in _PGBOUNCER_08P01:
+            if needle in text:
+                return _make(kind, sqlstate, f"{reason} ({needle})")
+    kind = _SQLSTATE_EXACT.get(sqlstate) or _SQLSTATE_CLASS.get(sqlstate[:2], _K.SERVER_ERROR)
+    return _make(kind, sqlstate, reason)
+
+
+# --- exception classes ------------------------------------------------------------------------
+
+
+def _mro_names(exc: BaseException, module_prefix: str) -> list[str]:
+    return [c.__name__ for c in type(exc).__mro__ if c.__module__.startswith(module_prefix)]
+
+
+def _by_class(exc: BaseException) -> ErrorKind | None:
+    if isinstance(exc, psycopg_pool.TooManyRequests | psycopg_pool.PoolTimeout):
+        return _K.POOL_TIMEOUT
+    if isinstance(exc, psycopg.errors.ConnectionTimeout):
+        return _K.CONNECT_TIMEOUT
+    if isinstance(exc, psycopg.errors.CancellationTimeout):
+        return _K.QUERY_TIMEOUT
+    module = type(exc).__module__
+    if module.startswith("sqlalchemy"):
+        names = _mro_names(exc, "sqlalchemy")
+        if "TimeoutError" in names:  # QueuePool limit reached
+            return _K.POOL_TIMEOUT
+        if "DisconnectionError" in names or getattr(exc, "connection_invalidated", False):
+            return _K.CONNECTION_LOST
+        return None
+    if module.startswith("redis"):
+        names = _mro_names(exc, "redis")
+        if "AuthenticationError" in names or "AuthorizationError" in names:
+            return _K.REDIS_AUTH_FAILED
+        if "TimeoutError" in names:
+            return _K.REDIS_TIMEOUT
+        if {"ConnectionError", "BusyLoadingError", "ReadOnlyError", "TryAgainError"} & set(names):
+            return _K.REDIS_UNAVAILABLE
+        return None
+    if isinstance(exc, ConnectionRefusedError | socket.gaierror):
+        return _K.UNREACHABLE
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return _K.CONNECTION_LOST
+    if isinstance(exc, TimeoutError):  # a deadline: asyncio.timeout, socket.timeout, ...
+        return _K.QUERY_TIMEOUT
+    return None
+
+
+# --- message text -----------------------------------------------------------------------------
+
+# Order matters: the first pattern that matches decides. Connect-time failures carry no SQLSTATE
+# in psycopg (libpq reports them as text), so these texts are the only evidence there is.
+_MESSAGES: tuple[tuple[re.Pattern[str], ErrorKind], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), kind)
+    for pattern, kind in (
+        (
+            r"password authentication failed|role \".*\" does not exist|no pg_hba\.conf entry"
+            r"|authentication failed|peer authentication",
+            _K.AUTH_FAILED,
+        ),
+        (r"database \".*\" does not exist", _K.DATABASE_MISSING),
+        (r"permission denied", _K.ACCESS_DENIED),
+        (
+            r"SSL SYSCALL error|EOF detected|unexpected eof|bad record mac"
+            r"|SSL connection has been closed unexpectedly",
+            _K.CONNECTION_LOST,
+        ),
+        (
+            r"server does not support SSL|certificate verify failed|SSL certificate"
+            r"|root certificate|sslmode|tlsv1 alert|handshake failure|wrong version number",
+            _K.TLS_ERROR,
+        ),
+        (
+            r"too many connections|remaining connection slots are reserved"
+            r"|no more connections allowed|sorry, too many clients",
+            _K.TOO_MANY_CONNECTIONS,
+        ),
+        (r"query_wait_timeout", _K.POOL_TIMEOUT),
+        (
+            r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)"
+            r"|not yet accepting connections",
+            _K.UNREACHABLE,
+        ),
+        (
+            r"connection refused|could not translate host name|failed to resolve host"
+            r"|name or service not known|temporary failure in name resolution|no route to host"
+            r"|network is unreachable|could not connect to server|is the server running",
+            _K.UNREACHABLE,
+        ),
+        (r"timeout expired|connection timeout|connection timed out", _K.CONNECT_TIMEOUT),
+        (r"the connection is closed|connection already closed", _K.CONNECTION_CLOSED),
+        (
+            r"server closed the connection|consuming input failed|sending query failed"
+            r"|could not receive data from server|could not send data to server"
+            r"|connection to server .* lost|the connection is lost|no connection to the server"
+            r"|terminating connection|connection reset|broken pipe|connection is bad"
+            r"|server conn crashed|server_idle_timeout|client_idle_timeout",
+            _K.CONNECTION_LOST,
+        ),
+        (r"canceling statement due to (statement|user request)", _K.QUERY_TIMEOUT),
+        (r"could not serialize access", _K.SERIALIZATION_FAILURE),
+        (r"deadlock detected", _K.DEADLOCK),
+        (r"in a read-only transaction", _K.READ_ONLY),
+    )
+)
+
+
+def _message_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not break classification
+        return ""
+
+
+def _by_message(exc: BaseException) -> ErrorKind | None:
+    text = _message_of(exc)
+    if not text:
+        return None
+    for pattern, kind in _MESSAGES:
+        if pattern.search(text):
+            return kind
+    return None
+
+
+def _connection_broken(exc: BaseException) -> bool:
+    """True when a psycopg error came from a connection that is no longer usable."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    pgconn = getattr(exc, "pgconn", None)
+    if pgconn is None:
+        return False
+    try:
+        return bool(pgconn.status == psycopg.pq.ConnStatus.BAD)
+    except Exception:
+        return False
+
+
+# --- the walk ---------------------------------------------------------------------------------
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, then what it wraps, breadth-first, each once, at most ``_MAX_CHAIN``."""
+    seen: set[int] = set()
+    queue: list[BaseException] = [exc]
+    while queue and len(seen) < _MAX_CHAIN:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
+            if isinstance(linked, BaseException) and id(linked) not in seen:
+                queue.append(linked)
+
+
+def classify(exc: BaseException) -> Classification:
+    """Classify *exc*: what went wrong, whether a retry can help, and the HTTP answer.
+
+    Never raises, whatever *exc* is. A ``BaseException`` that is not an ``Exception``
+    (cancellation, ``KeyboardInterrupt``, ``SystemExit``) is never retryable. See
+    ``docs/classification.md`` for the whole table.
+    """
+    try:
+        return _classify(exc)
+    except Exception:  # pragma: no cover - defensive: classification must never raise
+        return _make(_K.UNKNOWN, None, "classification failed")
+
+
+def _classify(exc: BaseException) -> Classification:
+    if not isinstance(exc, Exception):
+        return _make(_K.CANCELLED, None, f"class {type(exc).__name__}")
+    chain = list(_chain(exc))
+    for link in chain:
+        own = getattr(link, "_dbr_classification", None)
+        if isinstance(own, Classification):
+            return own
+    for link in chain:
+        sqlstate = _sqlstate_of(link)
+        if sqlstate is not None:
+            return _by_sqlstate(sqlstate, link)
+    for link in chain:
+        kind = _by_class(link)
+        if kind is not None:
+            return _make(kind, None, f"class {type(link).__name__}")
+    for link in chain:
+        kind = _by_message(link)
+        if kind is not None:
+            return _make(kind, None, f"message of {type(link).__name__}")
+    for link in chain:
+        if _connection_broken(link):
+            return _make(_K.CONNECTION_LOST, None, "connection state BAD")
+    return _make(_K.UNKNOWN, None, f"class {type(exc).__name__}")

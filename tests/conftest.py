@@ -1,0 +1,200 @@
+"""Shared fixtures: the real PostgreSQL and Redis, throwaway servers to break, fault proxies.
+
+- ``pg_dsn``: the running PostgreSQL (``$DBR_TEST_DSN``, default the local trust server); where
+  none answers, a throwaway cluster started from the installed server binaries.
+- ``pg_cluster``: a throwaway cluster that a test may stop, restart or freeze; it is running and
+  thawed when the test starts and put back that way after.
+- ``redis_url``: the running Redis (``$DBR_TEST_REDIS``), else a throwaway ``redis-server``.
+- ``redis_server``: a throwaway ``redis-server`` a test may stop and start.
+- ``make_proxy``: builds :class:`dbresilience.faults.FaultProxy` objects closed after the test.
+
+Under ``CI=true`` a service that cannot be had is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+from dbresilience.faults import FaultProxy, TemporaryPostgres, TemporaryRedis
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+DEFAULT_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _unavailable(what: str, why: BaseException | str) -> None:
+    message = f"{what} is not available: {why}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing service is an error)", pytrace=False)
+    pytest.skip(message)
+
+
+def _answers(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            conn.execute("select 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A DSN for a running PostgreSQL the tests may use (but never stop or reconfigure)."""
+    dsn = os.environ.get("DBR_TEST_DSN", DEFAULT_DSN)
+    if _answers(dsn):
+        yield dsn
+        return
+    try:
+        cluster = TemporaryPostgres().start()
+    except Exception as exc:
+        _unavailable("PostgreSQL", f"{dsn!r} does not answer and no throwaway cluster: {exc}")
+        return
+    try:
+        yield cluster.dsn
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_conn(pg_dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit connection to ``pg_dsn``, closed after the test."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def table_name(pg_conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[str]:
+    """A unique table name; whatever tables start with it are dropped after the test."""
+    name = f"dbr_t_{uuid.uuid4().hex[:12]}"
+    yield name
+    rows = pg_conn.execute(
+        "select tablename from pg_tables where tablename like %s", (name + "%",)
+    ).fetchall()
+    for (table,) in rows:
+        pg_conn.execute(
+            psycopg.sql.SQL("drop table if exists {} cascade").format(
+                psycopg.sql.Identifier(str(table))
+            )
+        )
+
+
+@pytest.fixture(scope="session")
+def _session_cluster() -> Iterator[TemporaryPostgres]:
+    try:
+        cluster = TemporaryPostgres().start()
+    except Exception as exc:
+        _unavailable("a throwaway PostgreSQL cluster", exc)
+        return
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_cluster(_session_cluster: TemporaryPostgres) -> Iterator[TemporaryPostgres]:
+    """A throwaway cluster this test may stop, restart or freeze; restored afterwards."""
+    if not _session_cluster.running:
+        _session_cluster.start()
+    frozen: list[int] = []
+    original_freeze = _session_cluster.freeze
+
+    def tracking_freeze(pid: int) -> None:
+        frozen.append(pid)
+        original_freeze(pid)
+
+    _session_cluster.freeze = tracking_freeze  # type: ignore[method-assign]
+    try:
+        yield _session_cluster
+    finally:
+        _session_cluster.freeze = original_freeze  # type: ignore[method-assign]
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                TemporaryPostgres.thaw(pid)
+        if not _session_cluster.running:
+            _session_cluster.start()
+        else:  # close whatever the test left connected (frozen backends included)
+            with psycopg.connect(_session_cluster.dsn, autocommit=True) as conn:
+                conn.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where pid <> pg_backend_pid() and backend_type = 'client backend'"
+                )
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        import redis
+    except ImportError:
+        return False
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A URL for a running Redis the tests may use (keys are namespaced per test)."""
+    url = os.environ.get("DBR_TEST_REDIS", DEFAULT_REDIS)
+    if _redis_answers(url):
+        yield url
+        return
+    try:
+        server = TemporaryRedis().start()
+    except Exception as exc:
+        _unavailable("Redis", f"{url!r} does not answer and no redis-server: {exc}")
+        return
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[TemporaryRedis]:
+    """A throwaway ``redis-server`` this test may stop and start."""
+    try:
+        server = TemporaryRedis().start()
+    except Exception as exc:
+        _unavailable("redis-server", exc)
+        return
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def make_proxy() -> Iterator[Callable[[str, int], FaultProxy]]:
+    """``make_proxy(host, port)`` starts a fault proxy in front of an upstream; closed after."""
+    proxies: list[FaultProxy] = []
+
+    def make(host: str, port: int) -> FaultProxy:
+        proxy = FaultProxy(host, port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def pg_proxy(pg_dsn: str, make_proxy: Callable[[str, int], FaultProxy]) -> tuple[FaultProxy, str]:
+    """A fault proxy in front of ``pg_dsn`` and the DSN that goes through it."""
+    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    host = str(params.get("host") or "127.0.0.1")
+    if host.startswith("/"):
+        host = "127.0.0.1"
+    proxy = make_proxy(host, int(params.get("port") or 5432))
+    return proxy, proxy.dsn(pg_dsn)
