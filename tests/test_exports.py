@@ -34,3 +34,14 @@ def test_import_needs_only_the_core_dependencies() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_classification_doc_lists_every_kind() -> None:
+    """docs/classification.md has a row for every ErrorKind with its code."""
+    from pathlib import Path
+
+    from dbresilience._classify import _SPECS
+
+    doc = (Path(__file__).parent.parent / "docs" / "classification.md").read_text()
+    for kind, spec in _SPECS.items():
+        assert f"| {kind.name} | {spec.code} |" in doc, kind

@@ -16,6 +16,9 @@ from dbresilience._classify import Classification
 __all__ = ["RetryDetails", "RetryHook", "log_retry", "logger"]
 
 logger = logging.getLogger("dbresilience")
+# A library logs, the application decides where it goes: without this, Python's last-resort
+# handler would print every retry line to stderr of applications that never asked for it.
+logger.addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True, slots=True)

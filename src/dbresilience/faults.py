@@ -103,7 +103,8 @@ class FaultProxy:
         self._links: list[_Link] = []
         self._selector: selectors.BaseSelector | None = None
         self._listener: socket.socket | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._commands: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
             queue.SimpleQueue()
         )
@@ -116,7 +117,9 @@ class FaultProxy:
         """Start listening and forwarding; returns self."""
         if self._thread is not None:
             return self
+        self._stopping = False
         self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._open_listener()
@@ -128,6 +131,8 @@ class FaultProxy:
         """Reset every connection, stop listening and stop the thread. Idempotent."""
         if self._thread is None:
             return
+        assert self._wake_r is not None
+        assert self._wake_w is not None
         self._stopping = True
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
@@ -195,7 +200,7 @@ class FaultProxy:
     # --- the loop thread ------------------------------------------------------------------
 
     def _call(self, fn: Callable[[], None]) -> None:
-        if self._thread is None:
+        if self._thread is None or self._wake_w is None:
             raise RuntimeError("the proxy is not started")
         done = threading.Event()
         self._commands.put((fn, done))
@@ -280,6 +285,7 @@ class FaultProxy:
         selector.close()
 
     def _drain_commands(self) -> None:
+        assert self._wake_r is not None
         with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass

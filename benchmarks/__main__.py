@@ -1,0 +1,19 @@
+"""`python -m benchmarks [--quick]`: every benchmark table, side by side with the alternatives."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+from . import bench_retry
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv
+    print(f"# dbresilience benchmarks (Python {platform.python_version()}, {platform.machine()})")
+    bench_retry.run(quick=quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

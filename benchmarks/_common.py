@@ -1,0 +1,81 @@
+"""Timing helpers and the table printer shared by every benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+
+def _calibrated(number: int, probe_seconds: float, target: float) -> int:
+    """Enough calls for one repeat to take about *target* seconds, at most *number*."""
+    if probe_seconds <= 0:
+        return number
+    return max(1_000, min(number, int(target / probe_seconds)))
+
+
+def per_call_sync(
+    fn: Callable[[], object], *, number: int = 200_000, repeat: int = 7, target: float = 0.15
+) -> float:
+    """Best-of-*repeat* seconds per call of *fn* (best: least disturbed by the machine).
+
+    Each repeat makes about *target* seconds of calls (at most *number*), so slow candidates
+    cost the run no more than fast ones.
+    """
+    start = time.perf_counter()
+    for _ in range(1_000):
+        fn()
+    number = _calibrated(number, (time.perf_counter() - start) / 1_000, target)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+def per_call_async(
+    fn: Callable[[], Awaitable[object]],
+    *,
+    number: int = 100_000,
+    repeat: int = 7,
+    target: float = 0.15,
+) -> float:
+    """Best-of-*repeat* seconds per awaited call of *fn*, on one event loop (calibrated)."""
+
+    async def run() -> float:
+        nonlocal number
+        start = time.perf_counter()
+        for _ in range(1_000):
+            await fn()
+        number = _calibrated(number, (time.perf_counter() - start) / 1_000, target)
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(number):
+                await fn()
+            best = min(best, (time.perf_counter() - start) / number)
+        return best
+
+    return asyncio.run(run())
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print a plain-text table with right-aligned columns after the first."""
+    cells = [[str(c) for c in header]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n## {title}\n")
+    for n, row in enumerate(cells):
+        line = "  ".join(
+            c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)
+        )
+        print(line.rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)

@@ -1,0 +1,82 @@
+"""The ``dbresilience`` command: ``demo`` (real faults, before and after) and ``check DSN``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import psycopg
+
+from dbresilience._classify import classify
+
+_TIMEOUT_SETTINGS = (
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "tcp_keepalives_idle",
+    "tcp_user_timeout",
+)
+
+
+def check(dsn: str, *, connect_timeout: float = 5.0) -> int:
+    """Connect once to *dsn*; print latency, server version and timeouts, or the classification.
+
+    Returns 0 when the database answered, 1 otherwise. The DSN itself is never printed.
+    """
+    start = time.perf_counter()
+    try:
+        with psycopg.connect(dsn, connect_timeout=max(2, round(connect_timeout))) as conn:
+            connected = time.perf_counter()
+            version = conn.execute("show server_version").fetchone()
+            settings = conn.execute(
+                "select name, setting, unit from pg_settings where name = any(%s) order by name",
+                (list(_TIMEOUT_SETTINGS),),
+            ).fetchall()
+            done = time.perf_counter()
+            info = conn.info
+            print(f"ok: {info.host}:{info.port} database {info.dbname} as {info.user}")
+            print(f"  server version   {version[0] if version else '?'}")
+            print(f"  connect          {(connected - start) * 1000:.1f} ms")
+            print(f"  two queries      {(done - connected) * 1000:.1f} ms")
+            for name, setting, unit in settings:
+                shown = "off" if setting == "0" else f"{setting}{unit or ''}"
+                print(f"  {name:<36} {shown}")
+            return 0
+    except Exception as exc:
+        c = classify(exc)
+        print(
+            f"failed after {(time.perf_counter() - start) * 1000:.0f} ms: {c.code} ({c.kind.name})"
+        )
+        print(f"  retryable {c.retryable}, HTTP {c.http_status}", end="")
+        print(f", Retry-After {c.retry_after:g} s" if c.retry_after else "")
+        print(f"  {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dbresilience`` console script."""
+    parser = argparse.ArgumentParser(prog="dbresilience", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="break a throwaway PostgreSQL for real; naive vs with_retry")
+    demo.add_argument("--seconds", type=float, default=2.0, help="length of each fault (s)")
+    probe = sub.add_parser("check", help="probe a database and classify any failure")
+    probe.add_argument("dsn", nargs="?", default=os.environ.get("DATABASE_URL"))
+    probe.add_argument("--connect-timeout", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        if args.seconds <= 0:
+            parser.error("--seconds must be > 0")
+        from dbresilience._demo import run_demo
+
+        return run_demo(seconds=args.seconds)
+    if not args.dsn:
+        parser.error("check needs a DSN (or DATABASE_URL)")
+    return check(args.dsn, connect_timeout=args.connect_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
