@@ -5,13 +5,14 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import bench_retry
+from . import bench_breaker, bench_retry
 
 
 def main() -> int:
     quick = "--quick" in sys.argv
     print(f"# dbresilience benchmarks (Python {platform.python_version()}, {platform.machine()})")
     bench_retry.run(quick=quick)
+    bench_breaker.run(quick=quick)
     return 0
 
 

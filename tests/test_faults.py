@@ -142,3 +142,12 @@ def test_proxy_commands_need_a_started_proxy(make_proxy: Callable[[str, int], Fa
     proxy = FaultProxy("127.0.0.1", 1)
     with pytest.raises(RuntimeError, match="not started"):
         proxy.down()
+
+
+def test_the_shared_redis_answers(redis_url: str) -> None:
+    """The redis_url fixture points at a Redis that answers (a throwaway one if none runs)."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
+    try:
+        assert client.ping()
+    finally:
+        client.close()

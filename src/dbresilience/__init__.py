@@ -18,20 +18,39 @@ The public surface is this module's ``__all__``; everything in ``dbresilience._*
 from __future__ import annotations
 
 from dbresilience._backoff import Backoff
+from dbresilience._breaker import CircuitBreaker
+from dbresilience._budget import RetryBudget
 from dbresilience._classify import Classification, ErrorKind, classify
 from dbresilience._deadline import Deadline
-from dbresilience._errors import DBResilienceError
-from dbresilience._events import RetryDetails, RetryHook, log_retry
+from dbresilience._errors import CircuitOpen, DBResilienceError
+from dbresilience._events import (
+    BreakerHook,
+    BudgetExhausted,
+    BudgetHook,
+    CircuitState,
+    CircuitStateChange,
+    RetryDetails,
+    RetryHook,
+    log_retry,
+)
 from dbresilience._retry import RetryPolicy, testing, with_retry, withRetry
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Backoff",
+    "BreakerHook",
+    "BudgetExhausted",
+    "BudgetHook",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "CircuitState",
+    "CircuitStateChange",
     "Classification",
     "DBResilienceError",
     "Deadline",
     "ErrorKind",
+    "RetryBudget",
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",

@@ -11,6 +11,7 @@ module and class name, so classifying costs no import and works whichever versio
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 import socket
@@ -67,6 +68,8 @@ class ErrorKind(enum.Enum):
     REDIS_UNAVAILABLE = "redis_unavailable"
     REDIS_TIMEOUT = "redis_timeout"
     REDIS_AUTH_FAILED = "redis_auth_failed"
+    # overload protection
+    CIRCUIT_OPEN = "circuit_open"
     # everything else
     CANCELLED = "cancelled"
     UNKNOWN = "unknown"
@@ -118,6 +121,7 @@ _SPECS: dict[ErrorKind, _Spec] = {
     _K.REDIS_UNAVAILABLE: _Spec("DBR3001", True, False, 503, 1.0),
     _K.REDIS_TIMEOUT: _Spec("DBR3002", True, False, 503, 1.0),
     _K.REDIS_AUTH_FAILED: _Spec("DBR3003", False, False, 500, None),
+    _K.CIRCUIT_OPEN: _Spec("DBR4001", False, False, 503, 1.0),
     _K.CANCELLED: _Spec("DBR9001", False, False, 499, None),
     _K.UNKNOWN: _Spec("DBR9000", False, False, 500, None),
 }
@@ -161,6 +165,11 @@ def _make(kind: ErrorKind, sqlstate: str | None, reason: str) -> Classification:
         sqlstate=sqlstate,
         reason=reason,
     )
+
+
+def own_classification(kind: ErrorKind, reason: str, *, retry_after: float) -> Classification:
+    """The classification a library error carries for itself, with its own Retry-After."""
+    return dataclasses.replace(_make(kind, None, reason), retry_after=retry_after)
 
 
 # --- SQLSTATE ---------------------------------------------------------------------------------

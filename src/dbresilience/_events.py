@@ -6,14 +6,27 @@ nothing on the success path: details objects are built only when something happe
 
 from __future__ import annotations
 
+import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from dbresilience._classify import Classification
 
-__all__ = ["RetryDetails", "RetryHook", "log_retry", "logger"]
+__all__ = [
+    "BreakerHook",
+    "BudgetExhausted",
+    "BudgetHook",
+    "CircuitState",
+    "CircuitStateChange",
+    "RetryDetails",
+    "RetryHook",
+    "log_retry",
+    "logger",
+]
+
+D = TypeVar("D")
 
 logger = logging.getLogger("dbresilience")
 # A library logs, the application decides where it goes: without this, Python's last-resort
@@ -62,7 +75,60 @@ def log_retry(details: RetryDetails) -> None:
     )
 
 
-def call_hooks(hooks: Sequence[RetryHook], details: RetryDetails) -> None:
+class CircuitState(enum.Enum):
+    """Where a circuit breaker is: letting calls through, failing them fast, or probing."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitStateChange:
+    """A circuit breaker moved from ``old`` to ``new``, as passed to a :class:`BreakerHook`.
+
+    ``calls`` and ``failures`` are the counts in the window that decided (for an opening);
+    ``open_for`` the seconds it stays open before probing (0 unless ``new`` is OPEN);
+    ``reason`` a short text such as ``"12 of 20 calls failed"`` or ``"3 probes succeeded"``.
+    """
+
+    breaker: str
+    old: CircuitState
+    new: CircuitState
+    calls: int
+    failures: int
+    open_for: float
+    reason: str
+
+
+class BreakerHook(Protocol):
+    """Called with a :class:`CircuitStateChange` on every transition of a breaker."""
+
+    def __call__(self, change: CircuitStateChange, /) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetExhausted:
+    """A retry that did not happen because the retry budget was spent.
+
+    ``budget`` is the budget's name, ``retried`` the callable that wanted to retry, ``code`` the
+    classification code of its failure, ``calls`` and ``retries`` the counts in the window.
+    """
+
+    budget: str
+    retried: str
+    code: str
+    calls: int
+    retries: int
+
+
+class BudgetHook(Protocol):
+    """Called with a :class:`BudgetExhausted` each time a retry is refused by the budget."""
+
+    def __call__(self, details: BudgetExhausted, /) -> None: ...
+
+
+def call_hooks(hooks: Sequence[Callable[[D], Any]], details: D) -> None:
     """Run every hook; one that raises is logged and skipped."""
     for hook in hooks:
         try:

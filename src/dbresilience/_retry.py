@@ -22,9 +22,11 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from dbresilience._backoff import Backoff
+from dbresilience._breaker import CircuitBreaker
+from dbresilience._budget import RetryBudget
 from dbresilience._classify import Classification, classify
 from dbresilience._deadline import seconds
-from dbresilience._events import RetryDetails, RetryHook, call_hooks, log_retry
+from dbresilience._events import CircuitState, RetryDetails, RetryHook, call_hooks, log_retry
 
 __all__ = ["RetryPolicy", "testing", "with_retry"]
 
@@ -38,6 +40,17 @@ _monotonic = time.monotonic
 class _TestMode:
     attempts: int | None
 
+
+class _Default:
+    """The type of :data:`DEFAULT`: "use the library's default" where ``None`` means "off"."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT = _Default()
 
 _TEST_MODE: ContextVar[_TestMode | None] = ContextVar("dbresilience_test_mode", default=None)
 
@@ -73,7 +86,7 @@ class RetryPolicy:
     """An immutable retry policy; calling it on a function returns the retrying function.
 
     Build one with :func:`with_retry` (which validates the arguments); share it freely across
-    threads and tasks.
+    threads and tasks. ``budget`` and ``breaker`` are shared, thread-safe state objects.
     """
 
     attempts: int = 3
@@ -82,6 +95,8 @@ class RetryPolicy:
     idempotent: bool = False
     retry_on: Callable[[BaseException], bool] | None = None
     on_retry: tuple[RetryHook, ...] = ()
+    budget: RetryBudget | None = None
+    breaker: CircuitBreaker | None = None
 
     def should_retry(self, exc: Exception) -> tuple[bool, Classification]:
         """Whether *exc* is worth another attempt under this policy, and its classification."""
@@ -107,6 +122,11 @@ class RetryPolicy:
         elapsed = _monotonic() - start
         if self.deadline is not None and elapsed + delay >= self.deadline:
             return None  # never start a sleep that would end past the deadline
+        if self.breaker is not None and self.breaker.state is not CircuitState.CLOSED:
+            return None  # the circuit opened meanwhile, or this call is a half-open probe
+        if self.budget is not None and not self.budget.try_withdraw():
+            self.budget.exhausted(name, classification.code)
+            return None
         details = RetryDetails(
             name=name,
             attempt=failed + 1,
@@ -131,58 +151,140 @@ class RetryPolicy:
         return self._wrap_sync(fn, name)
 
     def _wrap_sync(self, fn: Callable[P, T], name: str) -> Callable[P, T]:
-        next_delay = self._next_delay
+        breaker, retry = self.breaker, self._retry_sync
+        deposit = self.budget.deposit_at if self.budget is not None else None
 
         @functools.wraps(fn)
         def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
             start = _monotonic()
+            if deposit is not None:
+                deposit(start)
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
                 failure = exc
-            # Retries run outside the except block so that no attempt's exception gets the
-            # previous one as __context__: the caller sees the last failure exactly as raised.
-            failed = 1
-            while True:
-                delay = next_delay(name, failure, failed, start)
-                if delay is None:
-                    raise failure
-                if delay > 0:
-                    time.sleep(delay)
-                failed += 1
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as exc:
-                    failure = exc
+            return retry(fn, name, args, kwargs, failure, start)
 
-        return retrying
+        if breaker is None:
+            return retrying
+
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            start = _monotonic()
+            permit = breaker.acquire()  # CircuitOpen: fail fast, nothing deposited or retried
+            if deposit is not None:
+                deposit(start)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
+            except BaseException as exc:
+                breaker.record(permit, exc, start)
+                raise
+            else:
+                breaker.record(permit, None, start)
+                return result
+            try:
+                result = retry(fn, name, args, kwargs, failure, start)
+            except BaseException as exc:
+                breaker.record(permit, exc, start)  # one outcome per call, not per attempt
+                raise
+            breaker.record(permit, None, start)
+            return result
+
+        return guarded
+
+    def _retry_sync(
+        self,
+        fn: Callable[..., T],
+        name: str,
+        args: Any,
+        kwargs: Any,
+        failure: Exception,
+        start: float,
+    ) -> T:
+        # Retries run outside any except block so that no attempt's exception gets the previous
+        # one as __context__: the caller sees the last failure exactly as it was raised.
+        failed = 1
+        while True:
+            delay = self._next_delay(name, failure, failed, start)
+            if delay is None:
+                raise failure
+            if delay > 0:
+                time.sleep(delay)
+            failed += 1
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
 
     def _wrap_async(
         self, fn: Callable[P, Awaitable[Any]], name: str
     ) -> Callable[P, Awaitable[Any]]:
-        next_delay = self._next_delay
+        breaker, retry = self.breaker, self._retry_async
+        deposit = self.budget.deposit_at if self.budget is not None else None
 
         @functools.wraps(fn)
         async def retrying(*args: P.args, **kwargs: P.kwargs) -> Any:
             start = _monotonic()
+            if deposit is not None:
+                deposit(start)
             try:
                 return await fn(*args, **kwargs)
             except Exception as exc:
                 failure = exc
-            failed = 1
-            while True:
-                delay = next_delay(name, failure, failed, start)
-                if delay is None:
-                    raise failure
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                failed += 1
-                try:
-                    return await fn(*args, **kwargs)
-                except Exception as exc:
-                    failure = exc
+            return await retry(fn, name, args, kwargs, failure, start)
 
-        return retrying
+        if breaker is None:
+            return retrying
+
+        @functools.wraps(fn)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
+            start = _monotonic()
+            permit = breaker.acquire()
+            if deposit is not None:
+                deposit(start)
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
+            except BaseException as exc:
+                breaker.record(permit, exc, start)
+                raise
+            else:
+                breaker.record(permit, None, start)
+                return result
+            try:
+                result = await retry(fn, name, args, kwargs, failure, start)
+            except BaseException as exc:
+                breaker.record(permit, exc, start)
+                raise
+            breaker.record(permit, None, start)
+            return result
+
+        return guarded
+
+    async def _retry_async(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        name: str,
+        args: Any,
+        kwargs: Any,
+        failure: Exception,
+        start: float,
+    ) -> Any:
+        failed = 1
+        while True:
+            delay = self._next_delay(name, failure, failed, start)
+            if delay is None:
+                raise failure
+            if delay > 0:
+                await asyncio.sleep(delay)
+            failed += 1
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
 
 
 @overload
@@ -199,6 +301,8 @@ def with_retry(
     idempotent: bool = False,
     retry_on: Callable[[BaseException], bool] | None = None,
     on_retry: RetryHook | Sequence[RetryHook] | None = None,
+    budget: RetryBudget | _Default | None = DEFAULT,
+    breaker: CircuitBreaker | None = None,
 ) -> RetryPolicy: ...
 
 
@@ -213,6 +317,8 @@ def with_retry(
     idempotent: bool = False,
     retry_on: Callable[[BaseException], bool] | None = None,
     on_retry: RetryHook | Sequence[RetryHook] | None = None,
+    budget: RetryBudget | _Default | None = DEFAULT,
+    breaker: CircuitBreaker | None = None,
 ) -> Callable[P, T] | RetryPolicy:
     """Retry a sync or async function when :func:`classify` says its failure is transient.
 
@@ -229,6 +335,11 @@ def with_retry(
     When it gives up it re-raises the last exception, unchanged. Every retry logs one WARNING on
     the ``dbresilience`` logger and calls the ``on_retry`` hooks with a :class:`RetryDetails`.
 
+    Overload protection sits outside the retries: ``budget`` (a :class:`RetryBudget`; by default
+    one per policy, ``None`` to switch off) refuses retries past its share of calls, and
+    ``breaker`` (a :class:`CircuitBreaker`) fails calls fast with :class:`CircuitOpen` while open,
+    stops retrying once it opens, and records one outcome per call.
+
     Raises ``ValueError`` (naming the argument) at decoration time for ``attempts < 1``,
     negative delays, ``max_delay < base_delay`` or ``deadline <= 0``.
     """
@@ -237,7 +348,7 @@ def with_retry(
     cap = seconds("max_delay", max_delay, allow_zero=True)
     if cap < base:
         raise ValueError(f"max_delay ({cap!r}) must be >= base_delay ({base!r})")
-    budget = None if deadline is None else seconds("deadline", deadline)
+    total = None if deadline is None else seconds("deadline", deadline)
     if not isinstance(idempotent, bool):
         raise TypeError(f"idempotent must be a bool, got {idempotent!r}")
     if retry_on is not None and not callable(retry_on):
@@ -252,13 +363,21 @@ def with_retry(
         for hook in hooks:
             if not callable(hook):
                 raise TypeError(f"on_retry must hold callables, got {hook!r}")
+    if isinstance(budget, _Default):
+        budget = RetryBudget("with_retry")
+    elif budget is not None and not isinstance(budget, RetryBudget):
+        raise TypeError(f"budget must be a RetryBudget or None, got {budget!r}")
+    if breaker is not None and not isinstance(breaker, CircuitBreaker):
+        raise TypeError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
     policy = RetryPolicy(
         attempts=attempts,
         backoff=Backoff(base, cap),
-        deadline=budget,
+        deadline=total,
         idempotent=idempotent,
         retry_on=retry_on,
         on_retry=hooks,
+        budget=budget,
+        breaker=breaker,
     )
     if fn is not None:
         return policy(fn)

@@ -1,0 +1,120 @@
+"""Retry budgets: retries allowed up to a fraction of recent calls plus a small floor.
+
+A retry budget is what keeps retries from turning a database blip into a retry storm: when most
+calls fail, at most ``ratio`` extra attempts per call (plus ``min_per_second`` a second) go out,
+however many attempts each caller's policy would allow. The model is Finagle's and tower's
+``RetryBudget``: every call deposits, every retry withdraws, deposits expire after ``ttl``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from dbresilience._deadline import seconds
+from dbresilience._events import BudgetExhausted, BudgetHook, call_hooks, logger
+from dbresilience._window import SlidingWindow
+
+__all__ = ["RetryBudget"]
+
+
+class RetryBudget:
+    """A token budget for retries, shared by every caller that retries against one target.
+
+    Over any ``ttl`` window, retries stay at or below ``ratio * calls + min_per_second * ttl``.
+    ``deposit()`` counts a call (the first attempt), ``try_withdraw()`` asks for one retry.
+    Thread-safe and usable from async code (nothing blocks). Invalid arguments raise
+    ``ValueError`` naming the argument.
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        *,
+        ratio: float = 0.2,
+        min_per_second: float = 5.0,
+        ttl: float | timedelta = 10.0,
+        on_exhausted: BudgetHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 10:
+            raise ValueError(f"ratio must be a number between 0 and 10, got {ratio!r}")
+        if (
+            isinstance(min_per_second, bool)
+            or not isinstance(min_per_second, int | float)
+            or not 0 <= min_per_second < float("inf")
+        ):
+            raise ValueError(f"min_per_second must be a finite number >= 0, got {min_per_second!r}")
+        window = seconds("ttl", ttl)
+        if not 1.0 <= window <= 60.0:
+            raise ValueError(f"ttl must be between 1 and 60 seconds, got {window!r}")
+        if on_exhausted is not None and not callable(on_exhausted):
+            raise TypeError(f"on_exhausted must be callable, got {on_exhausted!r}")
+        self.name = name
+        self.ratio = float(ratio)
+        self.min_per_second = float(min_per_second)
+        self.ttl = window
+        self._reserve = self.min_per_second * window
+        self._hooks = () if on_exhausted is None else (on_exhausted,)
+        self._clock = clock
+        self._window = SlidingWindow(window)
+        self._lock = threading.Lock()
+        self._exhausted = 0
+        self._withdrawn = 0
+        #: ``deposit_at(now)``: count a call made at *now* (seconds on the budget's clock).
+        #: The hot path of ``with_retry``: no lock, no clock read, one comparison.
+        self.deposit_at: Callable[[float], None] = self._window.count_call
+
+    def deposit(self) -> None:
+        """Count one call (the first attempt of an operation)."""
+        self._window.count_call(self._clock())
+
+    def try_withdraw(self, now: float | None = None) -> bool:
+        """Take one retry from the budget; ``False`` (and counted) when it is spent."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            calls, retries, _ = self._window.totals(now)
+            if retries + 1 <= self.ratio * calls + self._reserve:
+                self._window.bad[self._window.index(now)] += 1
+                self._withdrawn += 1
+                return True
+            self._exhausted += 1
+            return False
+
+    def exhausted(self, retried: str, code: str) -> None:
+        """Report that *retried* did not retry a *code* failure because the budget was spent."""
+        calls, retries, _ = self._window.totals(self._clock())
+        logger.warning(
+            "retry budget %r spent: not retrying %s after %s (%d retries for %d calls in %.0f s)",
+            self.name,
+            retried,
+            code,
+            retries,
+            calls,
+            self.ttl,
+        )
+        if self._hooks:
+            details = BudgetExhausted(
+                budget=self.name, retried=retried, code=code, calls=calls, retries=retries
+            )
+            call_hooks(self._hooks, details)
+
+    def stats(self) -> dict[str, float]:
+        """``calls`` and ``retries`` in the current window, ``allowed`` retries in it,
+        ``withdrawn`` and ``exhausted`` since creation."""
+        calls, retries, _ = self._window.totals(self._clock())
+        return {
+            "calls": calls,
+            "retries": retries,
+            "allowed": self.ratio * calls + self._reserve,
+            "withdrawn": self._withdrawn,
+            "exhausted": self._exhausted,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryBudget({self.name!r}, ratio={self.ratio:g}, "
+            f"min_per_second={self.min_per_second:g}, ttl={self.ttl:g})"
+        )
