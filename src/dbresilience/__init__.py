@@ -22,7 +22,14 @@ from dbresilience._breaker import CircuitBreaker
 from dbresilience._budget import RetryBudget
 from dbresilience._classify import Classification, ErrorKind, classify
 from dbresilience._deadline import Deadline
-from dbresilience._errors import CircuitOpen, DBResilienceError
+from dbresilience._errors import (
+    AcquireTimeout,
+    CircuitOpen,
+    CommitUnknown,
+    DatabaseUnavailable,
+    DBResilienceError,
+    QueryTimeout,
+)
 from dbresilience._events import (
     BreakerHook,
     BudgetExhausted,
@@ -33,11 +40,15 @@ from dbresilience._events import (
     RetryHook,
     log_retry,
 )
+from dbresilience._pool import Pool
+from dbresilience._pool_async import AsyncPool
 from dbresilience._retry import RetryPolicy, testing, with_retry, withRetry
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AcquireTimeout",
+    "AsyncPool",
     "Backoff",
     "BreakerHook",
     "BudgetExhausted",
@@ -47,9 +58,13 @@ __all__ = [
     "CircuitState",
     "CircuitStateChange",
     "Classification",
+    "CommitUnknown",
     "DBResilienceError",
+    "DatabaseUnavailable",
     "Deadline",
     "ErrorKind",
+    "Pool",
+    "QueryTimeout",
     "RetryBudget",
     "RetryDetails",
     "RetryHook",

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from dbresilience._classify import ErrorKind, own_classification
+import dataclasses
 
-__all__ = ["CircuitOpen", "DBResilienceError"]
+import psycopg
+import psycopg_pool
+
+from dbresilience._classify import Classification, ErrorKind, own_classification
+
+__all__ = [
+    "AcquireTimeout",
+    "CircuitOpen",
+    "CommitUnknown",
+    "DBResilienceError",
+    "DatabaseUnavailable",
+    "QueryTimeout",
+]
 
 
 class DBResilienceError(Exception):
@@ -35,4 +47,63 @@ class CircuitOpen(DBResilienceError):
             ErrorKind.CIRCUIT_OPEN,
             f"circuit {breaker!r} open",
             retry_after=max(0.1, round(self.retry_after, 1)),
+        )
+
+
+class QueryTimeout(DBResilienceError, TimeoutError, psycopg.OperationalError):
+    """A pool call's deadline passed while a query ran: P1008, HTTP 503.
+
+    The client-side backstop: the connection's socket was shut down at the deadline (a frozen
+    server or a silent network cannot hold the call) and the connection was discarded.
+    ``commit_unknown`` is true when the statement may have been a write that reached the server.
+    """
+
+    def __init__(self, message: str, *, commit_unknown: bool = False) -> None:
+        super().__init__(message)
+        classification = own_classification(
+            ErrorKind.QUERY_TIMEOUT, "pool deadline", retry_after=2.0
+        )
+        self._dbr_classification = dataclasses.replace(
+            classification, commit_unknown=commit_unknown
+        )
+
+
+class AcquireTimeout(DBResilienceError, psycopg_pool.PoolTimeout):
+    """No pooled connection became free within the wait allowed: P2024, HTTP 503.
+
+    A ``psycopg_pool.PoolTimeout``, so existing handlers keep working.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self._dbr_classification = own_classification(
+            ErrorKind.POOL_TIMEOUT, "pool acquire timeout", retry_after=1.0
+        )
+
+
+class DatabaseUnavailable(DBResilienceError, psycopg.OperationalError):
+    """The pool has no connection and its last attempt to connect failed: fail fast.
+
+    Carries the classification of that connect failure (P1001 for a refused or unreachable
+    server, P1000 for bad credentials, ...) so a caller gets the real reason at once instead of
+    waiting out the acquire timeout.
+    """
+
+    def __init__(self, message: str, classification: Classification) -> None:
+        super().__init__(message)
+        self._dbr_classification = classification
+
+
+class CommitUnknown(DBResilienceError, psycopg.OperationalError):
+    """The connection was lost (or the deadline passed) while COMMIT was in flight: P1017.
+
+    The transaction may or may not have been committed. ``commit_unknown`` is true and the pool
+    does not re-run it; make the work idempotent (a key, an upsert) to retry it safely.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self._dbr_classification = dataclasses.replace(
+            own_classification(ErrorKind.CONNECTION_LOST, "lost during COMMIT", retry_after=1.0),
+            commit_unknown=True,
         )

@@ -98,29 +98,51 @@ class RetryPolicy:
     budget: RetryBudget | None = None
     breaker: CircuitBreaker | None = None
 
-    def should_retry(self, exc: Exception) -> tuple[bool, Classification]:
-        """Whether *exc* is worth another attempt under this policy, and its classification."""
+    def should_retry(
+        self, exc: Exception, idempotent: bool | None = None
+    ) -> tuple[bool, Classification]:
+        """Whether *exc* is worth another attempt under this policy, and its classification.
+
+        *idempotent* overrides the policy's flag for one call (a pool read is idempotent).
+        """
         classification = classify(exc)
         if self.retry_on is not None:
             return bool(self.retry_on(exc)), classification
         if not classification.retryable:
             return False, classification
-        return (self.idempotent or not classification.commit_unknown), classification
+        safe = self.idempotent if idempotent is None else idempotent
+        return (safe or not classification.commit_unknown), classification
 
-    def _next_delay(self, name: str, exc: Exception, failed: int, start: float) -> float | None:
-        """The sleep before attempt ``failed + 1``, or ``None`` to give up and re-raise."""
+    def _next_delay(
+        self,
+        name: str,
+        exc: Exception,
+        failed: int,
+        start: float,
+        *,
+        deadline: float | None = None,
+        idempotent: bool | None = None,
+    ) -> float | None:
+        """The sleep before attempt ``failed + 1``, or ``None`` to give up and re-raise.
+
+        *deadline* (an absolute monotonic time) and *idempotent* override the policy's own for
+        one call; the pool uses them for its per-call ``timeout=`` and read/write distinction.
+        """
         test_mode = _TEST_MODE.get()
         attempts = self.attempts
         if test_mode is not None and test_mode.attempts is not None:
             attempts = min(attempts, test_mode.attempts)
         if failed >= attempts:
             return None
-        retry, classification = self.should_retry(exc)
+        retry, classification = self.should_retry(exc, idempotent)
         if not retry:
             return None
         delay = 0.0 if test_mode is not None else self.backoff.delay(failed)
-        elapsed = _monotonic() - start
-        if self.deadline is not None and elapsed + delay >= self.deadline:
+        now = _monotonic()
+        elapsed = now - start
+        if deadline is None and self.deadline is not None:
+            deadline = start + self.deadline
+        if deadline is not None and now + delay >= deadline:
             return None  # never start a sleep that would end past the deadline
         if self.breaker is not None and self.breaker.state is not CircuitState.CLOSED:
             return None  # the circuit opened meanwhile, or this call is a half-open probe

@@ -1,0 +1,516 @@
+"""``Pool``: psycopg_pool with warming, one deadline per call, fast recovery and classification.
+
+Locking and I/O only; the settings, timeouts and checks that need no I/O live in
+:mod:`dbresilience._pool_base`, the deadline backstop in :mod:`dbresilience._watchdog`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+from psycopg.abc import Params
+from psycopg.rows import RowFactory
+from typing_extensions import LiteralString
+
+from dbresilience._breaker import CircuitBreaker
+from dbresilience._budget import RetryBudget
+from dbresilience._deadline import seconds
+from dbresilience._pool_base import (
+    PoolBase,
+    PoolCounters,
+    QuickReconnect,
+    connection_is_dead,
+    has_pending_input,
+    lost_in_commit,
+    now,
+    starts_new_generation,
+)
+from dbresilience._retry import DEFAULT, _Default
+
+__all__ = ["Pool", "Query"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+Conn = psycopg.Connection[Any]
+#: what the helpers accept: psycopg's queries (literal strings, composed SQL), bound params apart
+Query = LiteralString | bytes | sql.SQL | sql.Composed
+
+
+class _CorePool(psycopg_pool.ConnectionPool[Conn]):
+    """psycopg_pool, told to reconnect quickly and to remember why connecting failed."""
+
+    _dbr_counters: PoolCounters
+
+    def _connect(self, timeout: float | None = None) -> Conn:
+        counters = self._dbr_counters
+        try:
+            conn = super()._connect(timeout)
+        except Exception as exc:
+            counters.last_connect_error = exc
+            counters.last_connect_error_at = now()
+            raise
+        counters.last_connect_error = None
+        conn._dbr_generation = counters.generation  # type: ignore[attr-defined]
+        conn._dbr_used_at = now()  # type: ignore[attr-defined]
+        return conn
+
+    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        super()._add_connection(attempt or QuickReconnect(timeout=self.reconnect_timeout), growing)
+
+
+class Pool(PoolBase):
+    """A pool of psycopg connections that fails fast, recovers fast and explains its failures.
+
+    ``Pool(conninfo, min_size=2, max_size=10, connect_timeout=5.0, acquire_timeout=5.0,
+    query_timeout=5.0)``. Nothing happens until :meth:`open` or ``with pool:``.
+
+    Every call of :meth:`fetchone`, :meth:`fetchall`, :meth:`execute` and :meth:`transaction`
+    draws on one deadline (``timeout=``, default ``query_timeout``): waiting for a connection,
+    every attempt and every backoff sleep. It is a hard deadline: when it passes during a query,
+    the connection's socket is shut down (a frozen server cannot hold the call), the connection
+    is discarded and :class:`QueryTimeout` (P1008) is raised. Time spent waiting for a
+    connection ends in :class:`AcquireTimeout` (P2024). Reads are retried on transient
+    failures; writes only when ``idempotent=True`` or when the failure came before anything
+    was sent. Connections are in autocommit mode; use :meth:`transaction` (or psycopg's
+    ``conn.transaction()``) for transactions.
+
+    A circuit breaker (``breaker=``) and a retry budget (``budget=``) per pool are on by
+    default; pass ``None`` to switch either off, or your own to share one.
+    """
+
+    def __init__(
+        self,
+        conninfo: str = "",
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        connect_timeout: float | timedelta = 5.0,
+        acquire_timeout: float | timedelta = 5.0,
+        query_timeout: float | timedelta = 5.0,
+        statement_timeout: float | timedelta | bool | None = True,
+        lock_timeout: float | timedelta | bool | None = True,
+        idle_in_transaction_timeout: float | timedelta | None = 60.0,
+        idle_check_after: float | timedelta = 10.0,
+        attempts: int = 3,
+        base_delay: float | timedelta = 0.05,
+        max_delay: float | timedelta = 1.0,
+        warm_sql: Sequence[str] = (),
+        breaker: CircuitBreaker | _Default | None = DEFAULT,
+        budget: RetryBudget | _Default | None = DEFAULT,
+        name: str | None = None,
+        max_lifetime: float | timedelta = 3600.0,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            connect_timeout=connect_timeout,
+            acquire_timeout=acquire_timeout,
+            query_timeout=query_timeout,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_timeout=idle_in_transaction_timeout,
+            idle_check_after=idle_check_after,
+            attempts=attempts,
+            base_delay=base_delay,
+            max_delay=max_delay,
+            warm_sql=warm_sql,
+            breaker=breaker,
+            budget=budget,
+            name=name,
+            max_lifetime=max_lifetime,
+            kwargs=kwargs,
+        )
+        self._pool: _CorePool = _CorePool(
+            self._conninfo, configure=self._configure, **self._core_options()
+        )
+        self._pool._dbr_counters = self._counters
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def open(self, wait: bool = True) -> None:
+        """Open the pool and warm it.
+
+        With ``wait=True`` (the default, and what ``with pool:`` does) it returns once
+        ``min_size`` connections are open and configured, and raises if that does not happen
+        within ``connect_timeout``: at once for errors that waiting cannot fix (P1000 bad
+        credentials, P1003 missing database, P1011 TLS), after ``connect_timeout`` for
+        transient ones (the last connect error, or :class:`AcquireTimeout`). With
+        ``wait=False`` it returns at once and warms in the background: a service can start
+        while its database is down, and calls fail fast (:class:`DatabaseUnavailable`) until
+        it is back.
+        """
+        if self._opened:
+            return
+        deadline_at = now() + self._config.connect_timeout
+        self._watchdog.start()
+        try:
+            if wait:
+                self._probe(deadline_at)
+            self._pool.open(wait=wait, timeout=max(0.1, deadline_at - now()))
+        except psycopg_pool.PoolTimeout:
+            self._abort_open()
+            raise self._open_failed() from None
+        except BaseException:
+            self._abort_open()
+            raise
+        self._opened = True
+
+    def _abort_open(self) -> None:
+        self._pool.close(timeout=1.0)
+        self._watchdog.stop()
+
+    def _probe(self, deadline_at: float) -> None:
+        """Connect once, right now: a fatal error raises at once, a transient one is retried."""
+        delay = 0.05
+        while True:
+            try:
+                psycopg.connect(self._conninfo, autocommit=True).close()
+                return
+            except psycopg.Error as exc:
+                if not self._note_connect_error(exc) or now() + delay >= deadline_at:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _configure(self, conn: Conn) -> None:
+        for statement in self._config.warm_sql:
+            conn.execute(statement.encode())  # warm-up SQL is the operator's configuration
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close every connection (waiting up to *timeout* for those in use). Idempotent."""
+        if not self._opened:
+            return
+        self._opened = False
+        self._pool.close(timeout=timeout)
+        self._watchdog.stop()
+
+    def __enter__(self) -> Pool:
+        self.open(wait=True)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _acquire(self, deadline_at: float) -> Conn:
+        """A healthy connection before *deadline_at*, or AcquireTimeout / DatabaseUnavailable."""
+        while True:
+            wait = self._acquire_wait(deadline_at)
+            try:
+                conn = self._pool.getconn(timeout=wait)
+            except psycopg_pool.PoolTimeout:
+                raise self._acquire_timed_out(wait) from None
+            if has_pending_input(conn) and connection_is_dead(conn):
+                # the server hung up on it while it sat idle: nothing was sent, try another
+                self._discard(conn)
+                continue
+            if self._needs_ping(conn) and not self._ping(conn, deadline_at):
+                self._discard(conn)
+                continue
+            return conn
+
+    def _ping(self, conn: Conn, deadline_at: float) -> bool:
+        """A round trip on a connection that idled long: True when it answered in time."""
+        entry = self._watchdog.watch(conn.pgconn.socket, min(deadline_at, now() + 2.0))
+        try:
+            conn.execute("")
+            return True
+        except psycopg.Error:
+            return False
+        finally:
+            if self._watchdog.done(entry):
+                conn.close()
+
+    def _discard(self, conn: Conn) -> None:
+        """Drop a connection found dead before use, and with it its whole generation."""
+        self._counters.discarded += 1
+        self._new_generation(conn)
+        conn.close()
+        self._pool.putconn(conn)
+
+    def _new_generation(self, conn: Conn) -> None:
+        """A confirmed disconnect: retire every older idle connection without probing each."""
+        if self._claims_generation(conn):
+            self._pool.drain()
+
+    def _release(self, conn: Conn, error: BaseException | None) -> None:
+        conn._dbr_used_at = now()  # type: ignore[attr-defined]
+        if error is not None and starts_new_generation(error):
+            self._new_generation(conn)
+        if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+            self._counters.discarded += 1
+        elif conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                conn.close()
+        self._pool.putconn(conn)
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | timedelta | None = None) -> Iterator[Conn]:
+        """``with pool.connection() as conn:`` — a checked, autocommit psycopg connection.
+
+        Waiting for it is bounded by ``acquire_timeout``; with *timeout*, the whole block is
+        bounded too (the socket is shut down when it passes and :class:`QueryTimeout` raised).
+        A transaction left open by the block is rolled back; a broken connection is discarded.
+        """
+        start = now()
+        limit = None if timeout is None else seconds("timeout", timeout)
+        conn = self._acquire(start + (limit if limit is not None else self._config.acquire_timeout))
+        entry = None if limit is None else self._watchdog.watch(conn.pgconn.socket, start + limit)
+        try:
+            yield conn
+        except BaseException as exc:
+            fired = entry is not None and self._watchdog.done(entry)
+            self._release(conn, exc)
+            if fired and isinstance(exc, Exception):
+                raise self._timed_out("a connection block", commit_unknown=True) from exc
+            raise
+        if entry is not None and self._watchdog.done(entry):
+            conn.close()
+        self._release(conn, None)
+
+    # --- calls ------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        what: str,
+        attempt: Callable[[float], T],
+        timeout: float | timedelta | None,
+        idempotent: bool | Callable[[], bool],
+    ) -> T:
+        """Run *attempt(deadline_at)* under the breaker, the budget and the retry policy."""
+        start, deadline_at, permit = self._begin(timeout)
+        failed = 0
+        while True:
+            try:
+                result = attempt(deadline_at)
+            except Exception as exc:
+                failed += 1
+                safe = idempotent() if callable(idempotent) else idempotent
+                delay = self._after_failure(what, exc, failed, start, deadline_at, permit, safe)
+                if delay is None:
+                    raise
+                if delay > 0:
+                    time.sleep(delay)
+                continue
+            except BaseException as exc:
+                self._record(permit, exc, start)
+                raise
+            self._record(permit, None, start)
+            return result
+
+    def _statement(
+        self,
+        query: Query,
+        params: Params | None,
+        deadline_at: float,
+        fetch: Callable[[psycopg.Cursor[Any]], T],
+        row_factory: RowFactory[Any] | None,
+        prepare: bool | None,
+        write: bool,
+    ) -> T:
+        conn = self._acquire(deadline_at)
+        watchdog = self._watchdog
+        entry = watchdog.watch(conn.pgconn.socket, deadline_at)
+        try:
+            cur = conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
+            cur.execute(query, params, prepare=prepare)
+            result = fetch(cur)
+        except BaseException as exc:
+            fired = watchdog.done(entry)
+            self._release(conn, exc)
+            if fired and isinstance(exc, Exception):
+                raise self._timed_out("a query", commit_unknown=write) from exc
+            raise
+        if watchdog.done(entry):
+            conn.close()  # the answer came, but the socket is already shut
+        self._release(conn, None)
+        return result
+
+    @overload
+    def fetchone(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        timeout: float | timedelta | None = None,
+        prepare: bool | None = None,
+    ) -> tuple[Any, ...] | None: ...
+
+    @overload
+    def fetchone(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        row_factory: RowFactory[R],
+        timeout: float | timedelta | None = None,
+        prepare: bool | None = None,
+    ) -> R | None: ...
+
+    def fetchone(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        row_factory: RowFactory[Any] | None = None,
+        timeout: float | timedelta | None = None,
+        prepare: bool | None = None,
+    ) -> Any:
+        """The first row of a read (a tuple, or what *row_factory* makes), or ``None``.
+
+        Retried on transient failures within *timeout* (default ``query_timeout``). Raises the
+        original error, :class:`QueryTimeout`, :class:`AcquireTimeout`,
+        :class:`DatabaseUnavailable` or :class:`CircuitOpen`.
+        """
+        return self._call(
+            "fetchone",
+            lambda at: self._statement(
+                query, params, at, _fetchone, row_factory, prepare, write=False
+            ),
+            timeout,
+            True,
+        )
+
+    @overload
+    def fetchall(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        timeout: float | timedelta | None = None,
+        prepare: bool | None = None,
+    ) -> list[tuple[Any, ...]]: ...
+
+    @overload
+    def fetchall(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        row_factory: RowFactory[R],
+        timeout: float | timedelta | None = None,
+        prepare: bool | None = None,
+    ) -> list[R]: ...
+
+    def fetchall(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        row_factory: RowFactory[Any] | None = None,
+        timeout: float | timedelta | None = None,
+        prepare: bool | None = None,
+    ) -> Any:
+        """Every row of a read, as :meth:`fetchone` retries and bounds it."""
+        return self._call(
+            "fetchall",
+            lambda at: self._statement(
+                query, params, at, _fetchall, row_factory, prepare, write=False
+            ),
+            timeout,
+            True,
+        )
+
+    def execute(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        idempotent: bool = False,
+        timeout: float | timedelta | None = None,
+        prepare: bool | None = None,
+    ) -> int:
+        """Run a write in its own (autocommit) transaction; returns the row count.
+
+        Retried on failures that came before anything was sent, or whose outcome is known
+        (a serialization failure, a refused connection); a failure that leaves the write's
+        fate unknown (the connection lost mid-statement) is re-run only with
+        ``idempotent=True``.
+        """
+        return self._call(
+            "execute",
+            lambda at: self._statement(query, params, at, _rowcount, None, prepare, write=True),
+            timeout,
+            idempotent,
+        )
+
+    def transaction(
+        self,
+        fn: Callable[[Conn], T],
+        *,
+        timeout: float | timedelta | None = None,
+        idempotent: bool = False,
+    ) -> T:
+        """Run ``fn(conn)`` inside BEGIN … COMMIT and return its result; re-run it when safe.
+
+        The whole transaction is re-run on a serialization failure or deadlock (P2034) and
+        when the connection is lost before COMMIT was sent (nothing was committed). When the
+        connection is lost, or the deadline passes, *during* COMMIT, it raises
+        :class:`CommitUnknown` (P1017, ``commit_unknown``): the work may or may not be
+        committed, and it is not re-run unless ``idempotent=True``. *fn* must not commit or
+        roll back itself; it may use savepoints (``conn.transaction()``).
+        """
+        phase = ["begin"]
+
+        def before_commit() -> bool:
+            return idempotent or phase[0] != "commit"
+
+        return self._call(
+            "transaction",
+            lambda at: self._transaction_attempt(fn, at, phase),
+            timeout,
+            before_commit,
+        )
+
+    def _transaction_attempt(
+        self, fn: Callable[[Conn], T], deadline_at: float, phase: list[str]
+    ) -> T:
+        phase[0] = "begin"
+        conn = self._acquire(deadline_at)
+        watchdog = self._watchdog
+        entry = watchdog.watch(conn.pgconn.socket, deadline_at)
+        try:
+            conn.execute("BEGIN")
+            phase[0] = "body"
+            result = fn(conn)
+            phase[0] = "commit"
+            conn.execute("COMMIT")
+            phase[0] = "done"
+        except BaseException as exc:
+            fired = watchdog.done(entry)
+            self._release(conn, exc)
+            if not isinstance(exc, Exception):
+                raise
+            if phase[0] == "commit" and lost_in_commit(exc, fired):
+                raise self._commit_unknown() from exc
+            if fired:  # shut down before COMMIT: the server rolls it back
+                raise self._timed_out("a transaction", commit_unknown=False) from exc
+            raise
+        if watchdog.done(entry):
+            conn.close()
+        self._release(conn, None)
+        return result
+
+
+def _fetchone(cur: psycopg.Cursor[Any]) -> Any:
+    return cur.fetchone()
+
+
+def _fetchall(cur: psycopg.Cursor[Any]) -> Any:
+    return cur.fetchall()
+
+
+def _rowcount(cur: psycopg.Cursor[Any]) -> int:
+    return cur.rowcount

@@ -1,0 +1,508 @@
+"""What the sync and async pools share and that does no I/O of its own.
+
+Configuration (validated once, frozen), the layered timeouts turned into libpq parameters,
+the cheap "did the server hang up on this idle connection?" test, the faster reconnect backoff
+handed to psycopg_pool, and the counters behind ``stats()``.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool.base import AttemptWithBackoff
+
+from dbresilience._backoff import Backoff
+from dbresilience._breaker import CircuitBreaker
+from dbresilience._budget import RetryBudget
+from dbresilience._classify import ErrorKind, classify
+from dbresilience._deadline import seconds
+from dbresilience._errors import AcquireTimeout, CommitUnknown, DatabaseUnavailable, QueryTimeout
+from dbresilience._retry import RetryPolicy, _Default
+from dbresilience._watchdog import Watchdog
+
+__all__ = [
+    "PoolBase",
+    "PoolConfig",
+    "PoolCounters",
+    "QuickReconnect",
+    "has_pending_input",
+    "safe_target",
+]
+
+# Failures after which every older connection is suspect: the server went away or was demoted.
+_GENERATION_KINDS = frozenset(
+    {ErrorKind.CONNECTION_LOST, ErrorKind.IDLE_TIMEOUT, ErrorKind.READ_ONLY}
+)
+# Failures during COMMIT after which nobody knows whether it committed.
+_LOST_IN_COMMIT = frozenset(
+    {ErrorKind.CONNECTION_LOST, ErrorKind.COMPLETION_UNKNOWN, ErrorKind.QUERY_TIMEOUT}
+)
+RECONNECT_FOREVER = 365 * 24 * 3600.0  # psycopg_pool gives up on a slot after this long
+
+
+class QuickReconnect(AttemptWithBackoff):
+    """psycopg_pool's reconnect backoff, started at 0.1 s and capped at 1 s.
+
+    psycopg_pool starts at 1 s and doubles up to ``reconnect_timeout`` (5 minutes), so a pool
+    could wait minutes to refill after its database came back (psycopg #701, #1315). Capping
+    the delay keeps the refill within a second of the database's return, at the cost of one
+    connection attempt per missing connection per second while it is down.
+    """
+
+    INITIAL_DELAY = 0.1
+    MAX_DELAY = 1.0
+
+    def update_delay(self, now: float) -> None:
+        """Grow the delay as psycopg_pool does, but never past ``MAX_DELAY``."""
+        super().update_delay(now)
+        self.delay = min(self.delay, self.MAX_DELAY)
+
+
+def _duration(name: str, value: float | timedelta | None) -> float | None:
+    return None if value is None else seconds(name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """Validated pool settings; every duration in float seconds."""
+
+    min_size: int
+    max_size: int
+    connect_timeout: float
+    acquire_timeout: float
+    query_timeout: float
+    statement_timeout: float | None
+    lock_timeout: float | None
+    idle_in_transaction_timeout: float | None
+    idle_check_after: float
+    attempts: int
+    warm_sql: tuple[str, ...]
+    name: str
+    max_lifetime: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        conninfo: str,
+        *,
+        min_size: int,
+        max_size: int,
+        connect_timeout: float | timedelta,
+        acquire_timeout: float | timedelta,
+        query_timeout: float | timedelta,
+        statement_timeout: float | timedelta | bool | None,
+        lock_timeout: float | timedelta | bool | None,
+        idle_in_transaction_timeout: float | timedelta | None,
+        idle_check_after: float | timedelta,
+        attempts: int,
+        warm_sql: Sequence[str],
+        name: str | None,
+        max_lifetime: float | timedelta,
+        kwargs: dict[str, Any] | None,
+    ) -> PoolConfig:
+        """Validate everything, naming the argument in any ``ValueError``/``TypeError``."""
+        for arg, value in (("min_size", min_size), ("max_size", max_size), ("attempts", attempts)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{arg} must be an int, got {value!r}")
+        if min_size < 0:
+            raise ValueError(f"min_size must be >= 0, got {min_size}")
+        if max_size < 1 or max_size < min_size:
+            raise ValueError(f"max_size must be >= 1 and >= min_size ({min_size}), got {max_size}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        query = seconds("query_timeout", query_timeout)
+        if isinstance(warm_sql, str):
+            raise TypeError("warm_sql must be a sequence of SQL strings, not one string")
+        if not all(isinstance(q, str) for q in warm_sql):
+            raise TypeError(f"warm_sql must hold SQL strings, got {warm_sql!r}")
+        try:
+            conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError:
+            # psycopg's message quotes the bad part, which may be the password: do not chain it
+            raise ValueError("conninfo is not a valid libpq connection string or URL") from None
+        return cls(
+            min_size=min_size,
+            max_size=max_size,
+            connect_timeout=seconds("connect_timeout", connect_timeout),
+            acquire_timeout=seconds("acquire_timeout", acquire_timeout),
+            query_timeout=query,
+            statement_timeout=query
+            if statement_timeout is True
+            else _duration("statement_timeout", statement_timeout or None),
+            # below statement_timeout, so a lock wait ends in 55P03 (retryable), not 57014
+            lock_timeout=query / 2
+            if lock_timeout is True
+            else _duration("lock_timeout", lock_timeout or None),
+            idle_in_transaction_timeout=_duration(
+                "idle_in_transaction_timeout", idle_in_transaction_timeout
+            ),
+            idle_check_after=seconds("idle_check_after", idle_check_after, allow_zero=True),
+            attempts=attempts,
+            warm_sql=tuple(warm_sql),
+            name=name or safe_target(conninfo),
+            max_lifetime=seconds("max_lifetime", max_lifetime),
+            extra=dict(kwargs or {}),
+        )
+
+    def conninfo(self, conninfo: str) -> str:
+        """*conninfo* with every timeout layer the pool promises set on it.
+
+        ``connect_timeout`` (libpq otherwise waits up to 130 s per host; libpq's minimum is
+        2 s), server-side ``statement_timeout``, ``lock_timeout`` and
+        ``idle_in_transaction_session_timeout`` through ``options``, and TCP keepalives plus
+        ``tcp_user_timeout`` so that a half-open socket dies instead of hanging.
+        """
+        params: dict[str, Any] = dict(conninfo_to_dict(conninfo))
+        params.update(self.extra)
+        params["connect_timeout"] = str(max(2, math.ceil(self.connect_timeout)))
+        params.setdefault("keepalives", "1")
+        params.setdefault("keepalives_idle", "10")
+        params.setdefault("keepalives_interval", "5")
+        params.setdefault("keepalives_count", "3")
+        params.setdefault("tcp_user_timeout", str(int(max(self.query_timeout, 10.0) * 1000)))
+        options = [str(params.get("options") or "").strip()]
+        for setting, value in (
+            ("statement_timeout", self.statement_timeout),
+            ("lock_timeout", self.lock_timeout),
+            ("idle_in_transaction_session_timeout", self.idle_in_transaction_timeout),
+        ):
+            if value is not None and setting not in options[0]:
+                options.append(f"-c {setting}={max(1, int(value * 1000))}")
+        params["options"] = " ".join(o for o in options if o)
+        return make_conninfo("", **params)
+
+
+def safe_target(conninfo: str) -> str:
+    """``host:port/dbname`` of *conninfo*: what logs and reprs may show (never a password)."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "postgresql"
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or "5432")
+    dbname = str(params.get("dbname") or params.get("user") or "")
+    return f"{host}:{port}/{dbname}"
+
+
+def has_pending_input(conn: psycopg.BaseConnection[Any]) -> bool:
+    """True when the server sent something to an idle connection (a FATAL, a close).
+
+    One ``select`` with a zero timeout (about a microsecond) instead of a round trip: a backend
+    terminated while the connection sat in the pool has already said so on the socket. A
+    NOTIFY also makes the socket readable; the caller consumes input and looks again.
+    """
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def connection_is_dead(conn: psycopg.BaseConnection[Any]) -> bool:
+    """Consume what the server sent to an idle connection; True when it is no longer usable."""
+    pgconn = conn.pgconn
+    try:
+        pgconn.consume_input()
+    except psycopg.OperationalError:
+        return True
+    return bool(pgconn.status != psycopg.pq.ConnStatus.OK or conn.closed)
+
+
+def starts_new_generation(exc: BaseException) -> bool:
+    """True for failures after which every older pooled connection is suspect."""
+    return classify(exc).kind in _GENERATION_KINDS
+
+
+@dataclass
+class PoolCounters:
+    """The pool's own counters, added to psycopg_pool's in ``stats()``."""
+
+    calls: int = 0
+    retries: int = 0
+    failures: int = 0
+    acquire_timeouts: int = 0
+    query_timeouts: int = 0
+    discarded: int = 0
+    generation: int = 0
+    fail_fast: int = 0
+    commit_unknown: int = 0
+    last_connect_error: BaseException | None = None
+    last_connect_error_at: float = 0.0
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a plain dict."""
+        return {
+            "calls": self.calls,
+            "retries": self.retries,
+            "failures": self.failures,
+            "acquire_timeouts": self.acquire_timeouts,
+            "query_timeouts": self.query_timeouts,
+            "discarded": self.discarded,
+            "generation": self.generation,
+            "fail_fast": self.fail_fast,
+            "commit_unknown": self.commit_unknown,
+        }
+
+
+def now() -> float:
+    """The pool's clock."""
+    return time.monotonic()
+
+
+class PoolBase:
+    """The parts of :class:`Pool` and :class:`AsyncPool` that do no I/O.
+
+    Settings, the retry policy with its breaker and budget, counters, the watchdog, the
+    fail-fast decision, the per-call bookkeeping and ``stats()``. The twins add locking and I/O.
+    """
+
+    _pool: Any  # the psycopg_pool pool: ConnectionPool or AsyncConnectionPool
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int,
+        max_size: int,
+        connect_timeout: float | timedelta,
+        acquire_timeout: float | timedelta,
+        query_timeout: float | timedelta,
+        statement_timeout: float | timedelta | bool | None,
+        lock_timeout: float | timedelta | bool | None,
+        idle_in_transaction_timeout: float | timedelta | None,
+        idle_check_after: float | timedelta,
+        attempts: int,
+        base_delay: float | timedelta,
+        max_delay: float | timedelta,
+        warm_sql: Sequence[str],
+        breaker: CircuitBreaker | _Default | None,
+        budget: RetryBudget | _Default | None,
+        name: str | None,
+        max_lifetime: float | timedelta,
+        kwargs: dict[str, Any] | None,
+    ) -> None:
+        config = PoolConfig.build(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            connect_timeout=connect_timeout,
+            acquire_timeout=acquire_timeout,
+            query_timeout=query_timeout,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_timeout=idle_in_transaction_timeout,
+            idle_check_after=idle_check_after,
+            attempts=attempts,
+            warm_sql=warm_sql,
+            name=name,
+            max_lifetime=max_lifetime,
+            kwargs=kwargs,
+        )
+        base = seconds("base_delay", base_delay, allow_zero=True)
+        cap = seconds("max_delay", max_delay, allow_zero=True)
+        if cap < base:
+            raise ValueError(f"max_delay ({cap!r}) must be >= base_delay ({base!r})")
+        if isinstance(breaker, _Default):
+            breaker = CircuitBreaker(config.name)
+        elif breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise TypeError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
+        if isinstance(budget, _Default):
+            budget = RetryBudget(config.name)
+        elif budget is not None and not isinstance(budget, RetryBudget):
+            raise TypeError(f"budget must be a RetryBudget or None, got {budget!r}")
+        self._config = config
+        self._policy = RetryPolicy(
+            attempts=attempts,
+            backoff=Backoff(base, cap),
+            deadline=None,
+            budget=budget,
+            breaker=breaker,
+        )
+        self._counters = PoolCounters()
+        self._watchdog = Watchdog(config.name)
+        self._conninfo = config.conninfo(conninfo)  # may hold a password: never shown
+        self._opened = False
+
+    def _core_options(self) -> dict[str, Any]:
+        """The psycopg_pool constructor arguments both twins use."""
+        config = self._config
+        return {
+            "min_size": config.min_size,
+            "max_size": config.max_size,
+            "open": False,
+            "kwargs": {"autocommit": True},
+            "name": config.name,
+            "timeout": config.acquire_timeout,
+            "max_lifetime": config.max_lifetime,
+            "reconnect_timeout": RECONNECT_FOREVER,
+            "num_workers": max(3, min(config.min_size, 8)),
+        }
+
+    @property
+    def name(self) -> str:
+        """``host:port/dbname`` unless named: what logs, errors and breakers call this pool."""
+        return self._config.name
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The pool's circuit breaker, or ``None`` when switched off."""
+        return self._policy.breaker
+
+    def __repr__(self) -> str:
+        state = "open" if self._opened else "closed"
+        return (
+            f"{type(self).__name__}({self.name!r}, min_size={self._config.min_size}, "
+            f"max_size={self._config.max_size}, {state})"
+        )
+
+    def _open_failed(self) -> BaseException:
+        """What ``open(wait=True)`` raises when psycopg_pool did not fill in time."""
+        error = self._counters.last_connect_error
+        if error is not None:
+            return error
+        return AcquireTimeout(
+            f"pool {self.name!r} did not open {self._config.min_size} connections "
+            f"within {self._config.connect_timeout:.2f} s"
+        )
+
+    def _note_connect_error(self, exc: BaseException) -> bool:
+        """Record a failed direct connect; True when waiting could help (retry the probe)."""
+        self._counters.last_connect_error = exc
+        self._counters.last_connect_error_at = now()
+        return classify(exc).retryable
+
+    def _maybe_fail_fast(self) -> None:
+        """Raise DatabaseUnavailable when connecting fails and no connection is idle."""
+        counters = self._counters
+        error = counters.last_connect_error
+        if error is None:
+            return
+        age = now() - counters.last_connect_error_at
+        if age > max(3.0, self._config.connect_timeout + 1.5):
+            return  # stale: let getconn drive a new attempt
+        if self._pool.get_stats().get("pool_available", 0):
+            return
+        counters.fail_fast += 1
+        c = classify(error)
+        raise DatabaseUnavailable(
+            f"pool {self.name!r} has no connection and its last attempt to connect failed "
+            f"{age:.1f} s ago ({c.code})",
+            c,
+        )
+
+    def _acquire_wait(self, deadline_at: float) -> float:
+        """How long the next getconn may wait; raises when no time is left."""
+        if self._counters.last_connect_error is not None:
+            self._maybe_fail_fast()
+        wait = min(self._config.acquire_timeout, deadline_at - now())
+        if wait <= 0:
+            self._counters.acquire_timeouts += 1
+            raise AcquireTimeout(f"no time left to get a connection from pool {self.name!r}")
+        return wait
+
+    def _acquire_timed_out(self, wait: float) -> AcquireTimeout:
+        """Count an acquire timeout; fail fast instead when connecting is what fails."""
+        self._counters.acquire_timeouts += 1
+        if self._counters.last_connect_error is not None:
+            self._maybe_fail_fast()
+        return AcquireTimeout(
+            f"couldn't get a connection from pool {self.name!r} after {wait:.2f} s"
+        )
+
+    def _needs_ping(self, conn: Any) -> bool:
+        """True when *conn* idled past ``idle_check_after`` and must answer a round trip."""
+        return now() - getattr(conn, "_dbr_used_at", 0.0) > self._config.idle_check_after
+
+    def _claims_generation(self, conn: Any) -> bool:
+        """True when a disconnect on *conn* should retire its whole generation (once)."""
+        counters = self._counters
+        if getattr(conn, "_dbr_generation", counters.generation) != counters.generation:
+            return False  # already retired with its generation
+        counters.generation += 1
+        return True
+
+    def _begin(self, timeout: float | timedelta | None) -> tuple[float, float, int]:
+        """Start a call: ``(start, deadline_at, breaker permit)``; may raise CircuitOpen."""
+        start = now()
+        limit = self._config.query_timeout if timeout is None else seconds("timeout", timeout)
+        policy = self._policy
+        permit = policy.breaker.acquire() if policy.breaker is not None else 0
+        if policy.budget is not None:
+            policy.budget.deposit_at(start)
+        self._counters.calls += 1
+        return start, start + limit, permit
+
+    def _after_failure(
+        self,
+        what: str,
+        exc: Exception,
+        failed: int,
+        start: float,
+        deadline_at: float,
+        permit: int,
+        idempotent: bool,
+    ) -> float | None:
+        """The sleep before the next attempt, or None: then the outcome is recorded."""
+        delay = self._policy._next_delay(
+            f"{self.name} {what}", exc, failed, start, deadline=deadline_at, idempotent=idempotent
+        )
+        if delay is None:
+            self._counters.failures += 1
+            self._record(permit, exc, start)
+        else:
+            self._counters.retries += 1
+        return delay
+
+    def _record(self, permit: int, exc: BaseException | None, start: float) -> None:
+        breaker = self._policy.breaker
+        if breaker is not None:
+            breaker.record(permit, exc, start)
+
+    def _timed_out(self, what: str, *, commit_unknown: bool) -> QueryTimeout:
+        self._counters.query_timeouts += 1
+        return QueryTimeout(
+            f"{what} on pool {self.name!r} did not finish by its deadline; "
+            "the connection was shut down",
+            commit_unknown=commit_unknown,
+        )
+
+    def _commit_unknown(self) -> CommitUnknown:
+        self._counters.commit_unknown += 1
+        return CommitUnknown(
+            f"the connection to pool {self.name!r} was lost during COMMIT; "
+            "the transaction may or may not have been committed"
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """``size``, ``idle``, ``waiting`` (from psycopg_pool), the pool's own counters
+        (``calls``, ``retries``, ``failures``, ``acquire_timeouts``, ``query_timeouts``,
+        ``discarded``, ``generation``, ``fail_fast``, ``commit_unknown``), ``watchdog_fired``
+        and the ``breaker`` state."""
+        raw = self._pool.get_stats()
+        breaker = self._policy.breaker
+        return {
+            "size": raw.get("pool_size", 0),
+            "idle": raw.get("pool_available", 0),
+            "waiting": raw.get("requests_waiting", 0),
+            **self._counters.snapshot(),
+            "watchdog_fired": self._watchdog.fired,
+            "breaker": breaker.state.value if breaker is not None else "off",
+        }
+
+
+def lost_in_commit(exc: BaseException, fired: bool) -> bool:
+    """True when a failure during COMMIT leaves the transaction's fate unknown."""
+    return fired or classify(exc).kind in _LOST_IN_COMMIT
