@@ -212,13 +212,23 @@ def has_pending_input(conn: psycopg.BaseConnection[Any]) -> bool:
 
 
 def connection_is_dead(conn: psycopg.BaseConnection[Any]) -> bool:
-    """Consume what the server sent to an idle connection; True when it is no longer usable."""
+    """Consume what the server sent to an idle connection; True when it is no longer usable.
+
+    A terminated backend sends a FATAL message and then closes: libpq takes the message on
+    one read and sees the end of the stream only on the next, so keep reading while the
+    socket stays readable (a few times at most: a chatty NOTIFY stream is not a death).
+    """
     pgconn = conn.pgconn
-    try:
-        pgconn.consume_input()
-    except psycopg.OperationalError:
-        return True
-    return bool(pgconn.status != psycopg.pq.ConnStatus.OK or conn.closed)
+    for _ in range(4):
+        try:
+            pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True
+        if pgconn.status != psycopg.pq.ConnStatus.OK or conn.closed:
+            return True
+        if not has_pending_input(conn):
+            return False
+    return False
 
 
 def starts_new_generation(exc: BaseException) -> bool:

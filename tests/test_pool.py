@@ -1,0 +1,435 @@
+"""Pool: warming, deadlines that hold against a frozen server, recovery, transactions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import dict_row
+
+import dbresilience as dbr
+from dbresilience.faults import FaultProxy, TemporaryPostgres, free_port
+
+MARGIN = 0.25  # what "within its deadline plus a small margin" means in these tests
+
+
+def backends(cluster: TemporaryPostgres) -> list[int]:
+    """The pids of every client backend on *cluster* (not the admin connection asking)."""
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            "select pid from pg_stat_activity "
+            "where backend_type = 'client backend' and pid <> pg_backend_pid()"
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def terminate_all(cluster: TemporaryPostgres) -> int:
+    """pg_terminate_backend on every client backend; returns how many."""
+    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity "
+            "where backend_type = 'client backend' and pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+@pytest.fixture
+def table(pg_cluster: TemporaryPostgres) -> Iterator[sql.Identifier]:
+    """A fresh table (id serial, v int) on the throwaway cluster, dropped after."""
+    name = sql.Identifier(f"dbr_pool_{uuid.uuid4().hex[:10]}")
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create table {} (id serial primary key, v int)").format(name))
+    yield name
+    if pg_cluster.running:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop table if exists {}").format(name))
+
+
+def count(cluster: TemporaryPostgres, table: sql.Identifier) -> int:
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        row = conn.execute(sql.SQL("select count(*) from {}").format(table)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# --- open --------------------------------------------------------------------------------
+
+
+def test_open_warms_min_size_connections(pg_dsn: str) -> None:
+    """Entering the block opens min_size connections before the first call."""
+    with dbr.Pool(pg_dsn, min_size=3, max_size=5) as pool:
+        assert pool.stats()["size"] >= 3
+        assert pool.fetchone("select 1") == (1,)
+        assert pool.fetchall("select generate_series(1, 3)") == [(1,), (2,), (3,)]
+
+
+def test_open_against_refused_port_fails_with_p1001(pg_dsn: str) -> None:
+    """A refused port: open retries within connect_timeout, then raises the P1001 error."""
+    dsn = psycopg.conninfo.make_conninfo(pg_dsn, port=str(free_port()))
+    pool = dbr.Pool(dsn, connect_timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(psycopg.OperationalError) as info:
+        pool.open()
+    assert time.monotonic() - start < 1.0 + MARGIN
+    assert dbr.classify(info.value).code == "P1001"
+
+
+@pytest.mark.parametrize(("change", "code"), [("user", "P1000"), ("dbname", "P1003")])
+def test_open_fails_at_once_on_fatal_errors(pg_dsn: str, change: str, code: str) -> None:
+    """Unknown role and missing database are not waited out: open raises at once."""
+    dsn = psycopg.conninfo.make_conninfo(pg_dsn, **{change: "dbr_missing_x"})
+    pool = dbr.Pool(dsn, connect_timeout=10.0)
+    start = time.monotonic()
+    with pytest.raises(psycopg.OperationalError) as info:
+        pool.open()
+    assert time.monotonic() - start < 1.0
+    assert dbr.classify(info.value).code == code
+
+
+def test_open_without_wait_starts_while_the_database_is_down(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """open(wait=False) returns at once with the server down; calls fail fast, then serve."""
+    pg_cluster.stop("fast")
+    pool = dbr.Pool(pg_cluster.dsn, min_size=2, query_timeout=2.0)
+    pool.open(wait=False)
+    try:
+        time.sleep(0.3)  # let the background connects fail
+        start = time.monotonic()
+        with pytest.raises(dbr.DatabaseUnavailable) as info:
+            pool.fetchone("select 1")
+        assert time.monotonic() - start < 0.5
+        assert dbr.classify(info.value).code == "P1001"
+        pg_cluster.start()
+        back = time.monotonic()
+        while True:
+            try:
+                assert pool.fetchone("select 1") == (1,)
+                break
+            except dbr.DatabaseUnavailable:
+                assert time.monotonic() - back < 1.0 + 1.0  # one backoff step, plus margin
+                time.sleep(0.02)
+    finally:
+        pool.close()
+
+
+# --- deadlines ---------------------------------------------------------------------------
+
+
+def test_frozen_backend_returns_within_the_deadline_and_the_pool_serves_again(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """Every backend SIGSTOPped: the call ends at its deadline with QueryTimeout (P1008)."""
+    with dbr.Pool(pg_cluster.dsn, min_size=2, max_size=4, query_timeout=1.0) as pool:
+        for pid in backends(pg_cluster):
+            pg_cluster.freeze(pid)
+        start = time.monotonic()
+        with pytest.raises(dbr.QueryTimeout) as info:
+            pool.fetchone("select 1")
+        elapsed = time.monotonic() - start
+        assert 1.0 <= elapsed < 1.0 + MARGIN
+        assert isinstance(info.value, TimeoutError)
+        assert dbr.classify(info.value).code == "P1008"
+        # the frozen backends stay frozen; the pool connects anew and serves
+        assert pool.fetchone("select 2", timeout=3.0) == (2,)
+        assert pool.stats()["query_timeouts"] == 1
+
+
+def test_raw_psycopg_would_wait_for_the_frozen_backend(pg_cluster: TemporaryPostgres) -> None:
+    """The problem the watchdog solves: statement_timeout does nothing for a frozen backend."""
+    conn = psycopg.connect(pg_cluster.dsn, autocommit=True, options="-c statement_timeout=300")
+    pid = conn.execute("select pg_backend_pid()").fetchone()
+    assert pid is not None
+    pg_cluster.freeze(int(pid[0]))
+    done = threading.Event()
+    threading.Thread(target=lambda: (conn.execute("select 1"), done.set()), daemon=True).start()
+    assert not done.wait(1.0)  # three times its statement_timeout, still waiting
+    pg_cluster.thaw(int(pid[0]))
+    assert done.wait(5)
+    conn.close()
+
+
+def test_proxy_freeze_ends_at_the_deadline(pg_dsn: str, pg_proxy: tuple[FaultProxy, str]) -> None:
+    """A network that stops forwarding: QueryTimeout at the deadline; restored, it serves."""
+    proxy, dsn = pg_proxy
+    with dbr.Pool(dsn, min_size=1, max_size=2, query_timeout=0.8) as pool:
+        proxy.freeze()
+        start = time.monotonic()
+        with pytest.raises(dbr.QueryTimeout):
+            pool.fetchone("select 1")
+        assert time.monotonic() - start < 0.8 + MARGIN
+        proxy.restore()
+        assert pool.fetchone("select 1") == (1,)
+
+
+def test_server_side_statement_timeout_keeps_the_connection(pg_dsn: str) -> None:
+    """statement_timeout (the server layer) cancels a slow query with 57014; nothing is lost."""
+    with dbr.Pool(pg_dsn, min_size=1, max_size=1, query_timeout=5, statement_timeout=0.2) as pool:
+        with pytest.raises(psycopg.errors.QueryCanceled) as info:
+            pool.fetchone("select pg_sleep(2)")
+        assert dbr.classify(info.value).code == "P1008"
+        assert pool.fetchone("select 1") == (1,)
+        assert pool.stats()["watchdog_fired"] == 0
+
+
+def test_connection_block_with_a_timeout(pg_dsn: str) -> None:
+    """pool.connection(timeout=...) bounds the whole block."""
+    with dbr.Pool(pg_dsn, min_size=1, max_size=2, statement_timeout=None) as pool:
+        start = time.monotonic()
+        with pytest.raises(dbr.QueryTimeout), pool.connection(timeout=0.5) as conn:
+            conn.execute("select pg_sleep(3)")
+        assert time.monotonic() - start < 0.5 + MARGIN
+
+
+def test_pool_busy_gives_p2024(pg_dsn: str) -> None:
+    """With every connection held, a call waits its timeout and ends in AcquireTimeout (P2024)."""
+    with dbr.Pool(pg_dsn, min_size=1, max_size=1, breaker=None) as pool:
+        with pool.connection():
+            start = time.monotonic()
+            with pytest.raises(dbr.AcquireTimeout) as info:
+                pool.fetchone("select 1", timeout=0.4)
+            assert 0.3 < time.monotonic() - start < 0.4 + MARGIN
+        assert dbr.classify(info.value).code == "P2024"
+        assert pool.stats()["acquire_timeouts"] >= 1
+
+
+# --- recovery ----------------------------------------------------------------------------
+
+
+def test_every_connection_terminated_next_reads_and_writes_succeed(
+    pg_cluster: TemporaryPostgres, table: sql.Identifier
+) -> None:
+    """pg_terminate_backend on every pooled connection: the next reads and writes succeed,
+    and a non-idempotent write is applied exactly once (nothing had been sent)."""
+    with dbr.Pool(pg_cluster.dsn, min_size=4, max_size=4) as pool:
+        assert terminate_all(pg_cluster) == 4
+        time.sleep(0.1)
+        assert pool.fetchone("select 1") == (1,)
+        assert terminate_all(pg_cluster) >= 1
+        time.sleep(0.1)
+        insert = sql.SQL("insert into {} (v) values (1)").format(table)
+        assert pool.execute(insert) == 1
+        assert pool.stats()["generation"] >= 1
+    assert count(pg_cluster, table) == 1
+
+
+def test_restart_serves_again_within_restart_time_plus_one_backoff_step(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """Server stopped and restarted: the pool serves again within a second of it being up."""
+    with dbr.Pool(pg_cluster.dsn, min_size=2, max_size=4, query_timeout=1.0) as pool:
+        assert pool.fetchone("select 1") == (1,)
+        pg_cluster.stop("fast")
+        with pytest.raises(psycopg.OperationalError):
+            pool.fetchone("select 1")
+        time.sleep(1.5)  # long enough for psycopg_pool's own backoff to have reached 2 s
+        pg_cluster.start()
+        back = time.monotonic()
+        while True:
+            try:
+                pool.fetchone("select 1")
+                break
+            except (psycopg.OperationalError, dbr.CircuitOpen):
+                assert time.monotonic() - back < 1.0 + 0.5  # QuickReconnect caps at 1 s
+                time.sleep(0.02)
+
+
+def test_proxy_reset_is_ridden_out(pg_proxy: tuple[FaultProxy, str]) -> None:
+    """Every connection reset by the network: reads succeed on new connections."""
+    proxy, dsn = pg_proxy
+    with dbr.Pool(dsn, min_size=2, max_size=2) as pool:
+        proxy.reset()
+        time.sleep(0.05)
+        assert pool.fetchone("select 1") == (1,)
+
+
+def test_a_write_lost_mid_statement_is_not_rerun_unless_idempotent(
+    pg_dsn: str,
+    pg_proxy: tuple[FaultProxy, str],
+    table_name: str,
+    pg_conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """The connection reset while an INSERT runs: P1017, commit unknown, not re-run."""
+    proxy, dsn = pg_proxy
+    t = sql.Identifier(table_name)
+    pg_conn.execute(sql.SQL("create table {} (v int)").format(t))
+    slow_insert = sql.SQL("insert into {} select 1 from pg_sleep(0.4)").format(t)
+    with dbr.Pool(dsn, min_size=1, max_size=2) as pool:
+        timer = threading.Timer(0.15, proxy.reset)
+        timer.start()
+        with pytest.raises(psycopg.OperationalError) as info:
+            pool.execute(slow_insert)
+        timer.join()
+        assert dbr.classify(info.value).commit_unknown
+        assert pool.stats()["retries"] == 0
+        timer = threading.Timer(0.15, proxy.reset)
+        timer.start()
+        pool.execute(slow_insert, idempotent=True)
+        timer.join()
+        assert pool.stats()["retries"] >= 1
+
+
+# --- transactions --------------------------------------------------------------------------
+
+
+def test_transaction_is_rerun_on_serialization_failure(
+    pg_cluster: TemporaryPostgres, table: sql.Identifier
+) -> None:
+    """A 40001 raised by the server in the first attempt: the whole transaction runs again."""
+    attempts = 0
+
+    def work(conn: psycopg.Connection[object]) -> str:
+        nonlocal attempts
+        attempts += 1
+        conn.execute(sql.SQL("insert into {} (v) values (%s)").format(table), (attempts,))
+        if attempts == 1:
+            conn.execute("do $$ begin raise exception 'conflict' using errcode = '40001'; end $$")
+        return "ok"
+
+    with dbr.Pool(pg_cluster.dsn, min_size=1, max_size=2) as pool:
+        assert pool.transaction(work) == "ok"
+    assert attempts == 2
+    assert count(pg_cluster, table) == 1  # the first attempt was rolled back
+
+
+def test_transaction_lost_before_commit_is_rerun(
+    pg_cluster: TemporaryPostgres, table: sql.Identifier
+) -> None:
+    """Its backend terminated mid-transaction: nothing was committed, so it runs again."""
+    attempts = 0
+
+    def work(conn: psycopg.Connection[object]) -> None:
+        nonlocal attempts
+        attempts += 1
+        conn.execute(sql.SQL("insert into {} (v) values (1)").format(table))
+        if attempts == 1:
+            terminate_all(pg_cluster)
+            time.sleep(0.05)
+        conn.execute(sql.SQL("insert into {} (v) values (2)").format(table))
+
+    with dbr.Pool(pg_cluster.dsn, min_size=1, max_size=2) as pool:
+        pool.transaction(work)
+    assert attempts == 2
+    assert count(pg_cluster, table) == 2
+
+
+def test_transaction_lost_during_commit_raises_commit_unknown(
+    pg_proxy: tuple[FaultProxy, str],
+    table_name: str,
+    pg_conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """The network freezes as COMMIT goes out: CommitUnknown (P1017, commit unknown), no re-run."""
+    proxy, dsn = pg_proxy
+    t = sql.Identifier(table_name)
+    pg_conn.execute(sql.SQL("create table {} (v int)").format(t))
+    attempts = 0
+
+    def work(conn: psycopg.Connection[object]) -> None:
+        nonlocal attempts
+        attempts += 1
+        conn.execute(sql.SQL("insert into {} values (1)").format(t))
+        proxy.freeze()  # the COMMIT that follows gets no answer
+
+    with dbr.Pool(dsn, min_size=1, max_size=2, query_timeout=1.0) as pool:
+        with pytest.raises(dbr.CommitUnknown) as info:
+            pool.transaction(work)
+        proxy.restore()
+    c = dbr.classify(info.value)
+    assert (c.code, c.commit_unknown) == ("P1017", True)
+    assert attempts == 1
+
+
+# --- configuration and security -------------------------------------------------------------
+
+
+def test_warm_sql_runs_on_every_connection(pg_dsn: str) -> None:
+    """warm_sql statements run on each new connection before it is used."""
+    with dbr.Pool(pg_dsn, min_size=2, warm_sql=["set application_name = 'dbr-warm'"]) as pool:
+        assert pool.fetchone("show application_name") == ("dbr-warm",)
+
+
+def test_row_factory(pg_dsn: str) -> None:
+    """Rows are tuples unless a row_factory is passed."""
+    with dbr.Pool(pg_dsn, min_size=1) as pool:
+        assert pool.fetchone("select 1 as a", row_factory=dict_row) == {"a": 1}
+        assert pool.fetchall("select 2 as b", row_factory=dict_row) == [{"b": 2}]
+
+
+def test_timeouts_are_set_on_every_connection(pg_dsn: str) -> None:
+    """statement_timeout, lock_timeout and idle_in_transaction_session_timeout are in force."""
+    with dbr.Pool(pg_dsn, min_size=1, query_timeout=4) as pool:
+        rows = pool.fetchall(
+            "select name, setting from pg_settings where name in "
+            "('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout') "
+            "order by name"
+        )
+    assert rows == [
+        ("idle_in_transaction_session_timeout", "60000"),
+        ("lock_timeout", "2000"),
+        ("statement_timeout", "4000"),
+    ]
+
+
+def test_breaker_fails_fast_once_the_database_is_gone(pg_cluster: TemporaryPostgres) -> None:
+    """The pool's breaker opens after repeated failures; then calls fail at once."""
+    breaker = dbr.CircuitBreaker("db", minimum_calls=3, open_for=30)
+    with dbr.Pool(pg_cluster.dsn, min_size=1, breaker=breaker, query_timeout=0.5) as pool:
+        pg_cluster.stop("fast")
+        for _ in range(3):
+            with pytest.raises(psycopg.OperationalError):
+                pool.fetchone("select 1")
+        start = time.monotonic()
+        with pytest.raises(dbr.CircuitOpen):
+            pool.fetchone("select 1")
+        assert time.monotonic() - start < 0.05
+        assert pool.stats()["breaker"] == "open"
+
+
+def test_no_password_in_repr_errors_or_logs(pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A DSN's password shows up in no repr, error message or log line."""
+    secret = "s3cret-Pa55"
+    dsn = psycopg.conninfo.make_conninfo(pg_dsn, port=str(free_port()), password=secret)
+    pool = dbr.Pool(dsn, connect_timeout=0.5)
+    texts = [repr(pool), str(pool.stats())]
+    with caplog.at_level(logging.DEBUG), pytest.raises(psycopg.OperationalError) as info:
+        pool.open()
+    texts += [str(info.value), repr(info.value), caplog.text]
+    good = psycopg.conninfo.make_conninfo(pg_dsn, password=secret)
+    with caplog.at_level(logging.DEBUG), dbr.Pool(good, min_size=1) as live:
+        texts += [repr(live), str(live.stats())]
+        with pytest.raises(psycopg.Error) as bad:
+            live.fetchone("select * from dbr_no_table")
+        texts += [str(bad.value), caplog.text]
+    assert not any(secret in text for text in texts)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"min_size": -1}, "min_size"),
+        ({"min_size": 5, "max_size": 2}, "max_size"),
+        ({"query_timeout": 0}, "query_timeout"),
+        ({"connect_timeout": -1}, "connect_timeout"),
+        ({"attempts": 0}, "attempts"),
+        ({"base_delay": 2, "max_delay": 1}, "max_delay"),
+    ],
+)
+def test_bad_pool_arguments_fail_at_construction(kwargs: dict[str, float], name: str) -> None:
+    """Invalid configuration raises ValueError naming the argument, before any I/O."""
+    with pytest.raises(ValueError, match=name):
+        dbr.Pool("host=127.0.0.1", **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_conninfo_fails_without_echoing_it() -> None:
+    """An unparsable conninfo is a ValueError that does not quote it (it may hold a password)."""
+    with pytest.raises(ValueError, match="conninfo") as info:
+        dbr.Pool("host=x password='unterminated")
+    assert "unterminated" not in str(info.value)
+    with pytest.raises(TypeError, match="warm_sql"):
+        dbr.Pool("host=x", warm_sql="set x = 1")
