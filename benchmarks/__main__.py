@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import bench_breaker, bench_retry
+from . import bench_breaker, bench_pool, bench_retry
 
 
 def main() -> int:
@@ -13,6 +13,7 @@ def main() -> int:
     print(f"# dbresilience benchmarks (Python {platform.python_version()}, {platform.machine()})")
     bench_retry.run(quick=quick)
     bench_breaker.run(quick=quick)
+    bench_pool.run(quick=quick)
     return 0
 
 

@@ -36,6 +36,8 @@ from dbresilience._retry import DEFAULT, _Default
 
 __all__ = ["Pool", "Query"]
 
+_monotonic = time.monotonic
+
 T = TypeVar("T")
 R = TypeVar("R")
 Conn = psycopg.Connection[Any]
@@ -182,8 +184,14 @@ class Pool(PoolBase):
             delay = min(delay * 2, 1.0)
 
     def _configure(self, conn: Conn) -> None:
+        """Run on every new connection: the warm-up SQL, then one round trip.
+
+        A fresh backend's first query pays for its catalog caches (about 0.3 ms here): paying
+        it while warming keeps it off the first caller.
+        """
         for statement in self._config.warm_sql:
             conn.execute(statement.encode())  # warm-up SQL is the operator's configuration
+        conn.execute("select 1").fetchone()
 
     def close(self, timeout: float = 5.0) -> None:
         """Close every connection (waiting up to *timeout* for those in use). Idempotent."""
@@ -204,8 +212,14 @@ class Pool(PoolBase):
 
     def _acquire(self, deadline_at: float) -> Conn:
         """A healthy connection before *deadline_at*, or AcquireTimeout / DatabaseUnavailable."""
+        counters, idle_check_after = self._counters, self._config.idle_check_after
         while True:
-            wait = self._acquire_wait(deadline_at)
+            if counters.last_connect_error is None:
+                wait = min(self._config.acquire_timeout, deadline_at - _monotonic())
+                if wait <= 0:
+                    wait = self._acquire_wait(deadline_at)  # raises AcquireTimeout
+            else:
+                wait = self._acquire_wait(deadline_at)
             try:
                 conn = self._pool.getconn(timeout=wait)
             except psycopg_pool.PoolTimeout:
@@ -214,7 +228,8 @@ class Pool(PoolBase):
                 # the server hung up on it while it sat idle: nothing was sent, try another
                 self._discard(conn)
                 continue
-            if self._needs_ping(conn) and not self._ping(conn, deadline_at):
+            idle = _monotonic() - getattr(conn, "_dbr_used_at", 0.0)
+            if idle > idle_check_after and not self._ping(conn, deadline_at):
                 self._discard(conn)
                 continue
             return conn
@@ -244,7 +259,7 @@ class Pool(PoolBase):
             self._pool.drain()
 
     def _release(self, conn: Conn, error: BaseException | None) -> None:
-        conn._dbr_used_at = now()  # type: ignore[attr-defined]
+        conn._dbr_used_at = _monotonic()  # type: ignore[attr-defined]
         if error is not None and starts_new_generation(error):
             self._new_generation(conn)
         if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
@@ -285,16 +300,17 @@ class Pool(PoolBase):
     def _call(
         self,
         what: str,
-        attempt: Callable[[float], T],
+        attempt: Callable[..., T],
+        args: tuple[Any, ...],
         timeout: float | timedelta | None,
         idempotent: bool | Callable[[], bool],
     ) -> T:
-        """Run *attempt(deadline_at)* under the breaker, the budget and the retry policy."""
+        """Run ``attempt(deadline_at, *args)`` under the breaker, budget and retry policy."""
         start, deadline_at, permit = self._begin(timeout)
         failed = 0
         while True:
             try:
-                result = attempt(deadline_at)
+                result = attempt(deadline_at, *args)
             except Exception as exc:
                 failed += 1
                 safe = idempotent() if callable(idempotent) else idempotent
@@ -312,9 +328,9 @@ class Pool(PoolBase):
 
     def _statement(
         self,
+        deadline_at: float,
         query: Query,
         params: Params | None,
-        deadline_at: float,
         fetch: Callable[[psycopg.Cursor[Any]], T],
         row_factory: RowFactory[Any] | None,
         prepare: bool | None,
@@ -376,9 +392,8 @@ class Pool(PoolBase):
         """
         return self._call(
             "fetchone",
-            lambda at: self._statement(
-                query, params, at, _fetchone, row_factory, prepare, write=False
-            ),
+            self._statement,
+            (query, params, _fetchone, row_factory, prepare, False),
             timeout,
             True,
         )
@@ -416,9 +431,8 @@ class Pool(PoolBase):
         """Every row of a read, as :meth:`fetchone` retries and bounds it."""
         return self._call(
             "fetchall",
-            lambda at: self._statement(
-                query, params, at, _fetchall, row_factory, prepare, write=False
-            ),
+            self._statement,
+            (query, params, _fetchall, row_factory, prepare, False),
             timeout,
             True,
         )
@@ -439,12 +453,14 @@ class Pool(PoolBase):
         fate unknown (the connection lost mid-statement) is re-run only with
         ``idempotent=True``.
         """
-        return self._call(
+        rowcount: int = self._call(
             "execute",
-            lambda at: self._statement(query, params, at, _rowcount, None, prepare, write=True),
+            self._statement,
+            (query, params, _rowcount, None, prepare, True),
             timeout,
             idempotent,
         )
+        return rowcount
 
     def transaction(
         self,
@@ -467,15 +483,13 @@ class Pool(PoolBase):
         def before_commit() -> bool:
             return idempotent or phase[0] != "commit"
 
-        return self._call(
-            "transaction",
-            lambda at: self._transaction_attempt(fn, at, phase),
-            timeout,
-            before_commit,
+        result: T = self._call(
+            "transaction", self._transaction_attempt, (fn, phase), timeout, before_commit
         )
+        return result
 
     def _transaction_attempt(
-        self, fn: Callable[[Conn], T], deadline_at: float, phase: list[str]
+        self, deadline_at: float, fn: Callable[[Conn], T], phase: list[str]
     ) -> T:
         phase[0] = "begin"
         conn = self._acquire(deadline_at)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -34,6 +35,8 @@ from dbresilience._pool_base import (
 from dbresilience._retry import DEFAULT, _Default
 
 __all__ = ["AsyncPool"]
+
+_monotonic = time.monotonic
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -189,8 +192,10 @@ class AsyncPool(PoolBase):
             delay = min(delay * 2, 1.0)
 
     async def _configure(self, conn: Conn) -> None:
+        """Run on every new connection: the warm-up SQL, then one round trip (see Pool)."""
         for statement in self._config.warm_sql:
             await conn.execute(statement.encode())  # warm-up SQL is the operator's configuration
+        await (await conn.execute("select 1")).fetchone()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close every connection (waiting up to *timeout* for those in use). Idempotent."""
@@ -211,8 +216,14 @@ class AsyncPool(PoolBase):
 
     async def _acquire(self, deadline_at: float) -> Conn:
         """A healthy connection before *deadline_at*, or AcquireTimeout / DatabaseUnavailable."""
+        counters, idle_check_after = self._counters, self._config.idle_check_after
         while True:
-            wait = self._acquire_wait(deadline_at)
+            if counters.last_connect_error is None:
+                wait = min(self._config.acquire_timeout, deadline_at - _monotonic())
+                if wait <= 0:
+                    wait = self._acquire_wait(deadline_at)  # raises AcquireTimeout
+            else:
+                wait = self._acquire_wait(deadline_at)
             try:
                 conn = await self._pool.getconn(timeout=wait)
             except psycopg_pool.PoolTimeout:
@@ -221,7 +232,8 @@ class AsyncPool(PoolBase):
                 # the server hung up on it while it sat idle: nothing was sent, try another
                 await self._discard(conn)
                 continue
-            if self._needs_ping(conn) and not await self._ping(conn, deadline_at):
+            idle = _monotonic() - getattr(conn, "_dbr_used_at", 0.0)
+            if idle > idle_check_after and not await self._ping(conn, deadline_at):
                 await self._discard(conn)
                 continue
             return conn
@@ -251,7 +263,7 @@ class AsyncPool(PoolBase):
             await self._pool.drain()
 
     async def _release(self, conn: Conn, error: BaseException | None) -> None:
-        conn._dbr_used_at = now()  # type: ignore[attr-defined]
+        conn._dbr_used_at = _monotonic()  # type: ignore[attr-defined]
         if error is not None and starts_new_generation(error):
             await self._new_generation(conn)
         if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
@@ -294,16 +306,17 @@ class AsyncPool(PoolBase):
     async def _call(
         self,
         what: str,
-        attempt: Callable[[float], Awaitable[T]],
+        attempt: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
         timeout: float | timedelta | None,
         idempotent: bool | Callable[[], bool],
     ) -> T:
-        """Run *attempt(deadline_at)* under the breaker, the budget and the retry policy."""
+        """Run ``attempt(deadline_at, *args)`` under the breaker, budget and retry policy."""
         start, deadline_at, permit = self._begin(timeout)
         failed = 0
         while True:
             try:
-                result = await attempt(deadline_at)
+                result = await attempt(deadline_at, *args)
             except Exception as exc:
                 failed += 1
                 safe = idempotent() if callable(idempotent) else idempotent
@@ -321,9 +334,9 @@ class AsyncPool(PoolBase):
 
     async def _statement(
         self,
+        deadline_at: float,
         query: Query,
         params: Params | None,
-        deadline_at: float,
         fetch: Callable[[psycopg.AsyncCursor[Any]], Awaitable[T]],
         row_factory: AsyncRowFactory[Any] | None,
         prepare: bool | None,
@@ -385,9 +398,8 @@ class AsyncPool(PoolBase):
         """
         return await self._call(
             "fetchone",
-            lambda at: self._statement(
-                query, params, at, _fetchone, row_factory, prepare, write=False
-            ),
+            self._statement,
+            (query, params, _fetchone, row_factory, prepare, False),
             timeout,
             True,
         )
@@ -425,9 +437,8 @@ class AsyncPool(PoolBase):
         """Every row of a read, as :meth:`fetchone` retries and bounds it."""
         return await self._call(
             "fetchall",
-            lambda at: self._statement(
-                query, params, at, _fetchall, row_factory, prepare, write=False
-            ),
+            self._statement,
+            (query, params, _fetchall, row_factory, prepare, False),
             timeout,
             True,
         )
@@ -448,12 +459,14 @@ class AsyncPool(PoolBase):
         fate unknown (the connection lost mid-statement) is re-run only with
         ``idempotent=True``.
         """
-        return await self._call(
+        rowcount: int = await self._call(
             "execute",
-            lambda at: self._statement(query, params, at, _rowcount, None, prepare, write=True),
+            self._statement,
+            (query, params, _rowcount, None, prepare, True),
             timeout,
             idempotent,
         )
+        return rowcount
 
     async def transaction(
         self,
@@ -476,15 +489,13 @@ class AsyncPool(PoolBase):
         def before_commit() -> bool:
             return idempotent or phase[0] != "commit"
 
-        return await self._call(
-            "transaction",
-            lambda at: self._transaction_attempt(fn, at, phase),
-            timeout,
-            before_commit,
+        result: T = await self._call(
+            "transaction", self._transaction_attempt, (fn, phase), timeout, before_commit
         )
+        return result
 
     async def _transaction_attempt(
-        self, fn: Callable[[Conn], Awaitable[T]], deadline_at: float, phase: list[str]
+        self, deadline_at: float, fn: Callable[[Conn], Awaitable[T]], phase: list[str]
     ) -> T:
         phase[0] = "begin"
         conn = await self._acquire(deadline_at)

@@ -196,19 +196,23 @@ def safe_target(conninfo: str) -> str:
 def has_pending_input(conn: psycopg.BaseConnection[Any]) -> bool:
     """True when the server sent something to an idle connection (a FATAL, a close).
 
-    One ``select`` with a zero timeout (about a microsecond) instead of a round trip: a backend
-    terminated while the connection sat in the pool has already said so on the socket. A
-    NOTIFY also makes the socket readable; the caller consumes input and looks again.
+    One zero-timeout ``poll`` (a third of a microsecond, on a poll object kept with the
+    connection) instead of a round trip: a backend terminated while the connection sat in the
+    pool has already said so on the socket. A NOTIFY also makes the socket readable; the
+    caller consumes input and looks again.
     """
+    poller = getattr(conn, "_dbr_poll", None)
+    if poller is None:
+        try:
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN)
+        except (OSError, ValueError, psycopg.OperationalError):
+            return True
+        conn._dbr_poll = poller  # type: ignore[attr-defined]
     try:
-        fd = conn.pgconn.socket
-    except psycopg.OperationalError:
-        return True
-    try:
-        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def connection_is_dead(conn: psycopg.BaseConnection[Any]) -> bool:

@@ -29,6 +29,7 @@ logger = logging.getLogger("dbresilience")
 _ACTIVE, _DONE, _FIRED = 0, 1, 2
 # entry layout: [deadline, sequence number, socket fd, state]
 _DEADLINE, _SEQ, _FD, _STATE = 0, 1, 2, 3
+Entry = list[float | int]
 
 
 def shutdown_fd(fd: int) -> None:
@@ -51,9 +52,12 @@ class Watchdog:
     def __init__(self, name: str) -> None:
         self.name = name
         self.fired = 0
-        self._heap: list[list[float]] = []
+        self._heap: list[Entry] = []
         self._dead = 0
-        self._cond = threading.Condition(threading.Lock())
+        # watch() and done() take the bare lock (a C-level context manager); the thread
+        # waits on a Condition over the same lock
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -78,10 +82,10 @@ class Watchdog:
         if thread is not None:
             thread.join(5)
 
-    def watch(self, fd: int, deadline: float) -> list[float]:
+    def watch(self, fd: int, deadline: float) -> Entry:
         """Watch the socket *fd* until :meth:`done`; returns the entry to pass to it."""
-        entry = [deadline, float(next(self._seq)), float(fd), _ACTIVE]
-        with self._cond:
+        entry: Entry = [deadline, next(self._seq), fd, _ACTIVE]
+        with self._lock:
             heap = self._heap
             heapq.heappush(heap, entry)
             if heap[0] is entry:  # earlier than what the thread sleeps towards
@@ -92,9 +96,9 @@ class Watchdog:
                 self._dead = 0
         return entry
 
-    def done(self, entry: list[float]) -> bool:
+    def done(self, entry: Entry) -> bool:
         """Stop watching; True when the deadline had already fired (the socket is shut)."""
-        with self._cond:
+        with self._lock:
             if entry[_STATE] == _FIRED:
                 return True
             entry[_STATE] = _DONE
