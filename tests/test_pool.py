@@ -433,3 +433,47 @@ def test_bad_conninfo_fails_without_echoing_it() -> None:
     assert "unterminated" not in str(info.value)
     with pytest.raises(TypeError, match="warm_sql"):
         dbr.Pool("host=x", warm_sql="set x = 1")
+
+
+def test_database_unavailable_is_never_commit_unknown() -> None:
+    """Failing fast happens before anything is sent: no write is in doubt, whatever the cause."""
+    lost = psycopg.OperationalError("server closed the connection unexpectedly")
+    exc = dbr.DatabaseUnavailable("no connection", dbr.classify(lost))
+    c = dbr.classify(exc)
+    assert (c.code, c.retryable, c.commit_unknown) == ("P1017", True, False)
+
+
+def test_kill_storm_during_refill_does_not_fail_fast(pg_cluster: TemporaryPostgres) -> None:
+    """Backends killed again and again, some while the pool is still configuring their
+    replacements: a killed refill is not "the database is down", so reads keep succeeding."""
+    with dbr.Pool(pg_cluster.dsn, min_size=3, max_size=3, query_timeout=5) as pool:
+        for _ in range(20):
+            terminate_all(pg_cluster)
+            assert pool.fetchone("select 1") == (1,)
+        assert pool.stats()["fail_fast"] == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "fails_fast"),
+    [
+        (psycopg.OperationalError("connection failed: Connection refused"), True),
+        (psycopg.OperationalError('FATAL:  password authentication failed for user "x"'), True),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), False),
+        (psycopg.errors.AdminShutdown("terminating connection"), False),
+    ],
+)
+def test_fail_fast_only_when_the_database_cannot_be_had(
+    pg_dsn: str, error: Exception, fails_fast: bool
+) -> None:
+    """With no idle connection, a recent refused/auth connect error fails fast; a connection
+    killed while it was being configured does not (the database answered)."""
+    with dbr.Pool(pg_dsn, min_size=1, max_size=1, breaker=None) as pool:
+        with pool.connection():
+            pool._counters.last_connect_error = error
+            pool._counters.last_connect_error_at = time.monotonic()
+            if fails_fast:
+                with pytest.raises(dbr.DatabaseUnavailable):
+                    pool._maybe_fail_fast()
+            else:
+                pool._maybe_fail_fast()
+        pool._counters.last_connect_error = None

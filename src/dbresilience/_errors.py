@@ -91,7 +91,8 @@ class DatabaseUnavailable(DBResilienceError, psycopg.OperationalError):
 
     def __init__(self, message: str, classification: Classification) -> None:
         super().__init__(message)
-        self._dbr_classification = classification
+        # raised before anything was sent: whatever the connect error was, no write is in doubt
+        self._dbr_classification = dataclasses.replace(classification, commit_unknown=False)
 
 
 class CommitUnknown(DBResilienceError, psycopg.OperationalError):

@@ -41,6 +41,19 @@ __all__ = [
 _GENERATION_KINDS = frozenset(
     {ErrorKind.CONNECTION_LOST, ErrorKind.IDLE_TIMEOUT, ErrorKind.READ_ONLY}
 )
+# Connect failures that say the database cannot be had right now: worth failing fast on.
+# (A connection killed while psycopg_pool was still configuring it says nothing of the kind.)
+_CANNOT_CONNECT = frozenset(
+    {
+        ErrorKind.UNREACHABLE,
+        ErrorKind.CONNECT_TIMEOUT,
+        ErrorKind.AUTH_FAILED,
+        ErrorKind.DATABASE_MISSING,
+        ErrorKind.ACCESS_DENIED,
+        ErrorKind.TLS_ERROR,
+        ErrorKind.TOO_MANY_CONNECTIONS,
+    }
+)
 # Failures during COMMIT after which nobody knows whether it committed.
 _LOST_IN_COMMIT = frozenset(
     {ErrorKind.CONNECTION_LOST, ErrorKind.COMPLETION_UNKNOWN, ErrorKind.QUERY_TIMEOUT}
@@ -407,10 +420,10 @@ class PoolBase:
         age = now() - counters.last_connect_error_at
         if age > max(3.0, self._config.connect_timeout + 1.5):
             return  # stale: let getconn drive a new attempt
-        if self._pool.get_stats().get("pool_available", 0):
+        c = classify(error)
+        if c.kind not in _CANNOT_CONNECT or self._pool.get_stats().get("pool_available", 0):
             return
         counters.fail_fast += 1
-        c = classify(error)
         raise DatabaseUnavailable(
             f"pool {self.name!r} has no connection and its last attempt to connect failed "
             f"{age:.1f} s ago ({c.code})",
