@@ -167,14 +167,20 @@ class PoolConfig:
         )
 
     def conninfo(self, conninfo: str) -> str:
-        """*conninfo* with every timeout layer the pool promises set on it.
+        """*conninfo* with every timeout layer the pool promises set on it (see
+        :meth:`connect_params`)."""
+        return make_conninfo("", **self.connect_params(dict(conninfo_to_dict(conninfo))))
+
+    def connect_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Connection parameters *params* plus every timeout layer the pool promises.
 
         ``connect_timeout`` (libpq otherwise waits up to 130 s per host; libpq's minimum is
         2 s), server-side ``statement_timeout``, ``lock_timeout`` and
         ``idle_in_transaction_session_timeout`` through ``options``, and TCP keepalives plus
-        ``tcp_user_timeout`` so that a half-open socket dies instead of hanging.
+        ``tcp_user_timeout`` so that a half-open socket dies instead of hanging. Values the
+        caller already set win, except ``connect_timeout``.
         """
-        params: dict[str, Any] = dict(conninfo_to_dict(conninfo))
+        params = dict(params)
         params.update(self.extra)
         params["connect_timeout"] = str(max(2, math.ceil(self.connect_timeout)))
         params.setdefault("keepalives", "1")
@@ -191,7 +197,7 @@ class PoolConfig:
             if value is not None and setting not in options[0]:
                 options.append(f"-c {setting}={max(1, int(value * 1000))}")
         params["options"] = " ".join(o for o in options if o)
-        return make_conninfo("", **params)
+        return params
 
 
 def safe_target(conninfo: str) -> str:

@@ -1,0 +1,302 @@
+"""SQLAlchemy engines with the pool's timeouts, warming, checks, deadline and classification.
+
+``dbresilience.sqlalchemy.create_engine(url, ...)`` and ``await create_async_engine(url, ...)``
+return ordinary SQLAlchemy engines (psycopg 3 driver) with what :class:`dbresilience.Pool`
+gives a service, wired through SQLAlchemy's own events:
+
+- the timeout layers through ``connect_args`` (connect, statement, lock, idle-in-transaction,
+  keepalives, ``tcp_user_timeout``);
+- warming at creation: ``warm`` connections opened and checked, fatal errors (P1000, P1003,
+  TLS) at once, transient ones retried within ``connect_timeout``;
+- a bounded health check on checkout instead of ``pool_pre_ping``'s unbounded round trip: a
+  zero-timeout poll for a server that hung up (free), and one round trip only for connections
+  idle past ``idle_check_after``, under the watchdog;
+- a hard deadline per statement (``query_timeout``): the watchdog shuts the socket down and
+  the statement raises :class:`dbresilience.QueryTimeout`;
+- ``handle_error`` feeding :func:`dbresilience.classify`: a failure that retires the connection's
+  generation (57P01, 08xxx, 25006, ...) is marked a disconnect, so SQLAlchemy invalidates the
+  whole pool at once.
+
+Needs the ``sqlalchemy`` extra; imported only when this module is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
+
+from dbresilience._classify import classify
+from dbresilience._errors import QueryTimeout
+from dbresilience._pool_base import (
+    PoolConfig,
+    connection_is_dead,
+    has_pending_input,
+    starts_new_generation,
+)
+from dbresilience._watchdog import Watchdog
+
+__all__ = ["create_async_engine", "create_engine"]
+
+_WATCH = "dbr_watch"
+_USED_AT = "dbr_used_at"
+
+
+def _prepare(
+    url: str | sa.URL,
+    *,
+    connect_timeout: float | timedelta,
+    acquire_timeout: float | timedelta,
+    query_timeout: float | timedelta,
+    statement_timeout: float | timedelta | bool | None,
+    lock_timeout: float | timedelta | bool | None,
+    idle_in_transaction_timeout: float | timedelta | None,
+    idle_check_after: float | timedelta,
+    pool_size: int,
+    max_overflow: int,
+    warm: int | None,
+    engine_kwargs: dict[str, Any],
+) -> tuple[sa.URL, PoolConfig, dict[str, Any], int]:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"url must be a PostgreSQL URL, got backend {parsed.get_backend_name()!r}")
+    if parsed.get_driver_name() not in ("psycopg", "postgresql", ""):
+        raise ValueError(
+            f"url must use the psycopg (3) driver, got {parsed.get_driver_name()!r}: "
+            "write postgresql+psycopg://..."
+        )
+    parsed = parsed.set(drivername="postgresql+psycopg")
+    if isinstance(max_overflow, bool) or not isinstance(max_overflow, int) or max_overflow < 0:
+        raise ValueError(f"max_overflow must be an int >= 0, got {max_overflow!r}")
+    name = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+    config = PoolConfig.build(
+        "",
+        min_size=pool_size,
+        max_size=max(pool_size, 1) + max_overflow,
+        connect_timeout=connect_timeout,
+        acquire_timeout=acquire_timeout,
+        query_timeout=query_timeout,
+        statement_timeout=statement_timeout,
+        lock_timeout=lock_timeout,
+        idle_in_transaction_timeout=idle_in_transaction_timeout,
+        idle_check_after=idle_check_after,
+        attempts=1,
+        warm_sql=(),
+        name=name,
+        max_lifetime=3600.0,
+        kwargs=None,
+    )
+    n_warm = pool_size if warm is None else warm
+    if isinstance(n_warm, bool) or not isinstance(n_warm, int) or not 0 <= n_warm <= pool_size:
+        raise ValueError(f"warm must be an int between 0 and pool_size ({pool_size}), got {warm!r}")
+    connect_args = config.connect_params(dict(engine_kwargs.pop("connect_args", {}) or {}))
+    options: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_timeout": config.acquire_timeout,
+        "pool_pre_ping": False,  # replaced by the bounded checkout check below
+        "connect_args": connect_args,
+    }
+    options.update(engine_kwargs)
+    return parsed, config, options, n_warm
+
+
+def _driver_connection(dbapi_connection: Any) -> psycopg.BaseConnection[Any] | None:
+    """The psycopg connection behind SQLAlchemy's DBAPI connection (sync or async adapter)."""
+    for candidate in (dbapi_connection, getattr(dbapi_connection, "_connection", None)):
+        if isinstance(candidate, psycopg.BaseConnection):
+            return candidate
+    return None
+
+
+def _instrument(engine: sa.Engine, config: PoolConfig) -> Watchdog:
+    """Attach the checkout check, the statement deadline and the error classification."""
+    watchdog = Watchdog(config.name)
+    watchdog.start()
+    deadline = config.query_timeout
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = _driver_connection(dbapi_connection)
+        if driver is None:
+            return
+        if has_pending_input(driver) and connection_is_dead(driver):
+            raise sa.exc.DisconnectionError("the server closed this idle connection")
+        used = record.info.get(_USED_AT)
+        if used is not None and time.monotonic() - used > config.idle_check_after:
+            entry = watchdog.watch(driver.pgconn.socket, time.monotonic() + 2.0)
+            try:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("select 1")
+                cursor.close()
+            except Exception as exc:
+                raise sa.exc.DisconnectionError("idle connection failed its check") from exc
+            finally:
+                watchdog.done(entry)
+
+    @event.listens_for(engine.pool, "checkin")
+    def _checkin(dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_USED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: sa.Connection, cursor: Any, statement: Any, *args: Any) -> None:
+        driver = _driver_connection(conn.connection.dbapi_connection)
+        if driver is not None:
+            conn.info[_WATCH] = watchdog.watch(driver.pgconn.socket, time.monotonic() + deadline)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn: sa.Connection, cursor: Any, statement: Any, *args: Any) -> None:
+        entry = conn.info.pop(_WATCH, None)
+        if entry is not None and watchdog.done(entry):
+            conn.invalidate()  # the answer came, but the socket is already shut
+
+    @event.listens_for(engine, "handle_error")
+    def _handle_error(context: sa.engine.ExceptionContext) -> None:
+        conn = context.connection
+        entry = conn.info.pop(_WATCH, None) if conn is not None else None
+        fired = entry is not None and watchdog.done(entry)
+        original = context.original_exception
+        if fired:
+            context.is_disconnect = True
+            raise QueryTimeout(
+                f"a statement on engine {config.name!r} ran past {deadline:.2f} s; "
+                "the connection was shut down",
+                commit_unknown=True,
+            ) from original
+        if starts_new_generation(original) or classify(original).kind.name == "CONNECTION_CLOSED":
+            context.is_disconnect = True  # SQLAlchemy then invalidates the whole pool
+
+    return watchdog
+
+
+def _connect_delay(exc: BaseException, delay: float, deadline_at: float) -> float:
+    """The next warming retry's delay; re-raises *exc* when waiting cannot help."""
+    if not classify(exc).retryable or time.monotonic() + delay >= deadline_at:
+        raise exc
+    return min(delay * 2, 1.0)
+
+
+def create_engine(
+    url: str | sa.URL,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 5,
+    connect_timeout: float | timedelta = 5.0,
+    acquire_timeout: float | timedelta = 5.0,
+    query_timeout: float | timedelta = 5.0,
+    statement_timeout: float | timedelta | bool | None = True,
+    lock_timeout: float | timedelta | bool | None = True,
+    idle_in_transaction_timeout: float | timedelta | None = 60.0,
+    idle_check_after: float | timedelta = 10.0,
+    warm: int | None = None,
+    **engine_kwargs: Any,
+) -> sa.Engine:
+    """A SQLAlchemy ``Engine`` (psycopg 3) with dbresilience's timeouts, checks and deadline.
+
+    Opens and checks ``warm`` connections (default ``pool_size``) before returning: raises
+    at once for errors waiting cannot fix (P1000, P1003, TLS) and after ``connect_timeout`` for
+    transient ones. Every statement is bounded by ``query_timeout`` (the socket is shut down and
+    :class:`dbresilience.QueryTimeout` raised). Other keyword arguments go to
+    ``sqlalchemy.create_engine``. Invalid arguments raise ``ValueError`` naming them.
+    """
+    parsed, config, options, n_warm = _prepare(
+        url,
+        connect_timeout=connect_timeout,
+        acquire_timeout=acquire_timeout,
+        query_timeout=query_timeout,
+        statement_timeout=statement_timeout,
+        lock_timeout=lock_timeout,
+        idle_in_transaction_timeout=idle_in_transaction_timeout,
+        idle_check_after=idle_check_after,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        warm=warm,
+        engine_kwargs=dict(engine_kwargs),
+    )
+    engine = sa.create_engine(parsed, **options)
+    _instrument(engine, config)
+    deadline_at = time.monotonic() + config.connect_timeout
+    delay = 0.05
+    held: list[sa.Connection] = []
+    try:
+        while len(held) < n_warm:
+            try:
+                conn = engine.connect()
+                conn.exec_driver_sql("select 1")
+                held.append(conn)
+            except sa.exc.DBAPIError as exc:
+                delay = _connect_delay(exc, delay, deadline_at)
+                time.sleep(delay)
+    except BaseException:
+        for conn in held:
+            conn.close()
+        engine.dispose()
+        raise
+    for conn in held:
+        conn.close()
+    return engine
+
+
+async def create_async_engine(
+    url: str | sa.URL,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 5,
+    connect_timeout: float | timedelta = 5.0,
+    acquire_timeout: float | timedelta = 5.0,
+    query_timeout: float | timedelta = 5.0,
+    statement_timeout: float | timedelta | bool | None = True,
+    lock_timeout: float | timedelta | bool | None = True,
+    idle_in_transaction_timeout: float | timedelta | None = 60.0,
+    idle_check_after: float | timedelta = 10.0,
+    warm: int | None = None,
+    **engine_kwargs: Any,
+) -> AsyncEngine:
+    """The async twin of :func:`create_engine`; a coroutine, because warming is I/O.
+
+    ``engine = await create_async_engine("postgresql+psycopg://...")``.
+    """
+    parsed, config, options, n_warm = _prepare(
+        url,
+        connect_timeout=connect_timeout,
+        acquire_timeout=acquire_timeout,
+        query_timeout=query_timeout,
+        statement_timeout=statement_timeout,
+        lock_timeout=lock_timeout,
+        idle_in_transaction_timeout=idle_in_transaction_timeout,
+        idle_check_after=idle_check_after,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        warm=warm,
+        engine_kwargs=dict(engine_kwargs),
+    )
+    engine = _sa_create_async_engine(parsed, **options)
+    _instrument(engine.sync_engine, config)
+    deadline_at = time.monotonic() + config.connect_timeout
+    delay = 0.05
+    held: list[Any] = []
+    try:
+        while len(held) < n_warm:
+            try:
+                conn = await engine.connect()
+                await conn.exec_driver_sql("select 1")
+                held.append(conn)
+            except sa.exc.DBAPIError as exc:
+                delay = _connect_delay(exc, delay, deadline_at)
+                await asyncio.sleep(delay)
+    except BaseException:
+        for conn in held:
+            await conn.close()
+        await engine.dispose()
+        raise
+    for conn in held:
+        await conn.close()
+    return engine
