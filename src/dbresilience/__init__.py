@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
+from dbresilience._breaker_redis import AsyncRedisBreakerState, RedisBreakerState
 from dbresilience._budget import RetryBudget
 from dbresilience._classify import Classification, ErrorKind, classify
 from dbresilience._deadline import Deadline
@@ -49,6 +50,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AcquireTimeout",
     "AsyncPool",
+    "AsyncRedisBreakerState",
     "Backoff",
     "BreakerHook",
     "BudgetExhausted",
@@ -65,6 +67,7 @@ __all__ = [
     "ErrorKind",
     "Pool",
     "QueryTimeout",
+    "RedisBreakerState",
     "RetryBudget",
     "RetryDetails",
     "RetryHook",

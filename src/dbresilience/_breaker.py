@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from dbresilience._classify import classify
 from dbresilience._deadline import seconds
@@ -42,6 +42,20 @@ def _transient(exc: BaseException) -> bool:
     return classify(exc).transient
 
 
+class SharedState(Protocol):
+    """Where breakers on several instances share their "open" signals (see
+    :class:`RedisBreakerState`). Nothing here may block or raise."""
+
+    def attach(self, breaker: str) -> None:
+        """Start following *breaker*'s signals."""
+
+    def open_until(self, breaker: str) -> float:
+        """Monotonic time until which enough other instances report *breaker* open."""
+
+    def publish(self, breaker: str, open_for: float) -> None:
+        """Announce this instance's *breaker* open for *open_for* seconds (0: closed)."""
+
+
 class CircuitBreaker:
     """A circuit breaker for one target (a database, a Redis URL); share it across callers.
 
@@ -56,7 +70,9 @@ class CircuitBreaker:
     test): a unique violation is the database answering, not the database failing.
 
     Use ``with breaker.guard():`` (sync or async code), ``breaker.call(fn, ...)``,
-    ``await breaker.acall(fn, ...)``, or ``with_retry(breaker=breaker)``. Thread-safe; nothing
+    ``await breaker.acall(fn, ...)``, or ``with_retry(breaker=breaker)``. With ``shared=`` (a
+    :class:`RedisBreakerState`), calls also fail fast while enough other instances report the
+    circuit open; only decisions are shared, never counters. Thread-safe; nothing
     blocks, so the same breaker serves threads and event loops. Invalid arguments raise
     ``ValueError`` naming the argument.
     """
@@ -74,6 +90,7 @@ class CircuitBreaker:
         slow_call_rate: float = 1.0,
         is_failure: Callable[[BaseException], bool] | None = None,
         on_state_change: BreakerHook | None = None,
+        shared: SharedState | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         _check_rate("failure_rate", failure_rate)
@@ -97,6 +114,9 @@ class CircuitBreaker:
         )
         self.slow_call_rate = float(slow_call_rate)
         self._is_failure = is_failure or _transient
+        self._shared = shared
+        if shared is not None:
+            shared.attach(name)
         self._hooks: tuple[BreakerHook, ...] = () if on_state_change is None else (on_state_change,)
         self._clock = clock
         self._counts = SlidingWindow(self.window)
@@ -157,8 +177,21 @@ class CircuitBreaker:
         slot taken.
         """
         if self._state is _CLOSED:
-            return self._epoch
+            if self._shared is None:
+                return self._epoch
+            return self._acquire_shared()
         return self._acquire_slow()
+
+    def _acquire_shared(self) -> int:
+        """Closed here, but enough other instances may report it open: fail fast then."""
+        assert self._shared is not None
+        until = self._shared.open_until(self.name)
+        if until:
+            now = self._clock()
+            if until > now:
+                self._rejected += 1
+                raise CircuitOpen(self.name, until - now, "open on other instances")
+        return self._epoch
 
     def _acquire_slow(self) -> int:
         now = self._clock()
@@ -275,6 +308,8 @@ class CircuitBreaker:
             )
         else:
             logger.info("circuit %r %s: %s", change.breaker, change.new.value, change.reason)
+        if self._shared is not None and change.new is not _HALF_OPEN:
+            self._shared.publish(self.name, change.open_for)  # queued: never blocks
         if self._hooks:
             call_hooks(self._hooks, change)
 
