@@ -128,6 +128,18 @@ def pg_cluster(_session_cluster: TemporaryPostgres) -> Iterator[TemporaryPostgre
                 )
 
 
+@pytest.fixture
+def table(pg_cluster: TemporaryPostgres) -> Iterator[psycopg.sql.Identifier]:
+    """A fresh table ``(id serial, v int)`` on the throwaway cluster, dropped after."""
+    name = psycopg.sql.Identifier(f"dbr_tbl_{uuid.uuid4().hex[:10]}")
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("create table {} (id serial primary key, v int)").format(name))
+    yield name
+    if pg_cluster.running:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("drop table if exists {}").format(name))
+
+
 def _redis_answers(url: str) -> bool:
     try:
         import redis

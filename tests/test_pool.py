@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -37,18 +35,6 @@ def terminate_all(cluster: TemporaryPostgres) -> int:
             "where backend_type = 'client backend' and pid <> pg_backend_pid()"
         ).fetchall()
     return len(rows)
-
-
-@pytest.fixture
-def table(pg_cluster: TemporaryPostgres) -> Iterator[sql.Identifier]:
-    """A fresh table (id serial, v int) on the throwaway cluster, dropped after."""
-    name = sql.Identifier(f"dbr_pool_{uuid.uuid4().hex[:10]}")
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create table {} (id serial primary key, v int)").format(name))
-    yield name
-    if pg_cluster.running:
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop table if exists {}").format(name))
 
 
 def count(cluster: TemporaryPostgres, table: sql.Identifier) -> int:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -16,18 +14,6 @@ import dbresilience as dbr
 from dbresilience.faults import FaultProxy, TemporaryPostgres, free_port
 
 from .test_pool import MARGIN, backends, count, terminate_all
-
-
-@pytest.fixture
-def table(pg_cluster: TemporaryPostgres) -> Iterator[sql.Identifier]:
-    """A fresh table (id serial, v int) on the throwaway cluster, dropped after."""
-    name = sql.Identifier(f"dbr_apool_{uuid.uuid4().hex[:10]}")
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create table {} (id serial primary key, v int)").format(name))
-    yield name
-    if pg_cluster.running:
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop table if exists {}").format(name))
 
 
 async def test_open_warms_and_serves(pg_dsn: str) -> None:

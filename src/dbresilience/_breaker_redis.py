@@ -84,6 +84,18 @@ class _SharedBase:
         self.available = False
         self.errors = 0
         self._warned = False
+        self._breakers: set[str] = set()
+        self._views: dict[str, float] = {}  # breaker -> monotonic "open until" from the others
+
+    # --- what CircuitBreaker calls (never blocks, never raises) -----------------------------
+
+    def attach(self, breaker: str) -> None:
+        """Start polling *breaker*'s key."""
+        self._breakers.add(breaker)
+
+    def open_until(self, breaker: str) -> float:
+        """Monotonic time until which other instances' quorum says *breaker* is open."""
+        return self._views.get(breaker, 0.0)
 
     def key(self, breaker: str) -> str:
         """The Redis key of *breaker*'s signals: ``{namespace}:breaker:{name}``."""
@@ -163,11 +175,9 @@ class RedisBreakerState(_SharedBase):
         self._client: Any = None
         self._publish: Any = None
         self._poll: Any = None
-        self._breakers: set[str] = set()
         self._outbox: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._views: dict[str, float] = {}
 
     def open(self) -> RedisBreakerState:
         """Connect lazily and start the publisher and poller threads; returns self."""
@@ -211,16 +221,6 @@ class RedisBreakerState(_SharedBase):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    # --- what CircuitBreaker calls (never blocks, never raises) -----------------------------
-
-    def attach(self, breaker: str) -> None:
-        """Start polling *breaker*'s key."""
-        self._breakers.add(breaker)
-
-    def open_until(self, breaker: str) -> float:
-        """Monotonic time until which other instances' quorum says *breaker* is open."""
-        return self._views.get(breaker, 0.0)
 
     def publish(self, breaker: str, open_for: float) -> None:
         """Queue this instance's signal: open for *open_for* seconds (0: closed)."""
@@ -277,8 +277,6 @@ class AsyncRedisBreakerState(_SharedBase):
         self._client: Any = None
         self._publish: Any = None
         self._poll: Any = None
-        self._breakers: set[str] = set()
-        self._views: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: asyncio.Queue[tuple[str, int] | None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -322,14 +320,6 @@ class AsyncRedisBreakerState(_SharedBase):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    def attach(self, breaker: str) -> None:
-        """Start polling *breaker*'s key."""
-        self._breakers.add(breaker)
-
-    def open_until(self, breaker: str) -> float:
-        """Monotonic time until which other instances' quorum says *breaker* is open."""
-        return self._views.get(breaker, 0.0)
 
     def publish(self, breaker: str, open_for: float) -> None:
         """Queue this instance's signal (thread-safe, never blocks)."""

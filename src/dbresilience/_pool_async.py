@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
@@ -18,8 +18,6 @@ import psycopg_pool
 from psycopg.abc import Params
 from psycopg.rows import AsyncRowFactory
 
-from dbresilience._breaker import CircuitBreaker
-from dbresilience._budget import RetryBudget
 from dbresilience._deadline import seconds
 from dbresilience._pool import Query
 from dbresilience._pool_base import (
@@ -32,7 +30,6 @@ from dbresilience._pool_base import (
     now,
     starts_new_generation,
 )
-from dbresilience._retry import DEFAULT, _Default
 
 __all__ = ["AsyncPool"]
 
@@ -94,54 +91,12 @@ class AsyncPool(PoolBase):
     default; pass ``None`` to switch either off, or your own to share one.
     """
 
-    def __init__(
-        self,
-        conninfo: str = "",
-        *,
-        min_size: int = 2,
-        max_size: int = 10,
-        connect_timeout: float | timedelta = 5.0,
-        acquire_timeout: float | timedelta = 5.0,
-        query_timeout: float | timedelta = 5.0,
-        statement_timeout: float | timedelta | bool | None = True,
-        lock_timeout: float | timedelta | bool | None = True,
-        idle_in_transaction_timeout: float | timedelta | None = 60.0,
-        idle_check_after: float | timedelta = 10.0,
-        attempts: int = 3,
-        base_delay: float | timedelta = 0.05,
-        max_delay: float | timedelta = 1.0,
-        warm_sql: Sequence[str] = (),
-        breaker: CircuitBreaker | _Default | None = DEFAULT,
-        budget: RetryBudget | _Default | None = DEFAULT,
-        name: str | None = None,
-        max_lifetime: float | timedelta = 3600.0,
-        kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            conninfo,
-            min_size=min_size,
-            max_size=max_size,
-            connect_timeout=connect_timeout,
-            acquire_timeout=acquire_timeout,
-            query_timeout=query_timeout,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-            idle_in_transaction_timeout=idle_in_transaction_timeout,
-            idle_check_after=idle_check_after,
-            attempts=attempts,
-            base_delay=base_delay,
-            max_delay=max_delay,
-            warm_sql=warm_sql,
-            breaker=breaker,
-            budget=budget,
-            name=name,
-            max_lifetime=max_lifetime,
-            kwargs=kwargs,
-        )
-        self._pool: _CoreAsyncPool = _CoreAsyncPool(
-            self._conninfo, configure=self._configure, **self._core_options()
-        )
-        self._pool._dbr_counters = self._counters
+    _pool: _CoreAsyncPool
+
+    def _core_pool(self) -> _CoreAsyncPool:
+        pool = _CoreAsyncPool(self._conninfo, configure=self._configure, **self._core_options())
+        pool._dbr_counters = self._counters
+        return pool
 
     # --- lifecycle --------------------------------------------------------------------------
 

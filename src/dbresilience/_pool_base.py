@@ -25,7 +25,7 @@ from dbresilience._budget import RetryBudget
 from dbresilience._classify import ErrorKind, classify
 from dbresilience._deadline import seconds
 from dbresilience._errors import AcquireTimeout, CommitUnknown, DatabaseUnavailable, QueryTimeout
-from dbresilience._retry import RetryPolicy, _Default
+from dbresilience._retry import DEFAULT, RetryPolicy, _Default
 from dbresilience._watchdog import Watchdog
 
 __all__ = [
@@ -306,27 +306,35 @@ class PoolBase:
 
     def __init__(
         self,
-        conninfo: str,
+        conninfo: str = "",
         *,
-        min_size: int,
-        max_size: int,
-        connect_timeout: float | timedelta,
-        acquire_timeout: float | timedelta,
-        query_timeout: float | timedelta,
-        statement_timeout: float | timedelta | bool | None,
-        lock_timeout: float | timedelta | bool | None,
-        idle_in_transaction_timeout: float | timedelta | None,
-        idle_check_after: float | timedelta,
-        attempts: int,
-        base_delay: float | timedelta,
-        max_delay: float | timedelta,
-        warm_sql: Sequence[str],
-        breaker: CircuitBreaker | _Default | None,
-        budget: RetryBudget | _Default | None,
-        name: str | None,
-        max_lifetime: float | timedelta,
-        kwargs: dict[str, Any] | None,
+        min_size: int = 2,
+        max_size: int = 10,
+        connect_timeout: float | timedelta = 5.0,
+        acquire_timeout: float | timedelta = 5.0,
+        query_timeout: float | timedelta = 5.0,
+        statement_timeout: float | timedelta | bool | None = True,
+        lock_timeout: float | timedelta | bool | None = True,
+        idle_in_transaction_timeout: float | timedelta | None = 60.0,
+        idle_check_after: float | timedelta = 10.0,
+        attempts: int = 3,
+        base_delay: float | timedelta = 0.05,
+        max_delay: float | timedelta = 1.0,
+        warm_sql: Sequence[str] = (),
+        breaker: CircuitBreaker | _Default | None = DEFAULT,
+        budget: RetryBudget | _Default | None = DEFAULT,
+        name: str | None = None,
+        max_lifetime: float | timedelta = 3600.0,
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
+        """Validate everything (``ValueError``/``TypeError`` naming the argument); no I/O.
+
+        ``statement_timeout`` and ``lock_timeout`` default (``True``) to ``query_timeout`` and
+        half of it; ``None`` leaves the server's. ``idle_check_after``: connections idle longer
+        answer one round trip before use. ``attempts``, ``base_delay``, ``max_delay``: the
+        retry policy of reads and safe writes. ``warm_sql``: run on every new connection.
+        ``kwargs``: extra libpq connection parameters.
+        """
         config = PoolConfig.build(
             conninfo,
             min_size=min_size,
@@ -368,6 +376,11 @@ class PoolBase:
         self._watchdog = Watchdog(config.name)
         self._conninfo = config.conninfo(conninfo)  # may hold a password: never shown
         self._opened = False
+        self._pool = self._core_pool()
+
+    def _core_pool(self) -> Any:
+        """The twin's psycopg_pool pool, built closed."""
+        raise NotImplementedError
 
     def _core_options(self) -> dict[str, Any]:
         """The psycopg_pool constructor arguments both twins use."""
