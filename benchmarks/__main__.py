@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import bench_breaker, bench_pool, bench_retry
+from . import bench_breaker, bench_cache, bench_pool, bench_retry
 
 
 def main() -> int:
@@ -14,6 +14,7 @@ def main() -> int:
     bench_retry.run(quick=quick)
     bench_breaker.run(quick=quick)
     bench_pool.run(quick=quick)
+    bench_cache.run(quick=quick)
     return 0
 
 

@@ -21,6 +21,8 @@ from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
 from dbresilience._breaker_redis import AsyncRedisBreakerState, RedisBreakerState
 from dbresilience._budget import RetryBudget
+from dbresilience._cache import CredentialCache
+from dbresilience._cache_async import AsyncCredentialCache
 from dbresilience._classify import Classification, ErrorKind, classify
 from dbresilience._deadline import Deadline
 from dbresilience._errors import (
@@ -49,6 +51,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AcquireTimeout",
+    "AsyncCredentialCache",
     "AsyncPool",
     "AsyncRedisBreakerState",
     "Backoff",
@@ -61,6 +64,7 @@ __all__ = [
     "CircuitStateChange",
     "Classification",
     "CommitUnknown",
+    "CredentialCache",
     "DBResilienceError",
     "DatabaseUnavailable",
     "Deadline",

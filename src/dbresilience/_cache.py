@@ -1,0 +1,305 @@
+"""``CredentialCache``: memory in front of Redis, single-flight loads, Redis trouble paid once.
+
+Locking and I/O only; settings, the value format, the memory tier and the counters live in
+:mod:`dbresilience._cache_base`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dbresilience._cache_base import (
+    INVALIDATE,
+    NOT_FOUND,
+    SET_IF_VERSION,
+    CacheBase,
+    Entry,
+    memory_key,
+)
+from dbresilience._events import logger
+
+__all__ = ["CredentialCache"]
+
+_monotonic = time.monotonic
+
+
+class _Flight:
+    """One load in progress; the callers that arrive meanwhile wait for its outcome.
+
+    The event is made only when a second caller arrives (under the cache's lock): an
+    uncontended load, the common case, pays for no ``threading.Event``.
+    """
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done: threading.Event | None = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def wait(self) -> Any:
+        assert self.done is not None
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class CredentialCache(CacheBase):
+    """A memory cache in front of Redis (or memory only) for values loaded from the database.
+
+    ``cache.get_or_load(user_id, lambda: load_credentials(user_id))`` returns the cached
+    value, or calls the loader once per key at a time (single-flight across threads), keeps the
+    result (JSON-serialisable; ``None`` is remembered as "not found" for ``negative_ttl``) and
+    returns it. A loader that raises is not cached; within ``stale_ttl`` after expiry the last
+    value is served instead when the failure is transient (counted as ``stale_served``).
+
+    With ``redis_url``, values are shared through Redis (JSON, never pickle; keys start with
+    ``namespace:``), and :meth:`invalidate` reaches every instance on the same Redis and
+    namespace. Redis trouble never reaches the caller and is paid once: the first connection
+    failure or timeout (100 ms by default, redis-py's retries off) switches the cache to memory
+    only, with TTLs shortened to ``degraded_ttl``, while a background thread probes Redis
+    every ``probe_interval``; when Redis answers again the memory tier is flushed and Redis
+    is used again. Redis is contacted on first use, not in the constructor.
+    """
+
+    def _setup(self) -> None:
+        self._flights: dict[str, _Flight] = {}
+        self._set_if_version: Any = None
+        self._invalidate: Any = None
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        if self.redis_url is None:
+            return
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._client = redis.Redis.from_url(
+            self.redis_url,
+            socket_connect_timeout=self.timeout,
+            socket_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self._set_if_version = self._client.register_script(SET_IF_VERSION)
+        self._invalidate = self._client.register_script(INVALIDATE)
+        self._spawn(self._subscriber, "dbr-cache-invalidations")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    # --- degraded mode ------------------------------------------------------------------------
+
+    def _degrade(self, exc: BaseException) -> None:
+        """Redis failed: memory only from now on, until the prober sees it answer again."""
+        self.counters["redis_errors"] += 1
+        with self._lock:
+            if self.degraded or self._closed:
+                return
+            self.degraded = True
+        logger.warning(
+            "cache %r: Redis unavailable (%s); serving from memory, probing every %.1f s",
+            self.namespace,
+            type(exc).__name__,
+            self.probe_interval,
+        )
+        self._spawn(self._probe, "dbr-cache-probe")
+
+    def _probe(self) -> None:
+        while not self._closed:
+            time.sleep(self.probe_interval)
+            try:
+                self._client.ping()
+            except Exception:
+                self.counters["redis_errors"] += 1
+                continue
+            self.flush_memory()  # what memory kept may have been invalidated meanwhile
+            self.degraded = False
+            logger.warning("cache %r: Redis is back; memory tier flushed", self.namespace)
+            return
+
+    def _subscriber(self) -> None:
+        """Follow the invalidation channel; resubscribe after Redis comes back."""
+        while not self._closed:
+            if self.degraded:
+                time.sleep(self.probe_interval)
+                continue
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.channel)
+                while not self._closed and not self.degraded:
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is not None and message.get("type") == "message":
+                        self.received(message["data"])
+            except Exception as exc:
+                if not self._closed:
+                    self._degrade(exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def get_or_load(self, key: str | int, loader: Callable[[], Any]) -> Any:
+        """The cached value for *key*, or ``loader()``'s (called once per key at a time).
+
+        Raises only what the loader raised (when no stale value may be served) and
+        ``TypeError`` for a key that is not a str or an int; never a Redis error.
+        """
+        k = memory_key(key)
+        with self._lock:
+            entry = self._memory.get(k)
+        if entry is not None and entry.fresh_until > _monotonic():
+            self.counters["memory_hits"] += 1
+            if entry.value is NOT_FOUND:
+                self.counters["negative_hits"] += 1
+                return None
+            return entry.value
+        if not self._started:
+            self._start()
+        version = ""
+        if self._client is not None and not self.degraded:
+            try:
+                raw, seen = self._client.mget(self.redis_key(k), self.version_key(k))
+            except Exception as exc:
+                self._degrade(exc)
+            else:
+                version = seen.decode() if seen else ""
+                ok, value = self.decode(k, raw)
+                if ok:
+                    self.counters["redis_hits"] += 1
+                    self.remember(k, value)
+                    return self.public(value)
+        self.counters["misses"] += 1
+        return self._load(k, loader, version, entry)
+
+    def _load(self, k: str, loader: Callable[[], Any], version: str, stale: Entry | None) -> Any:
+        with self._lock:
+            flight = self._flights.get(k)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[k] = _Flight()
+            elif flight.done is None:
+                flight.done = threading.Event()
+            generation = self._generation.get(k, 0)
+        if not leader:
+            return self.public(flight.wait())
+        try:
+            shared = self._wait_for_other_instance(k) if self.lease else None
+            if shared is not None:
+                flight.result = shared
+                return self.public(shared)
+            try:
+                value = self.stored(loader())
+            except Exception as exc:
+                self.counters["load_failures"] += 1
+                serve, old = self.stale_value(stale, exc)
+                if not serve:
+                    raise
+                flight.result = old
+                return self.public(old)
+            self.counters["loads"] += 1
+            self.remember(k, value, generation)
+            self._share(k, value, version)
+            flight.result = value
+            return self.public(value)
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                self._flights.pop(k, None)
+                done = flight.done  # waiters made it under this lock, before the pop
+            if done is not None:
+                done.set()
+
+    def _share(self, k: str, value: Any, version: str) -> None:
+        """Put a fresh value in Redis unless someone invalidated the key meanwhile."""
+        if self._client is None or self.degraded:
+            return
+        ttl_ms = max(1, int(self._ttl_for(value) * 1000))
+        try:
+            payload = self.encode(k, value)
+            self._set_if_version(
+                keys=[self.redis_key(k), self.version_key(k)], args=[payload, ttl_ms, version]
+            )
+            if self.lease:
+                self._client.delete(self.lease_key(k))
+        except TypeError:
+            raise
+        except Exception as exc:
+            self._degrade(exc)
+
+    def _wait_for_other_instance(self, k: str) -> Any:
+        """With ``lease=True``: load only if we hold the lease, else wait for the holder's value.
+
+        Returns the value another instance stored, or None when we should load ourselves
+        (we took the lease, Redis is unavailable, or the holder took too long).
+        """
+        if self._client is None or self.degraded:
+            return None
+        try:
+            if self._client.set(
+                self.lease_key(k), secrets.token_hex(8), nx=True, px=int(self.lease_ttl * 1000)
+            ):
+                return None
+            deadline = _monotonic() + self.lease_ttl
+            while _monotonic() < deadline:
+                time.sleep(0.02)
+                ok, value = self.decode(k, self._client.get(self.redis_key(k)))
+                if ok:
+                    self.counters["redis_hits"] += 1
+                    self.remember(k, value)
+                    return value
+        except Exception as exc:
+            self._degrade(exc)
+        return None
+
+    # --- invalidation and lifecycle -------------------------------------------------------------
+
+    def invalidate(self, key: str | int) -> None:
+        """Forget *key* here, in Redis, and (through pub/sub) in every other instance.
+
+        While Redis is unavailable only this instance forgets; the others' memory TTLs are
+        short (``degraded_ttl``) for exactly that reason. Never raises a Redis error.
+        """
+        k = memory_key(key)
+        self.forget(k)
+        self.counters["invalidations"] += 1
+        if not self._started:
+            self._start()
+        if self._client is None or self.degraded:
+            return
+        try:
+            self._invalidate(
+                keys=[self.redis_key(k), self.version_key(k)],
+                args=[self.channel, self.invalidation_message(k)],
+            )
+        except Exception as exc:
+            self._degrade(exc)
+
+    def close(self) -> None:
+        """Stop the background threads and close the Redis client. Idempotent."""
+        self._closed = True
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+
+    def __enter__(self) -> CredentialCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,301 @@
+"""What the sync and async credential caches share and that does no I/O.
+
+Settings, key escaping, the JSON value format (versioned, optionally HMAC-signed; never
+pickle), the memory tier (cachetools' TLRU cache: per-entry expiry, so TTL jitter and stale
+windows work), single-flight bookkeeping, the degraded-mode rules and ``stats()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import cachetools
+
+from dbresilience._classify import classify
+from dbresilience._deadline import seconds
+
+__all__ = ["CacheBase", "Entry", "escape_key", "memory_key", "unescape_key"]
+
+FORMAT = 1
+#: what a loader's None is remembered as (for ``negative_ttl``); callers see None
+NOT_FOUND: Any = object()
+
+
+def memory_key(key: str | int) -> str:
+    """*key* as the memory tier holds it: ``42`` and ``"42"`` are the same user."""
+    if type(key) is str:
+        return key
+    if isinstance(key, bool) or not isinstance(key, str | int):
+        raise TypeError(f"key must be a str or an int, got {type(key).__name__}")
+    return str(key)
+
+
+def escape_key(key: str | int) -> str:
+    """*key* as a Redis key part: percent-encoded, so no ``:`` and no two keys collide."""
+    return urllib.parse.quote(memory_key(key), safe="")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A value in the memory tier: fresh until ``fresh_until``, servable stale until
+    ``stale_until`` (monotonic seconds)."""
+
+    value: Any
+    fresh_until: float
+    stale_until: float
+
+
+def _entry_expiry(_key: Any, entry: Entry, _now: float) -> float:
+    return entry.stale_until
+
+
+class CacheBase:
+    """Settings, codec, memory tier and counters of a credential cache (no I/O)."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        ttl: float | timedelta = 60.0,
+        namespace: str = "credentials",
+        maxsize: int = 10_000,
+        negative_ttl: float | timedelta = 5.0,
+        stale_ttl: float | timedelta = 0.0,
+        jitter: float = 0.1,
+        degraded_ttl: float | timedelta | None = None,
+        timeout: float | timedelta = 0.1,
+        probe_interval: float | timedelta = 1.0,
+        lease: bool = False,
+        lease_ttl: float | timedelta = 5.0,
+        signing_key: bytes | None = None,
+    ) -> None:
+        self.ttl = seconds("ttl", ttl)
+        if not namespace or not isinstance(namespace, str):
+            raise ValueError(f"namespace must be a non-empty string, got {namespace!r}")
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise ValueError(f"maxsize must be an int >= 1, got {maxsize!r}")
+        if not isinstance(jitter, int | float) or not 0 <= jitter <= 0.5:
+            raise ValueError(f"jitter must be a fraction between 0 and 0.5, got {jitter!r}")
+        if signing_key is not None and (
+            not isinstance(signing_key, bytes) or len(signing_key) < 16
+        ):
+            raise ValueError("signing_key must be bytes, at least 16 of them")
+        if redis_url is not None and not isinstance(redis_url, str):
+            raise TypeError(f"redis_url must be a URL string or None, got {redis_url!r}")
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.maxsize = maxsize
+        self.negative_ttl = seconds("negative_ttl", negative_ttl, allow_zero=True)
+        self.stale_ttl = seconds("stale_ttl", stale_ttl, allow_zero=True)
+        self.jitter = float(jitter)
+        self.degraded_ttl = (
+            min(self.ttl, 5.0) if degraded_ttl is None else seconds("degraded_ttl", degraded_ttl)
+        )
+        self.timeout = seconds("timeout", timeout)
+        self.probe_interval = seconds("probe_interval", probe_interval)
+        self.lease = bool(lease)
+        self.lease_ttl = seconds("lease_ttl", lease_ttl)
+        self._signing_key = signing_key
+        self._memory: cachetools.TLRUCache[str, Entry] = cachetools.TLRUCache(
+            maxsize, ttu=_entry_expiry, timer=time.monotonic
+        )
+        self._lock = threading.Lock()
+        self._generation: dict[str, int] = {}  # bumped by every invalidation of a key
+        self.degraded = False  # True while Redis fails: memory only, short TTLs
+        self.instance = f"{id(self):x}{random.getrandbits(32):08x}"  # to skip our own echoes
+        self.counters = {
+            "memory_hits": 0,
+            "redis_hits": 0,
+            "misses": 0,
+            "loads": 0,
+            "load_failures": 0,
+            "stale_served": 0,
+            "negative_hits": 0,
+            "redis_errors": 0,
+            "invalidations": 0,
+            "flushes": 0,
+        }
+        self._started = False
+        self._closed = False
+        self._client: Any = None  # the Redis client, made on first use
+        self._setup()
+
+    def _setup(self) -> None:
+        """The twin's own state (flights, tasks or threads); no I/O."""
+
+    # --- keys and values ----------------------------------------------------------------------
+
+    def redis_key(self, key: str | int) -> str:
+        """``{namespace}:v{FORMAT}:{escaped key}``."""
+        return f"{self.namespace}:v{FORMAT}:{escape_key(key)}"
+
+    def version_key(self, key: str | int) -> str:
+        """Where *key*'s invalidation counter lives."""
+        return f"{self.namespace}:ver:{escape_key(key)}"
+
+    def lease_key(self, key: str | int) -> str:
+        """Where *key*'s cross-instance load lease lives."""
+        return f"{self.namespace}:lease:{escape_key(key)}"
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel invalidations travel on."""
+        return f"{self.namespace}:invalidate"
+
+    def encode(self, key: str | int, value: Any) -> bytes:
+        """*value* as the JSON stored in Redis (``TypeError`` if it is not JSON-serialisable)."""
+        payload: dict[str, Any] = {"f": FORMAT, "d": None if value is NOT_FOUND else value}
+        if value is NOT_FOUND:
+            payload["nf"] = 1
+        if self._signing_key is not None:
+            payload["m"] = self._mac(key, payload)
+        return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+    def decode(self, key: str | int, raw: bytes | str | None) -> tuple[bool, Any]:
+        """``(True, value)`` for a valid payload; ``(False, None)`` for anything else — a
+        missing, foreign, unsigned, badly signed or unknown-format value is a miss."""
+        if raw is None:
+            return False, None
+        try:
+            payload = json.loads(raw)
+        except (ValueError, TypeError):
+            return False, None
+        if not isinstance(payload, dict) or payload.get("f") != FORMAT or "d" not in payload:
+            return False, None
+        if self._signing_key is not None:
+            mac = payload.pop("m", None)
+            if not isinstance(mac, str) or not hmac.compare_digest(mac, self._mac(key, payload)):
+                return False, None
+        return True, NOT_FOUND if payload.get("nf") else payload["d"]
+
+    def _mac(self, key: str | int, payload: dict[str, Any]) -> str:
+        assert self._signing_key is not None
+        body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        message = f"{self.namespace}\x00{escape_key(key)}\x00{body}".encode()
+        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+
+    # --- the memory tier ----------------------------------------------------------------------
+
+    def _ttl_for(self, value: Any) -> float:
+        base = self.negative_ttl if value is NOT_FOUND else self.ttl
+        if self.degraded:
+            base = min(base, self.degraded_ttl)  # invalidations cannot reach us now
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else base
+
+    def remember(self, key: str, value: Any, generation: int | None = None) -> None:
+        """Keep *value* in memory unless *key* was invalidated since *generation* was read."""
+        now = time.monotonic()
+        fresh = now + self._ttl_for(value)
+        entry = Entry(value, fresh, fresh + self.stale_ttl)
+        with self._lock:
+            if generation is not None and self._generation.get(key, 0) != generation:
+                return  # a slow load finished after an invalidation: do not put it back
+            self._memory[key] = entry
+
+    def lookup(self, key: str) -> Entry | None:
+        """The memory entry for *key*, fresh or stale, or None."""
+        with self._lock:
+            return self._memory.get(key)
+
+    def generation(self, key: str) -> int:
+        """How many times *key* was invalidated here (read before a load starts)."""
+        return self._generation.get(key, 0)
+
+    def forget(self, key: str) -> None:
+        """Drop *key* from memory and bump its generation (an invalidation arrived)."""
+        with self._lock:
+            self._memory.pop(key, None)
+            self._generation[key] = self._generation.get(key, 0) + 1
+            if len(self._generation) > 4 * self.maxsize:  # bounded: old generations expire
+                self._generation.clear()
+
+    def flush_memory(self) -> None:
+        """Empty the memory tier (Redis came back: what we kept may be stale)."""
+        with self._lock:
+            self._memory.clear()
+            self._generation.clear()
+        self.counters["flushes"] += 1
+
+    def stale_value(self, entry: Entry | None, exc: BaseException) -> tuple[bool, Any]:
+        """A stale value to serve when the loader failed transiently, within ``stale_ttl``."""
+        if entry is None or not self.stale_ttl or not classify(exc).transient:
+            return False, None
+        if time.monotonic() > entry.stale_until:
+            return False, None
+        self.counters["stale_served"] += 1
+        return True, entry.value
+
+    def invalidation_message(self, key: str) -> str:
+        """What goes on the channel: who invalidated, and the escaped key."""
+        return f"{self.instance}|{urllib.parse.quote(key, safe='')}"
+
+    def received(self, data: bytes | str) -> None:
+        """An invalidation arrived on the channel: drop the key here (unless it is our echo)."""
+        text = data.decode() if isinstance(data, bytes) else data
+        origin, _, escaped = text.partition("|")
+        if origin != self.instance and escaped:
+            self.forget(unescape_key(escaped))
+
+    # --- what callers see -------------------------------------------------------------------
+
+    @staticmethod
+    def public(value: Any) -> Any:
+        """A remembered "not found" is None to the caller."""
+        return None if value is NOT_FOUND else value
+
+    @staticmethod
+    def stored(value: Any) -> Any:
+        """A loader's None is remembered as "not found" (briefly: ``negative_ttl``)."""
+        return NOT_FOUND if value is None else value
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (``hits`` = memory + Redis hits, ``misses``, ``loads``, ``stale_served``,
+        ``redis_errors`` …), ``size`` of the memory tier and ``backend``: ``"memory"`` (no
+        Redis configured), ``"redis"`` or ``"degraded"`` (Redis failing: memory only)."""
+        counters = dict(self.counters)
+        counters["hits"] = counters["memory_hits"] + counters["redis_hits"]
+        backend = "memory"
+        if self.redis_url is not None:
+            backend = "degraded" if self.degraded else "redis"
+        return {**counters, "size": len(self._memory), "backend": backend}
+
+    def _redact(self) -> str:
+        if self.redis_url is None:
+            return "memory"
+        _, sep, tail = self.redis_url.rpartition("@")
+        return f"redis://…@{tail}" if sep else self.redis_url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._redact()!r}, namespace={self.namespace!r})"
+
+
+# KEYS: value key, version key. ARGV: payload, ttl ms, version seen before loading ("" = none).
+# Stores only if nobody invalidated the key while the loader ran.
+SET_IF_VERSION = """
+local current = redis.call('GET', KEYS[2])
+if (current or '') ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: value key, version key. ARGV: channel, escaped key.
+INVALIDATE = """
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 86400000)
+redis.call('DEL', KEYS[1])
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
+"""
+
+
+def unescape_key(escaped: str) -> str:
+    """The memory-tier key of a key received (escaped) on the invalidation channel."""
+    return urllib.parse.unquote(escaped)
