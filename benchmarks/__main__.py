@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import bench_breaker, bench_cache, bench_pool, bench_retry
+from . import bench_breaker, bench_cache, bench_pool, bench_queue, bench_retry
 
 
 def main() -> int:
@@ -15,6 +15,7 @@ def main() -> int:
     bench_breaker.run(quick=quick)
     bench_pool.run(quick=quick)
     bench_cache.run(quick=quick)
+    bench_queue.run(quick=quick)
     return 0
 
 

@@ -43,8 +43,12 @@ from dbresilience._events import (
     RetryHook,
     log_retry,
 )
+from dbresilience._journal import Record
 from dbresilience._pool import Pool
 from dbresilience._pool_async import AsyncPool
+from dbresilience._queue import WriteQueue
+from dbresilience._queue_async import AsyncWriteQueue
+from dbresilience._queue_base import FailedWrite, QueueClosed, QueueFull
 from dbresilience._retry import RetryPolicy, testing, with_retry, withRetry
 
 __version__ = "0.1.0.dev0"
@@ -54,6 +58,7 @@ __all__ = [
     "AsyncCredentialCache",
     "AsyncPool",
     "AsyncRedisBreakerState",
+    "AsyncWriteQueue",
     "Backoff",
     "BreakerHook",
     "BudgetExhausted",
@@ -69,13 +74,18 @@ __all__ = [
     "DatabaseUnavailable",
     "Deadline",
     "ErrorKind",
+    "FailedWrite",
     "Pool",
     "QueryTimeout",
+    "QueueClosed",
+    "QueueFull",
+    "Record",
     "RedisBreakerState",
     "RetryBudget",
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",
+    "WriteQueue",
     "classify",
     "log_retry",
     "testing",

@@ -1,0 +1,138 @@
+"""A crash-safe local journal for the write queue: append-only JSON lines, no pickle.
+
+Each submitted write is one line ``{"s": seq, "q": sql, "p": params, "k": key}`` written with
+one ``os.write`` before ``submit`` returns, so it has reached the operating system: it survives
+the process dying (``os._exit``, a crash, SIGKILL). With ``fsync="always"`` it is also on disk
+before ``submit`` returns (survives power loss; costs a disk flush per write); ``"batch"``
+(default) fsyncs before each database batch; ``"never"`` leaves it to the OS.
+
+The queue commits in submission order, so what is done (committed or set aside) is always a
+prefix: a line ``{"w": seq}`` records that every write up to ``seq`` is done. On open,
+everything after the last watermark is returned for replay. A torn last line (the process died
+mid-write) is dropped: that write's ``submit`` never returned. Compaction rewrites the file with
+the pending writes only and renames it over the old one (atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Journal", "Record"]
+
+_FSYNC_POLICIES = ("always", "batch", "never")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One submitted write: its sequence number, SQL, parameters and idempotency key."""
+
+    seq: int
+    sql: str
+    params: Any
+    key: str | None
+
+
+class Journal:
+    """The append-only file behind a write queue (thread-safe)."""
+
+    def __init__(self, path: str | os.PathLike[str], fsync: str = "batch") -> None:
+        if fsync not in _FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(_FSYNC_POLICIES)}, got {fsync!r}")
+        self.path = Path(path)
+        self.fsync = fsync
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.torn = 0  # torn lines dropped on open
+
+    def open(self) -> tuple[list[Record], int]:
+        """Open (creating) the file; return the writes not yet done and the highest seq seen."""
+        pending: dict[int, Record] = {}
+        done = 0
+        top = 0
+        if self.path.exists():
+            data = self.path.read_bytes()
+            lines = data.split(b"\n")
+            for n, line in enumerate(lines):
+                if not line:
+                    continue
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    if n == len(lines) - 1:  # the last line, cut short by a crash
+                        self.torn += 1
+                        continue
+                    raise ValueError(f"journal {self.path} is corrupt at line {n + 1}") from None
+                if "w" in item:
+                    done = max(done, int(item["w"]))
+                else:
+                    record = Record(int(item["s"]), item["q"], item.get("p"), item.get("k"))
+                    pending[record.seq] = record
+                    top = max(top, record.seq)
+            top = max(top, done)
+        replay = [pending[s] for s in sorted(pending) if s > done]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.torn:  # rewrite without the torn tail so later lines are not glued to it
+            self._rewrite(replay, done)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.bytes = os.fstat(self._fd).st_size
+        return replay, top
+
+    def append(self, record: Record) -> None:
+        """Write *record* to the OS (and to disk with ``fsync="always"``); raises on failure."""
+        line = json.dumps(
+            {"s": record.seq, "q": record.sql, "p": record.params, "k": record.key},
+            separators=(",", ":"),
+        ).encode()
+        self._write(line + b"\n", self.fsync == "always")
+
+    def mark_done(self, seq: int) -> None:
+        """Record that every write up to *seq* is done (committed or set aside)."""
+        self._write(b'{"w":%d}\n' % seq, self.fsync != "never")
+
+    def sync(self) -> None:
+        """Flush to disk (the "batch" policy calls this before each database batch)."""
+        if self.fsync == "batch" and self._fd is not None:
+            os.fsync(self._fd)
+
+    def _write(self, data: bytes, sync: bool) -> None:
+        with self._lock:
+            if self._fd is None:
+                raise ValueError("the journal is not open")
+            os.write(self._fd, data)
+            self.bytes += len(data)
+            if sync:
+                os.fsync(self._fd)
+
+    def compact(self, pending: list[Record], done: int) -> None:
+        """Rewrite the file with only *pending* writes (atomic rename)."""
+        with self._lock:
+            self._rewrite(pending, done)
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self.bytes = os.fstat(self._fd).st_size
+
+    def _rewrite(self, pending: list[Record], done: int) -> None:
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b'{"w":%d}\n' % done)
+            for r in pending:
+                f.write(
+                    json.dumps({"s": r.seq, "q": r.sql, "p": r.params, "k": r.key}).encode() + b"\n"
+                )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

@@ -1,0 +1,244 @@
+"""``WriteQueue``: fire-and-forget writes that still lose nothing. Locking and I/O only."""
+
+from __future__ import annotations
+
+import atexit
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from dbresilience._errors import CircuitOpen
+from dbresilience._events import logger
+from dbresilience._journal import Record
+from dbresilience._queue_base import (
+    COPY_MIN_ROWS,
+    QueueBase,
+    copy_statement,
+    is_bad_write,
+    runs,
+)
+
+__all__ = ["WriteQueue"]
+
+_COMPACT_BYTES = 16 * 1024 * 1024
+
+
+class WriteQueue(QueueBase):
+    """Fire-and-forget writes over a :class:`dbresilience.Pool`, batched, losing nothing.
+
+    ``submit(sql, params, key=...)`` returns at once (a few microseconds); a background thread
+    writes batches of up to ``batch_size`` (or whatever is ``flush_interval`` old) in one
+    transaction each, ``executemany`` pipelined, plain ``INSERT … VALUES`` through ``COPY``.
+
+    - ``key``: the write takes effect at most once per key, across retries, restarts and
+      instances (a ledger table, ``ledger_table``, written in the same transaction; rows older
+      than ``ledger_retention`` are pruned).
+    - Transient failures (the database down, a lost connection, a deadlock, the pool's breaker
+      open …) retry the batch with backoff, for as long as it takes; a commit-unknown failure
+      is safe for keyed writes (the ledger) and at-least-once for unkeyed ones.
+    - A write that can never succeed (a constraint, bad SQL, bad data) is found by bisecting
+      its batch, set aside with its error (``failed_writes()``, ``on_failed``, counted in
+      ``stats()["failed"]``) and the rest commit.
+    - ``journal=path``: every write reaches the OS before ``submit`` returns (see
+      :mod:`dbresilience._journal`); opening a queue on the same journal applies what had not
+      been committed, first.
+    - Leaving the block (``close()``) drains within ``drain_timeout``; what is left stays in the
+      journal, and is reported.
+    """
+
+    def open(self) -> WriteQueue:
+        """Replay the journal (if any) and start the worker; returns self. Idempotent."""
+        with self._cond:
+            if self._open:
+                return self
+            if self._journal is not None:
+                replay, top = self._journal.open()
+                now = time.monotonic()
+                for record in replay:
+                    self._buffer.append(record)
+                    self._submitted_at[record.seq] = now
+                self._seq = max(self._seq, top)
+                self._done = replay[0].seq - 1 if replay else self._seq
+                self.counters["replayed"] += len(replay)
+            else:
+                self._done = self._seq
+            self._open = True
+            self._closing = False
+            self._flushers = 0
+            self._ledger_ready = False
+            self._last_prune = 0.0
+        self._worker = threading.Thread(target=self._run, name="dbr-write-queue", daemon=True)
+        self._worker.start()
+        return self
+
+    def __enter__(self) -> WriteQueue:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """True once everything submitted so far is committed (or set aside); False if that
+        did not happen within *timeout* seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._seq
+            self._flushers += 1
+            self._cond.notify_all()
+            try:
+                while self._done < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+                return True
+            finally:
+                self._flushers -= 1
+
+    def close(self) -> None:
+        """Drain within ``drain_timeout``, stop the worker, close the journal. Idempotent.
+
+        Writes still pending after that stay in the journal (replayed by the next queue
+        opened on it) or, without a journal, are lost; either way they are logged.
+        """
+        with self._cond:
+            if not self._open:
+                return
+            self._closing = True
+            self._drain_deadline = time.monotonic() + self.drain_timeout
+            self._cond.notify_all()
+        self._worker.join(self.drain_timeout + self.batch_timeout + 5)
+        with self._cond:
+            left = len(self._buffer)
+            self._open = False
+            self._cond.notify_all()
+        if left:
+            where = "kept in the journal" if self._journal is not None else "LOST (no journal)"
+            logger.error("write queue closed with %d writes not committed: %s", left, where)
+        if self._journal is not None:
+            self._journal.close()
+
+    def close_on_exit(self) -> None:
+        """Drain on interpreter exit and on SIGTERM (then the previous SIGTERM handler runs)."""
+        atexit.register(self.close)
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            self.close()
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    # --- the worker thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    batch = self._take_batch(self._flushers > 0)
+                    if batch or (self._closing and not self._buffer):
+                        break
+                    self._cond.wait(self._wait_time())
+            if not batch:
+                return
+            if self._journal is not None:
+                self._journal.sync()
+            if not self._process(batch):
+                return  # closing, and the drain deadline passed while retrying
+
+    def _process(self, batch: list[Record]) -> bool:
+        """Commit *batch*, retrying transient failures and bisecting permanent ones."""
+        delay = 0.05
+        while True:
+            try:
+                written, duplicates = self._attempt(batch)
+            except Exception as exc:
+                if is_bad_write(exc):
+                    if len(batch) == 1:
+                        failed = self._set_aside(batch[0], exc)
+                        self._done_with(batch, 0, 0)
+                        logger.error("write set aside (%s): %s", failed.code, failed.error)
+                        if self._on_failed is not None:
+                            self._call_hook(self._on_failed, failed)
+                        return True
+                    middle = len(batch) // 2
+                    return self._process(batch[:middle]) and self._process(batch[middle:])
+                self.counters["retried"] += 1
+                wait = exc.retry_after if isinstance(exc, CircuitOpen) else delay
+                with self._cond:
+                    if self._closing and time.monotonic() + wait > self._drain_deadline:
+                        return False
+                    self._cond.wait(wait)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._done_with(batch, written, duplicates)
+            if self._on_commit is not None:
+                self._call_hook(self._on_commit, batch)
+            return True
+
+    def _done_with(self, batch: Sequence[Record], written: int, duplicates: int) -> None:
+        with self._cond:
+            self._finish(batch, written, duplicates)
+            if self._journal is not None:
+                self._journal.mark_done(batch[-1].seq)
+                if self._journal.bytes > _COMPACT_BYTES:
+                    self._journal.compact(list(self._buffer), self._done)
+
+    def _attempt(self, batch: list[Record]) -> tuple[int, int]:
+        """One transaction for *batch*; returns (applied, skipped as already applied)."""
+        breaker = getattr(self.pool, "breaker", None)
+        permit = breaker.acquire() if breaker is not None else 0
+        started = time.monotonic()
+        try:
+            result = self._transaction(batch)
+        except BaseException as exc:
+            if breaker is not None:
+                breaker.record(permit, exc, started)
+            raise
+        if breaker is not None:
+            breaker.record(permit, None, started)
+        return result
+
+    def _transaction(self, batch: list[Record]) -> tuple[int, int]:
+        create, claim, prune = self._ledger_sql()
+        with self.pool.connection(timeout=self.batch_timeout) as conn:
+            if not self._ledger_ready:
+                conn.execute(create)
+                self._ledger_ready = True
+            if time.monotonic() - self._last_prune > 600:
+                conn.execute(prune, (self.ledger_retention,))
+                self._last_prune = time.monotonic()
+            with conn.transaction():
+                todo, duplicates = batch, 0
+                keys = list(dict.fromkeys(r.key for r in batch if r.key is not None))
+                if keys:
+                    fresh = {row[0] for row in conn.execute(claim, (keys,)).fetchall()}
+                    todo, duplicates = self._dedupe(batch, fresh)
+                cur = conn.cursor()
+                for statement, params in runs(todo):
+                    copy = (
+                        copy_statement(statement, len(params[0]))
+                        if self.use_copy and len(params) >= COPY_MIN_ROWS
+                        else None
+                    )
+                    if copy is not None:
+                        with cur.copy(copy) as writer:
+                            for row in params:
+                                writer.write_row(row)
+                    else:
+                        cur.executemany(statement, params)  # the caller's SQL, params bound
+        self.counters["batches"] += 1
+        return len(todo), duplicates
+
+    @staticmethod
+    def _call_hook(hook: Any, arg: Any) -> None:
+        try:
+            hook(arg)
+        except Exception:
+            logger.exception("write queue hook %r failed", hook)
