@@ -13,15 +13,20 @@ from dbresilience.faults import free_port
 
 
 @pytest.mark.slow
-def test_short_demo_profile_runs_and_with_retry_loses_nothing() -> None:
-    """A short demo breaks a real server three ways; the naive client fails, with_retry does not."""
+def test_short_demo_profile_runs_and_dbresilience_loses_nothing() -> None:
+    """The short demo breaks a real server four ways: the naive service fails requests,
+    the dbresilience one loses and doubles no write (the command's exit status says so)."""
     lines: list[str] = []
-    assert run_demo(seconds=0.6, out=lines.append) == 0
-    text = "\n".join(lines)
-    naive = [line for line in lines if re.search(r"\snaive\s+\d+", line)]
-    assert len(naive) == 3
-    assert any("P1001" in line for line in naive)  # the naive client saw the outage
-    assert "with_retry: no request failed." in text
+    assert run_demo(profile="short", out=lines.append) == 0
+    rows = {
+        line.split()[0]: line.split()
+        for line in lines
+        if re.match(r"(naive|dbresilience)\s+\d", line)
+    }
+    naive, ours = rows["naive"], rows["dbresilience"]
+    assert float(naive[2]) < 100.0  # the naive service failed requests
+    assert (ours[6], ours[7]) == ("0", "0")  # dbresilience: nothing lost, nothing twice
+    assert int(ours[5]) > 0
 
 
 def test_check_reports_a_healthy_server(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,6 +52,6 @@ def test_check_classifies_a_refused_port_without_showing_the_password(
 def test_cli_rejects_bad_arguments() -> None:
     """Nonsense arguments exit with a usage error, naming the problem."""
     with pytest.raises(SystemExit):
-        main(["demo", "--seconds", "0"])
+        main(["demo", "--profile", "enormous"])
     with pytest.raises(SystemExit):
         main(["frobnicate"])

@@ -61,18 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dbresilience`` console script."""
     parser = argparse.ArgumentParser(prog="dbresilience", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="break a throwaway PostgreSQL for real; naive vs with_retry")
-    demo.add_argument("--seconds", type=float, default=2.0, help="length of each fault (s)")
+    demo = sub.add_parser(
+        "demo", help="the interview service under real faults: naive vs dbresilience"
+    )
+    demo.add_argument("--profile", choices=["default", "short"], default="default")
+    demo.add_argument("--dsn", default=None, help="a database to use instead of a throwaway one")
     probe = sub.add_parser("check", help="probe a database and classify any failure")
     probe.add_argument("dsn", nargs="?", default=os.environ.get("DATABASE_URL"))
     probe.add_argument("--connect-timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
     if args.command == "demo":
-        if args.seconds <= 0:
-            parser.error("--seconds must be > 0")
         from dbresilience._demo import run_demo
 
-        return run_demo(seconds=args.seconds)
+        return run_demo(profile=args.profile, dsn=args.dsn)
     if not args.dsn:
         parser.error("check needs a DSN (or DATABASE_URL)")
     return check(args.dsn, connect_timeout=args.connect_timeout)

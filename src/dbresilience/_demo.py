@@ -1,224 +1,351 @@
-"""``dbresilience demo``: real faults against a throwaway PostgreSQL, naive client vs with_retry.
+"""``dbresilience demo``: the interview service under real faults, naive versus dbresilience.
 
-Two copies of the same tiny service (one long-lived connection, the seeds' raw-SQL credential
-read) run side by side through one fault proxy while the demo breaks the database for real: the
-network refuses connections, backends are terminated in a storm, the server restarts. The naive
-copy surfaces every failure, as the seeds' code did; the other is the same function under
-``with_retry``. Every failure is classified and the table shows what each client's users saw.
+It starts an embedded PostgreSQL (the ``pgserver`` package's server, else the installed one)
+unless a DSN is given, puts the fault proxy in front of it, starts a throwaway Redis when
+``redis-server`` is installed, creates the schema and a few dozen users, and runs the same
+script twice: virtual users calling ``POST /api/realtime-session`` in-process while the demo
+breaks things for real, in turn — a backend kill storm, a server restart (a network outage on a
+database it did not start), frozen backends (SIGSTOP; a frozen network otherwise), a Redis
+outage. First against the seeds' naive code, then against the service built on dbresilience
+(whose users retry 503s with the same request id, as the seeds' client did). Then it counts, in
+the database, what each run's successful requests left behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import statistics
-import threading
+import sys
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 import psycopg
 
-from dbresilience._classify import classify
-from dbresilience._retry import with_retry
-from dbresilience.faults import FaultProxy, TemporaryPostgres
-
-USER_SQL = 'SELECT id, credits::float8 AS credits, "isPremium" FROM "User" WHERE id = %s LIMIT 1'
-
-
-class CredentialService:
-    """The seeds' credential read on one long-lived connection, reconnecting on the next call."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
-
-    def load_user(self, user_id: int) -> tuple[object, ...] | None:
-        """Read one user's credentials; any database failure reaches the caller."""
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
-        try:
-            return self._conn.execute(USER_SQL, (user_id,)).fetchone()
-        except psycopg.OperationalError:
-            self._conn.close()
-            self._conn = None
-            raise
-
-    def close(self) -> None:
-        """Close the connection, if any."""
-        if self._conn is not None:
-            self._conn.close()
-
-
-class ResilientCredentialService(CredentialService):
-    """The same read under ``with_retry``; reads are idempotent, so a lost connection is retried."""
-
-    # Bound by the deadline, not by a count: an outage is measured in seconds, not attempts.
-    load_user = with_retry(
-        attempts=50, base_delay=0.05, max_delay=0.5, deadline=6.0, idempotent=True
-    )(CredentialService.load_user)
-
-
-@dataclass
-class Tally:
-    """What one client's callers saw during one scenario."""
-
-    latencies: list[float] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def requests(self) -> int:
-        return len(self.latencies) + sum(self.errors.values())
-
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        if len(self.latencies) == 1:
-            return self.latencies[0]
-        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
+from dbresilience.examples.interview_service import (
+    Settings,
+    apply_schema,
+    create_app,
+    create_naive_app,
+    create_provider,
+    start_session,
+)
+from dbresilience.faults import FaultProxy, TemporaryPostgres, TemporaryRedis
 
 
 @dataclass(frozen=True)
-class Scenario:
-    """A named fault: ``inject`` runs in its own thread while the clients keep calling."""
+class Profile:
+    """How big and how long: virtual users, seconds per phase, think time between requests."""
+
+    users: int
+    phase: float
+    think: float
+
+
+PROFILES = {
+    "default": Profile(users=16, phase=3.0, think=0.02),
+    "short": Profile(users=6, phase=0.8, think=0.01),
+}
+
+
+@dataclass
+class Run:
+    """What one run's virtual users saw."""
 
     name: str
-    inject: Callable[[], None]
+    latencies: list[float] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    succeeded: list[str] = field(default_factory=list)  # request ids answered 200
+    committed: int = 0
+    lost: int = 0
+    doubled: int = 0
+
+    @property
+    def requests(self) -> int:
+        return sum(self.outcomes.values())
+
+    def percentile(self, q: int) -> float:
+        if len(self.latencies) < 2:
+            return self.latencies[0] if self.latencies else float("nan")
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1]
 
 
-def _drive(
-    service: CredentialService, stop: threading.Event, tally: Tally, examples: dict[str, str]
-) -> None:
-    user_id = 0
-    while not stop.is_set():
-        user_id = user_id % 100 + 1
-        start = time.perf_counter()
-        try:
-            service.load_user(user_id)
-            tally.latencies.append((time.perf_counter() - start) * 1000)
-        except Exception as exc:
-            c = classify(exc)
-            tally.errors[c.code] += 1
-            examples.setdefault(
-                c.code,
-                f"{c.code} {c.kind.name.lower()}: retryable={c.retryable}, HTTP {c.http_status}"
-                + (f", Retry-After {c.retry_after:g} s" if c.retry_after else "")
-                + f" (from {type(exc).__name__}: {str(exc).splitlines()[0][:70]})",
+@dataclass
+class World:
+    """The database, the proxy in front of it and Redis, and the faults they can suffer."""
+
+    admin_dsn: str
+    service_dsn: str
+    proxy: FaultProxy
+    cluster: TemporaryPostgres | None
+    redis: TemporaryRedis | None
+
+    def kill_backends(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where "
+                "backend_type = 'client backend' and pid <> pg_backend_pid() "
+                "and datname = current_database()"
             )
-        time.sleep(0.02)
+
+    def backends(self) -> list[int]:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "select pid from pg_stat_activity where backend_type = 'client backend' "
+                "and pid <> pg_backend_pid() and datname = current_database()"
+            ).fetchall()
+        return [int(r[0]) for r in rows]
 
 
-def _kill_storm(cluster: TemporaryPostgres, seconds: float) -> None:
-    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+def _faults(world: World, seconds: float) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    async def kill_storm() -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            admin.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity "
-                "where pid <> pg_backend_pid() and backend_type = 'client backend'"
-            )
-            time.sleep(0.1)
+            await asyncio.to_thread(world.kill_backends)
+            await asyncio.sleep(0.1)
+
+    async def restart() -> None:
+        if world.cluster is not None:
+            await asyncio.to_thread(world.cluster.stop, "fast")
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(world.cluster.start)
+        else:
+            await asyncio.to_thread(world.proxy.down)
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(world.proxy.restore)
+
+    async def freeze() -> None:
+        if world.cluster is not None:
+            pids = []
+            for pid in await asyncio.to_thread(world.backends):
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    TemporaryPostgres.freeze(pid)
+                    pids.append(pid)
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        TemporaryPostgres.thaw(pid)
+        else:
+            await asyncio.to_thread(world.proxy.freeze)
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(world.proxy.restore)
+
+    async def redis_outage() -> None:
+        assert world.redis is not None
+        await asyncio.to_thread(world.redis.stop)
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(world.redis.start)
+
+    async def steady() -> None:
+        await asyncio.sleep(seconds)
+
+    faults: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        ("steady state", steady),
+        ("backends terminated every 100 ms", kill_storm),
+        ("server restart" if world.cluster else "network outage", restart),
+        ("backends frozen (SIGSTOP)" if world.cluster else "network frozen", freeze),
+    ]
+    if world.redis is not None:
+        faults.append(("Redis outage", redis_outage))
+    faults.append(("recovery", steady))
+    return faults
 
 
-def _outage(proxy: FaultProxy, seconds: float) -> None:
-    proxy.down()
-    time.sleep(seconds)
-    proxy.restore()
+async def _users(
+    client: httpx.AsyncClient,
+    run: Run,
+    users: list[str],
+    profile: Profile,
+    retrying: bool,
+    stop: asyncio.Event,
+) -> None:
+    async def user(uid: str) -> None:
+        while not stop.is_set():
+            rid = f"demo-{uuid.uuid4().hex[:12]}"
+            start = time.perf_counter()
+            try:
+                if retrying:
+                    response = await start_session(
+                        client, uid, request_id=rid, delays=(0.2, 0.4, 0.8, 1.6, 2.0)
+                    )
+                else:
+                    response = await client.post(
+                        "/api/realtime-session",
+                        headers={"Authorization": f"Bearer {uid}", "X-Request-ID": rid},
+                    )
+                status = response.status_code
+                code = response.json().get("code") if status != 200 else None
+            except Exception as exc:  # the naive app may fail outside any handler
+                status, code = 500, type(exc).__name__
+            run.latencies.append((time.perf_counter() - start) * 1000)
+            if status == 200:
+                run.succeeded.append(rid)
+                run.outcomes["200"] += 1
+            else:
+                run.outcomes[f"{status} {code}" if code else str(status)] += 1
+            await asyncio.sleep(profile.think)
+
+    await asyncio.gather(*(user(uid) for uid in users))
 
 
-def _restart(cluster: TemporaryPostgres, seconds: float) -> None:
-    cluster.stop("fast")
-    time.sleep(seconds)
-    cluster.start()
+@contextlib.asynccontextmanager
+async def _served(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://service", timeout=30
+        ) as client:
+            yield client
 
 
-def _seed(cluster: TemporaryPostgres) -> None:
-    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute(
-            'CREATE TABLE IF NOT EXISTS "User" (id int PRIMARY KEY, credits numeric NOT NULL, '
-            '"isPremium" boolean NOT NULL DEFAULT false)'
-        )
-        conn.execute(
-            'INSERT INTO "User" SELECT g, 10, g % 10 = 0 FROM generate_series(1, 100) g '
-            "ON CONFLICT DO NOTHING"
-        )
+async def _run(
+    name: str,
+    app: Any,
+    world: World,
+    users: list[str],
+    profile: Profile,
+    retrying: bool,
+    out: Callable[[str], None],
+) -> Run:
+    run = Run(name)
+    async with _served(app) as client:
+        stop = asyncio.Event()
+        load = asyncio.create_task(_users(client, run, users, profile, retrying, stop))
+        for label, fault in _faults(world, profile.phase):
+            out(f"  [{name}] {label} …")
+            await fault()
+        stop.set()
+        await load
+    return run  # leaving the lifespan drained the service's write queue
+
+
+def _count(world: World, run: Run) -> None:
+    """Check, in the database, what the run's successful requests left behind."""
+    with psycopg.connect(world.admin_dsn) as conn:
+        rows = conn.execute(
+            'SELECT "requestId", count(*) FROM "UsageEvent" WHERE "requestId" = ANY(%s) '
+            'GROUP BY "requestId"',
+            (run.succeeded,),
+        ).fetchall()
+        charges = conn.execute(
+            'SELECT "requestId", count(*) FROM "CreditLedger" WHERE "requestId" = ANY(%s) '
+            'GROUP BY "requestId"',
+            (run.succeeded,),
+        ).fetchall()
+    usage: dict[str, int] = {str(rid): int(n) for rid, n in rows}
+    run.committed = len(usage)
+    run.lost = len(set(run.succeeded) - set(usage))
+    run.doubled = sum(n > 1 for n in usage.values()) + sum(int(n) > 1 for _, n in charges)
 
 
 @contextlib.contextmanager
-def _database(dsn: str | None) -> Iterator[TemporaryPostgres]:
-    if dsn is not None:
-        raise SystemExit(
-            "the demo breaks its database on purpose (stops and restarts it), so it always runs "
-            "on its own throwaway server; --dsn is not accepted here"
-        )
-    with TemporaryPostgres(prefer_embedded=True) as cluster:
-        yield cluster
-
-
-def run_demo(*, seconds: float = 2.0, out: Callable[[str], None] = print) -> int:
-    """Run every scenario, print the table; 0 when the resilient client lost no request."""
-    out("dbresilience demo: real faults against a throwaway PostgreSQL\n")
-    with _database(None) as cluster, FaultProxy("127.0.0.1", cluster.port) as proxy:
-        out(f"  server : PostgreSQL from {cluster.bindir} on 127.0.0.1:{cluster.port}")
-        out(f"  proxy  : 127.0.0.1:{proxy.port} (the clients connect through it)\n")
-        _seed(cluster)
-        dsn = proxy.dsn(cluster.dsn)
-        scenarios = [
-            Scenario(
-                f"network refuses connections for {seconds:g} s", lambda: _outage(proxy, seconds)
-            ),
-            Scenario(
-                f"backends terminated every 100 ms for {seconds:g} s",
-                lambda: _kill_storm(cluster, seconds),
-            ),
-            Scenario(f"server restart ({seconds:g} s down)", lambda: _restart(cluster, seconds)),
-        ]
-        rows: list[tuple[str, str, Tally]] = []
-        examples: dict[str, str] = {}
-        for scenario in scenarios:
-            out(f"- {scenario.name} ...")
-            tallies = {"naive": Tally(), "with_retry": Tally()}
-            services = {
-                "naive": CredentialService(dsn),
-                "with_retry": ResilientCredentialService(dsn),
-            }
-            stop = threading.Event()
-            threads = [
-                threading.Thread(
-                    target=_drive, args=(services[name], stop, tallies[name], examples)
-                )
-                for name in services
-            ]
-            for t in threads:
-                t.start()
-            time.sleep(0.3)  # steady state first
-            scenario.inject()
-            time.sleep(0.5)  # and after
-            stop.set()
-            for t in threads:
-                t.join(15)
-            for name, service in services.items():
-                service.close()
-                rows.append((scenario.name, name, tallies[name]))
-        out("")
-        header = (
-            f"{'scenario':<44} {'client':<10} {'requests':>8} {'ok %':>6} "
-            f"{'p50 ms':>7} {'p99 ms':>8}  errors"
-        )
-        out(header)
-        out("-" * len(header))
-        lost = 0
-        for name, client, tally in rows:
-            ok = 100.0 * len(tally.latencies) / tally.requests if tally.requests else 0.0
-            errors = ", ".join(f"{code} x{n}" for code, n in sorted(tally.errors.items())) or "-"
-            out(
-                f"{name:<44} {client:<10} {tally.requests:>8} {ok:>6.1f} "
-                f"{tally.percentile(50):>7.1f} {tally.percentile(99):>8.1f}  {errors}"
+def _world(dsn: str | None, out: Callable[[str], None]) -> Iterator[World]:
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if dsn is None:
+            cluster = stack.enter_context(TemporaryPostgres(prefer_embedded=True))
+            dsn = cluster.dsn
+            out(f"  database: throwaway PostgreSQL from {cluster.bindir}, port {cluster.port}")
+        else:
+            out("  database: the one given (it is not restarted; outages come from the proxy)")
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        host = str(params.get("host") or "127.0.0.1")
+        proxy = stack.enter_context(
+            FaultProxy(
+                "127.0.0.1" if host.startswith("/") else host, int(params.get("port") or 5432)
             )
-            if client == "with_retry":
-                lost += sum(tally.errors.values())
-        out("\nWhat the naive client's callers got, classified by dbr.classify:")
-        for line in examples.values():
-            out(f"  {line}")
-        verdict = "no request failed" if lost == 0 else f"{lost} requests FAILED"
-        out(f"\nwith_retry: {verdict}.")
-        return 0 if lost == 0 else 1
+        )
+        redis = None
+        try:
+            redis = stack.enter_context(TemporaryRedis())
+            out(f"  cache:    throwaway redis-server on port {redis.port}")
+        except (FileNotFoundError, RuntimeError, OSError):
+            out("  cache:    no redis-server: the cache runs memory-only")
+        yield World(dsn, proxy.dsn(dsn), proxy, cluster, redis)
+
+
+def _seed(dsn: str, n: int) -> list[str]:
+    apply_schema(dsn)
+    users = [f"demo-user-{uuid.uuid4().hex[:8]}" for _ in range(n)]
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany(
+            'INSERT INTO "User" (id, credits, "isPremium") VALUES (%s, 1000000, false)',
+            [(u,) for u in users],
+        )
+    return users
+
+
+def _report(runs: list[Run], out: Callable[[str], None]) -> None:
+    header = (
+        f"{'client':<14} {'requests':>8} {'ok %':>6} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'committed':>9} {'lost':>5} {'twice':>5}  errors (final answer x count)"
+    )
+    out("")
+    out(header)
+    out("-" * len(header))
+    for run in runs:
+        ok = 100.0 * run.outcomes["200"] / run.requests if run.requests else 0.0
+        errors = (
+            ", ".join(f"{k} x{v}" for k, v in sorted(run.outcomes.items()) if k != "200") or "-"
+        )
+        out(
+            f"{run.name:<14} {run.requests:>8} {ok:>6.1f} {run.percentile(50):>8.1f} "
+            f"{run.percentile(99):>8.1f} {run.committed:>9} {run.lost:>5} {run.doubled:>5}  "
+            f"{errors}"
+        )
+
+
+async def _main(dsn: str | None, profile: Profile, out: Callable[[str], None]) -> int:
+    out("dbresilience demo: the interview service under real faults\n")
+    with _world(dsn, out) as world:
+        users = _seed(world.admin_dsn, profile.users)
+        provider = create_provider(latency=0.005)
+        settings = Settings(
+            dsn=world.service_dsn,
+            redis_url=world.redis.url if world.redis else None,
+            provider_url="http://provider",
+            provider_transport=httpx.ASGITransport(app=provider),
+            query_timeout=2.0,
+            pool_options={"min_size": 4, "max_size": 10, "connect_timeout": 2.0},
+        )
+        out(f"  load:     {profile.users} virtual users, {profile.phase:g} s per phase\n")
+        runs = []
+        for name, app, retrying in (
+            ("naive", create_naive_app(settings), False),
+            ("dbresilience", create_app(settings), True),
+        ):
+            run = await _run(name, app, world, users, profile, retrying, out)
+            await asyncio.to_thread(_count, world, run)
+            runs.append(run)
+        _report(runs, out)
+        ours = runs[-1]
+        out("")
+        if ours.lost or ours.doubled:
+            out(f"dbresilience LOST {ours.lost} and applied {ours.doubled} twice: a bug.")
+            return 1
+        naive = runs[0]
+        out(
+            f"dbresilience: {ours.outcomes['200']} sessions, every write committed once "
+            f"(naive: {100.0 * naive.outcomes['200'] / max(1, naive.requests):.0f} % ok, "
+            f"{naive.lost} writes lost)."
+        )
+        return 0
+
+
+def run_demo(
+    *, profile: str = "default", dsn: str | None = None, out: Callable[[str], None] = print
+) -> int:
+    """Run the demo; 0 when dbresilience lost and doubled nothing, 1 otherwise."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    if sys.platform == "win32":  # pragma: no cover - SIGSTOP and the server binaries
+        raise SystemExit("the demo needs a POSIX system")
+    return asyncio.run(_main(dsn or os.environ.get("DATABASE_URL") or None, PROFILES[profile], out))

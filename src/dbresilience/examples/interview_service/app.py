@@ -211,16 +211,19 @@ def create_app(settings: Settings) -> Starlette:
 
 def create_naive_app(settings: Settings) -> Starlette:
     """The same endpoint as the seeds' code was: no pool, retry, cache or queue; 500s."""
-    state: dict[str, Any] = {"conn": None, "tasks": set()}
+    state: dict[str, Any] = {"conn": None, "tasks": set(), "lock": None}
 
     async def connection() -> psycopg.AsyncConnection[Any]:
-        conn: psycopg.AsyncConnection[Any] | None = state["conn"]
-        if conn is None or conn.closed:
-            conn = await psycopg.AsyncConnection.connect(
-                settings.dsn, autocommit=True, connect_timeout=5
-            )
-            state["conn"] = conn
-        return conn
+        if state["lock"] is None:
+            state["lock"] = asyncio.Lock()
+        async with state["lock"]:  # one shared connection, opened by one caller at a time
+            conn: psycopg.AsyncConnection[Any] | None = state["conn"]
+            if conn is None or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(
+                    settings.dsn, autocommit=True, connect_timeout=5
+                )
+                state["conn"] = conn
+            return conn
 
     async def fire_and_forget(statement: str, params: tuple[Any, ...]) -> None:
         try:
