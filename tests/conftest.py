@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from dbresilience.faults import FaultProxy, TemporaryPostgres, TemporaryRedis
+from dbresilience.faults import FaultProxy, TemporaryPostgres, TemporaryRedis, terminate_backends
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DEFAULT_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"
@@ -121,11 +121,7 @@ def pg_cluster(_session_cluster: TemporaryPostgres) -> Iterator[TemporaryPostgre
         if not _session_cluster.running:
             _session_cluster.start()
         else:  # close whatever the test left connected (frozen backends included)
-            with psycopg.connect(_session_cluster.dsn, autocommit=True) as conn:
-                conn.execute(
-                    "select pg_terminate_backend(pid) from pg_stat_activity "
-                    "where pid <> pg_backend_pid() and backend_type = 'client backend'"
-                )
+            terminate_backends(_session_cluster.dsn)
 
 
 @pytest.fixture

@@ -12,29 +12,25 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 import dbresilience as dbr
-from dbresilience.faults import FaultProxy, TemporaryPostgres, free_port
+from dbresilience.faults import (
+    FaultProxy,
+    TemporaryPostgres,
+    client_backends,
+    free_port,
+    terminate_backends,
+)
 
 MARGIN = 0.25  # what "within its deadline plus a small margin" means in these tests
 
 
 def backends(cluster: TemporaryPostgres) -> list[int]:
     """The pids of every client backend on *cluster* (not the admin connection asking)."""
-    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
-        rows = admin.execute(
-            "select pid from pg_stat_activity "
-            "where backend_type = 'client backend' and pid <> pg_backend_pid()"
-        ).fetchall()
-    return [int(r[0]) for r in rows]
+    return client_backends(cluster.dsn)
 
 
 def terminate_all(cluster: TemporaryPostgres) -> int:
     """pg_terminate_backend on every client backend; returns how many."""
-    with psycopg.connect(cluster.dsn, autocommit=True) as admin:
-        rows = admin.execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity "
-            "where backend_type = 'client backend' and pid <> pg_backend_pid()"
-        ).fetchall()
-    return len(rows)
+    return terminate_backends(cluster.dsn)
 
 
 def count(cluster: TemporaryPostgres, table: sql.Identifier) -> int:

@@ -36,7 +36,13 @@ from dbresilience.examples.interview_service import (
     create_provider,
     start_session,
 )
-from dbresilience.faults import FaultProxy, TemporaryPostgres, TemporaryRedis
+from dbresilience.faults import (
+    FaultProxy,
+    TemporaryPostgres,
+    TemporaryRedis,
+    client_backends,
+    terminate_backends,
+)
 
 
 @dataclass(frozen=True)
@@ -86,21 +92,16 @@ class World:
     cluster: TemporaryPostgres | None
     redis: TemporaryRedis | None
 
+    @property
+    def database(self) -> list[str]:
+        """Only the demo's database: on a server given by DSN, others are not ours to break."""
+        return [str(psycopg.conninfo.conninfo_to_dict(self.admin_dsn).get("dbname") or "postgres")]
+
     def kill_backends(self) -> None:
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity where "
-                "backend_type = 'client backend' and pid <> pg_backend_pid() "
-                "and datname = current_database()"
-            )
+        terminate_backends(self.admin_dsn, self.database)
 
     def backends(self) -> list[int]:
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            rows = conn.execute(
-                "select pid from pg_stat_activity where backend_type = 'client backend' "
-                "and pid <> pg_backend_pid() and datname = current_database()"
-            ).fetchall()
-        return [int(r[0]) for r in rows]
+        return client_backends(self.admin_dsn, self.database)
 
 
 def _faults(world: World, seconds: float) -> list[tuple[str, Callable[[], Awaitable[None]]]]:

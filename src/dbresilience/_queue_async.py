@@ -67,22 +67,7 @@ class AsyncWriteQueue(QueueBase):
         with self._cond:
             if self._open:
                 return self
-            if self._journal is not None:
-                replay, top = self._journal.open()
-                now = time.monotonic()
-                for record in replay:
-                    self._buffer.append(record)
-                    self._submitted_at[record.seq] = now
-                self._seq = max(self._seq, top)
-                self._done = replay[0].seq - 1 if replay else self._seq
-                self.counters["replayed"] += len(replay)
-            else:
-                self._done = self._seq
-            self._open = True
-            self._closing = False
-            self._flushers = 0
-            self._ledger_ready = False
-            self._last_prune = 0.0
+            self._start_state()
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()
@@ -242,10 +227,3 @@ class AsyncWriteQueue(QueueBase):
                         await cur.executemany(statement, params)  # the caller's SQL
         self.counters["batches"] += 1
         return len(todo), duplicates
-
-    @staticmethod
-    def _call_hook(hook: Any, arg: Any) -> None:
-        try:
-            hook(arg)
-        except Exception:
-            logger.exception("write queue hook %r failed", hook)

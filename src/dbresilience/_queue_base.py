@@ -22,6 +22,7 @@ from psycopg import sql
 from dbresilience._classify import ErrorKind, classify
 from dbresilience._deadline import seconds
 from dbresilience._errors import DBResilienceError
+from dbresilience._events import logger
 from dbresilience._journal import Journal, Record
 
 __all__ = ["FailedWrite", "QueueBase", "QueueClosed", "QueueFull"]
@@ -274,6 +275,33 @@ class QueueBase:
         self._failed_writes.append(failed)
         self.counters["failed"] += 1
         return failed
+
+    def _start_state(self) -> None:
+        """Under the condition, on open: replay the journal first, reset the worker's state."""
+        if self._journal is not None:
+            replay, top = self._journal.open()
+            now = time.monotonic()
+            for record in replay:
+                self._buffer.append(record)
+                self._submitted_at[record.seq] = now
+            self._seq = max(self._seq, top)
+            self._done = replay[0].seq - 1 if replay else self._seq
+            self.counters["replayed"] += len(replay)
+        else:
+            self._done = self._seq
+        self._open = True
+        self._closing = False
+        self._flushers = 0
+        self._ledger_ready = False
+        self._last_prune = 0.0
+
+    @staticmethod
+    def _call_hook(hook: Callable[[Any], None], arg: Any) -> None:
+        """Run a user hook; one that raises is logged, never allowed to stop the worker."""
+        try:
+            hook(arg)
+        except Exception:
+            logger.exception("write queue hook %r failed", hook)
 
     def failed_writes(self) -> list[FailedWrite]:
         """The last (up to 1000) writes set aside, with their errors."""

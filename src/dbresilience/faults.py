@@ -38,8 +38,10 @@ __all__ = [
     "ProxyMode",
     "TemporaryPostgres",
     "TemporaryRedis",
+    "client_backends",
     "find_pg_bindir",
     "free_port",
+    "terminate_backends",
 ]
 
 _CHUNK = 65536
@@ -528,6 +530,39 @@ def _template(bindir: Path, user: str | None) -> Path:
         atexit.register(shutil.rmtree, base, True)
         _TEMPLATES[key] = data
         return data
+
+
+_CLIENT_BACKENDS = (
+    "select pid from pg_stat_activity where backend_type = 'client backend' "
+    "and pid <> pg_backend_pid() and datname = any(%s)"
+)
+
+
+def client_backends(dsn: str, databases: list[str] | None = None) -> list[int]:
+    """The pids of the client backends on the server behind *dsn* (not the one asking), in
+    *databases* (default: every database)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if databases is None:
+            databases = [str(r[0]) for r in conn.execute("select datname from pg_database")]
+        rows = conn.execute(_CLIENT_BACKENDS, (databases,)).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def terminate_backends(dsn: str, databases: list[str] | None = None) -> int:
+    """``pg_terminate_backend`` every client backend on the server behind *dsn* (not the one
+    asking), in *databases* (default: every database); returns how many."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if databases is None:
+            databases = [str(r[0]) for r in conn.execute("select datname from pg_database")]
+        rows = conn.execute(
+            f"select pg_terminate_backend(pid) from ({_CLIENT_BACKENDS}) b",  # noqa: S608 - a constant
+            (databases,),
+        ).fetchall()
+    return len(rows)
 
 
 class TemporaryPostgres:
