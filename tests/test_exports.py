@@ -30,10 +30,11 @@ def test_every_public_name_has_a_docstring() -> None:
 
 
 def test_import_needs_only_the_core_dependencies() -> None:
-    """import dbresilience imports neither redis, SQLAlchemy nor pgserver."""
+    """import dbresilience imports none of redis, SQLAlchemy, pgserver, Starlette or httpx."""
     code = (
         "import sys, dbresilience, dbresilience.faults; "
-        "print(sorted(m for m in ('redis', 'sqlalchemy', 'pgserver') if m in sys.modules))"
+        "print(sorted(m for m in ('redis', 'sqlalchemy', 'pgserver', 'starlette', 'httpx') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
