@@ -18,18 +18,20 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Journal", "Record"]
 
 _FSYNC_POLICIES = ("always", "batch", "never")
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One submitted write: its sequence number, SQL, parameters and idempotency key."""
+class Record(NamedTuple):
+    """One submitted write: its sequence number, SQL, parameters and idempotency key.
+
+    A named tuple rather than a frozen dataclass: it is made on every ``submit``, and a tuple
+    is built in half the time.
+    """
 
     seq: int
     sql: str

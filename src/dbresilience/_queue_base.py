@@ -8,6 +8,7 @@ write), the ledger's SQL and the counters of ``stats()``.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import re
 import threading
@@ -247,8 +248,8 @@ class QueueBase:
         )
         if not due:
             return []
-        n = min(self.batch_size, len(self._buffer))
-        return [self._buffer[i] for i in range(n)]
+        # islice walks the deque once; indexing it (buffer[i]) walks its blocks every time
+        return list(itertools.islice(self._buffer, self.batch_size))
 
     def _wait_time(self) -> float | None:
         """How long the worker may sleep before the oldest write is due."""
