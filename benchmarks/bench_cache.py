@@ -74,7 +74,7 @@ def run(quick: bool = False) -> None:
         rows.append(("Redis hit: raw GET + json.loads", raw_t * 1e6, 1.0, ""))
         rows.append(
             (
-                "Redis hit: CredentialCache (MGET value+version)",
+                "Redis hit: CredentialCache.get_or_load",
                 tier_t * 1e6,
                 tier_t / raw_t,
                 "<= 1.2x",

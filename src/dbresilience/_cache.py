@@ -173,16 +173,17 @@ class CredentialCache(CacheBase):
         version = ""
         if self._client is not None and not self.degraded:
             try:
-                raw, seen = self._client.mget(self.redis_key(k), self.version_key(k))
-            except Exception as exc:
-                self._degrade(exc)
-            else:
-                version = seen.decode() if seen else ""
-                ok, value = self.decode(k, raw)
+                ok, value = self.decode(k, self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
                     self.remember(k, value)
                     return self.public(value)
+                # a miss: the version the load's write-back must still find (read before
+                # loading, so an invalidation during the load makes the write-back a no-op)
+                seen = self._client.get(self.version_key(k))
+                version = seen.decode() if seen else ""
+            except Exception as exc:
+                self._degrade(exc)
         self.counters["misses"] += 1
         return self._load(k, loader, version, entry)
 

@@ -134,16 +134,15 @@ class AsyncCredentialCache(CacheBase):
         version = ""
         if self._client is not None and not self.degraded:
             try:
-                raw, seen = await self._client.mget(self.redis_key(k), self.version_key(k))
-            except Exception as exc:
-                self._degrade(exc)
-            else:
-                version = seen.decode() if seen else ""
-                ok, value = self.decode(k, raw)
+                ok, value = self.decode(k, await self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
                     self.remember(k, value)
                     return self.public(value)
+                seen = await self._client.get(self.version_key(k))  # a miss: see CredentialCache
+                version = seen.decode() if seen else ""
+            except Exception as exc:
+                self._degrade(exc)
         self.counters["misses"] += 1
         return await self._load(k, loader, version, entry)
 
