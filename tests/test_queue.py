@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -293,3 +294,37 @@ def test_counts_always_add_up(pg_dsn: str) -> None:
         finally:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 conn.execute("drop table if exists dbr_write_ledger")
+
+
+def test_sigterm_drains_the_queue_before_exit(
+    pg_cluster: TemporaryPostgres, events: Ident, tmp_path: Path
+) -> None:
+    """close_on_exit(): a SIGTERM drains what is pending, then the process exits (143)."""
+    journal = tmp_path / "term.journal"
+    child = textwrap.dedent(
+        f"""
+        import time
+        import dbresilience as dbr
+        pool = dbr.Pool({pg_cluster.dsn!r}, min_size=1)
+        pool.open()
+        queue = dbr.WriteQueue(pool, journal={str(journal)!r}, flush_interval=60,
+                               batch_size=10_000).open()
+        queue.close_on_exit()
+        for i in range(500):
+            queue.submit({insert(events)!r}, (i, "term"), key=f"term-{{i}}")
+        print("ready", flush=True)
+        time.sleep(60)  # nothing would be written for a minute: only the drain writes
+        """
+    )
+    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        assert rows(pg_cluster.dsn, events) == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    assert rows(pg_cluster.dsn, events) == 500
+    with (
+        dbr.Pool(pg_cluster.dsn, min_size=1) as pool,
+        dbr.WriteQueue(pool, journal=str(journal)) as queue,
+    ):
+        assert queue.stats()["replayed"] == 0  # the journal says everything was done
