@@ -93,6 +93,29 @@ class Journal:
         ).encode()
         self._write(line + b"\n", self.fsync == "always")
 
+    def append_at(self, record: Record) -> int:
+        """Like :meth:`append`, returning the byte offset where the record's line starts."""
+        with self._lock:
+            offset = self.bytes
+        self.append(record)
+        return offset
+
+    def read_from(self, offset: int, limit: int, min_seq: int) -> tuple[list[Record], int]:
+        """Up to *limit* records with ``seq >= min_seq`` from byte *offset* on, in file order,
+        and the offset just past the last line read (a line still being written is left)."""
+        records: list[Record] = []
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            while len(records) < limit:
+                line = f.readline()
+                if not line.endswith(b"\n"):
+                    break
+                offset += len(line)
+                item = json.loads(line)
+                if "s" in item and int(item["s"]) >= min_seq:
+                    records.append(Record(int(item["s"]), item["q"], item.get("p"), item.get("k")))
+        return records, offset
+
     def mark_done(self, seq: int) -> None:
         """Record that every write up to *seq* is done (committed or set aside)."""
         self._write(b'{"w":%d}\n' % seq, self.fsync != "never")

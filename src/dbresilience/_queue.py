@@ -96,7 +96,7 @@ class WriteQueue(QueueBase):
             self._cond.notify_all()
         self._worker.join(self.drain_timeout + self.batch_timeout + 5)
         with self._cond:
-            left = len(self._buffer)
+            left = len(self._buffer) + self._spilled
             self._open = False
             self._cond.notify_all()
         if left:
@@ -126,7 +126,7 @@ class WriteQueue(QueueBase):
             with self._cond:
                 while True:
                     batch = self._take_batch(self._flushers > 0)
-                    if batch or (self._closing and not self._buffer):
+                    if batch or (self._closing and not self._buffer and not self._spilled):
                         break
                     self._cond.wait(self._wait_time())
             if not batch:
@@ -171,7 +171,7 @@ class WriteQueue(QueueBase):
             self._finish(batch, written, duplicates)
             if self._journal is not None:
                 self._journal.mark_done(batch[-1].seq)
-                if self._journal.bytes > _COMPACT_BYTES:
+                if self._journal.bytes > _COMPACT_BYTES and not self._spilled:
                     self._journal.compact(list(self._buffer), self._done)
 
     def _attempt(self, batch: list[Record]) -> tuple[int, int]:

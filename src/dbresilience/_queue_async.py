@@ -33,8 +33,10 @@ class AsyncWriteQueue(QueueBase):
 
     def __init__(self, pool: Any, **options: Any) -> None:
         options.setdefault("on_full", "raise")
-        if options["on_full"] != "raise":
-            raise ValueError("on_full must be 'raise' for AsyncWriteQueue: submit() cannot block")
+        if options["on_full"] == "block":
+            raise ValueError(
+                "on_full must be 'raise' or 'spill' for AsyncWriteQueue: submit() cannot block"
+            )
         super().__init__(pool, **options)
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -116,7 +118,7 @@ class AsyncWriteQueue(QueueBase):
             except asyncio.TimeoutError:
                 self._task.cancel()
         with self._cond:
-            left = len(self._buffer)
+            left = len(self._buffer) + self._spilled
             self._open = False
         if left:
             where = "kept in the journal" if self._journal is not None else "LOST (no journal)"
@@ -131,7 +133,7 @@ class AsyncWriteQueue(QueueBase):
         while True:
             with self._cond:
                 batch = self._take_batch(self._flushers > 0)
-                idle = not batch and self._closing and not self._buffer
+                idle = not batch and self._closing and not self._buffer and not self._spilled
                 wait = self._wait_time()
             if idle:
                 return

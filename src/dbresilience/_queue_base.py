@@ -141,8 +141,10 @@ class QueueBase:
         for name, value, low in (("batch_size", batch_size, 1), ("max_pending", max_pending, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if on_full not in ("block", "raise"):
-            raise ValueError(f"on_full must be 'block' or 'raise', got {on_full!r}")
+        if on_full not in ("block", "raise", "spill"):
+            raise ValueError(f"on_full must be 'block', 'raise' or 'spill', got {on_full!r}")
+        if on_full == "spill" and journal is None:
+            raise ValueError("on_full='spill' needs a journal: spilled writes live only there")
         if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", ledger_table):
             raise ValueError(
                 f"ledger_table must be a plain (schema.)table name, got {ledger_table!r}"
@@ -173,6 +175,10 @@ class QueueBase:
         self._failed_writes: collections.deque[FailedWrite] = collections.deque(maxlen=1000)
         self._open = False
         self._closing = False
+        # spill mode: writes past max_pending live only in the journal, from this offset on
+        self._spilled = 0
+        self._spill_offset = 0
+        self._spill_seq = 0
         self.counters = {
             "submitted": 0,
             "written": 0,
@@ -181,6 +187,7 @@ class QueueBase:
             "retried": 0,
             "batches": 0,
             "replayed": 0,
+            "spilled": 0,
         }
 
     # --- submitting (thread-safe, never does database I/O) --------------------------------------
@@ -203,7 +210,10 @@ class QueueBase:
         with self._cond:
             if not self._open or self._closing:
                 raise QueueClosed("the write queue is not open")
-            if len(self._buffer) >= self.max_pending:
+            if self._spilled or len(self._buffer) >= self.max_pending:
+                if self.on_full == "spill":
+                    self._spill(statement, params, key)  # in order: once spilling, keep spilling
+                    return
                 self._wait_for_room()
             self._seq += 1
             record = Record(self._seq, statement, params, key)
@@ -221,6 +231,39 @@ class QueueBase:
             if len(self._buffer) >= self.batch_size:
                 self._cond.notify_all()
 
+    def _spill(self, statement: str, params: list[Any], key: str | None) -> None:
+        """Under the condition: journal the write without keeping it in memory."""
+        assert self._journal is not None
+        self._seq += 1
+        record = Record(self._seq, statement, params, key)
+        try:
+            offset = self._journal.append_at(record)
+        except (TypeError, ValueError) as exc:
+            self._seq -= 1
+            raise TypeError(f"params must be JSON-serialisable with a journal: {exc}") from None
+        if not self._spilled:
+            self._spill_offset, self._spill_seq = offset, record.seq
+        self._spilled += 1
+        self.counters["submitted"] += 1
+        self.counters["spilled"] += 1
+
+    def _unspill(self) -> None:
+        """Under the condition: bring spilled writes back while there is room, in order."""
+        assert self._journal is not None
+        room = self.max_pending - len(self._buffer)
+        if room <= 0 or not self._spilled:
+            return
+        records, self._spill_offset = self._journal.read_from(
+            self._spill_offset, min(room, self._spilled), self._spill_seq
+        )
+        now = time.monotonic()
+        for record in records:
+            self._buffer.append(record)
+            self._submitted_at[record.seq] = now
+        self._spilled -= len(records)
+        if records:
+            self._spill_seq = records[-1].seq + 1
+
     def _wait_for_room(self) -> None:
         if self.on_full == "raise":
             raise QueueFull(f"{self.max_pending} writes are already waiting")
@@ -237,6 +280,8 @@ class QueueBase:
 
     def _take_batch(self, flush_requested: bool) -> list[Record]:
         """Under the condition: the next batch if one is due, else an empty list."""
+        if self._spilled and len(self._buffer) < self.max_pending // 2 + 1:
+            self._unspill()
         if not self._buffer:
             return []
         oldest = self._submitted_at.get(self._buffer[0].seq, 0.0)
@@ -279,6 +324,7 @@ class QueueBase:
 
     def _start_state(self) -> None:
         """Under the condition, on open: replay the journal first, reset the worker's state."""
+        self._spilled = 0  # spilled writes are in the journal: the replay brings them back
         if self._journal is not None:
             replay, top = self._journal.open()
             now = time.monotonic()
@@ -337,10 +383,11 @@ class QueueBase:
     def stats(self) -> dict[str, Any]:
         """``submitted``, ``written`` (applied, or skipped as a duplicate key), ``pending``,
         ``failed`` (set aside), ``retried``, ``duplicates``, ``batches``, ``replayed`` (from the
-        journal), ``oldest_pending_age`` (s) and ``journal_bytes``. Always
+        journal), ``spilled`` (kept in the journal only, ``on_full="spill"``),
+        ``oldest_pending_age`` (s) and ``journal_bytes``. Always
         ``written + pending + failed == submitted + replayed``."""
         with self._cond:
-            pending = len(self._buffer)
+            pending = len(self._buffer) + self._spilled
             oldest = (
                 time.monotonic() - self._submitted_at.get(self._buffer[0].seq, time.monotonic())
                 if self._buffer
