@@ -7,6 +7,7 @@ import threading
 import time
 
 import psycopg
+import psycopg_pool
 import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -459,3 +460,21 @@ def test_fail_fast_only_when_the_database_cannot_be_had(
             else:
                 pool._maybe_fail_fast()
         pool._counters.last_connect_error = None
+
+
+def test_a_pool_can_be_opened_again(pg_dsn: str) -> None:
+    """close() then open() works (psycopg_pool itself refuses to reopen a closed pool), and so
+    does open() after a failed open()."""
+    pool = dbr.Pool(pg_dsn, min_size=1)
+    pool.open()
+    pool.close()
+    with pool:
+        assert pool.fetchone("select 1") == (1,)
+    refused = dbr.Pool(
+        psycopg.conninfo.make_conninfo(pg_dsn, port=str(free_port())), connect_timeout=0.5
+    )
+    for _ in range(2):  # the same refusal each time, never psycopg_pool's PoolClosed
+        with pytest.raises(psycopg.OperationalError) as info:
+            refused.open()
+        assert not isinstance(info.value, psycopg_pool.PoolClosed)
+        assert dbr.classify(info.value).code == "P1001"

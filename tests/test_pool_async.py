@@ -218,3 +218,12 @@ def test_sync_and_async_pools_have_the_same_methods() -> None:
     public = {n for n in dir(dbr.Pool) if not n.startswith("_")}
     apublic = {n for n in dir(dbr.AsyncPool) if not n.startswith("_")}
     assert public == apublic
+
+
+async def test_an_async_pool_can_be_opened_again(pg_dsn: str) -> None:
+    """close() then open() works for the async twin too."""
+    pool = dbr.AsyncPool(pg_dsn, min_size=1)
+    await pool.open()
+    await pool.close()
+    async with pool:
+        assert await pool.fetchone("select 1") == (1,)

@@ -123,6 +123,7 @@ class Pool(PoolBase):
 
     def _abort_open(self) -> None:
         self._pool.close(timeout=1.0)
+        self._pool = self._core_pool()  # a closed psycopg_pool cannot be opened again
         self._watchdog.stop()
 
     def _probe(self, deadline_at: float) -> None:
@@ -154,6 +155,7 @@ class Pool(PoolBase):
             return
         self._opened = False
         self._pool.close(timeout=timeout)
+        self._pool = self._core_pool()  # so that open() works again
         self._watchdog.stop()
 
     def __enter__(self) -> Pool:

@@ -130,6 +130,7 @@ class AsyncPool(PoolBase):
 
     async def _abort_open(self) -> None:
         await self._pool.close(timeout=1.0)
+        self._pool = self._core_pool()  # a closed psycopg_pool cannot be opened again
         self._watchdog.stop()
 
     async def _probe(self, deadline_at: float) -> None:
@@ -158,6 +159,7 @@ class AsyncPool(PoolBase):
             return
         self._opened = False
         await self._pool.close(timeout=timeout)
+        self._pool = self._core_pool()  # so that open() works again
         self._watchdog.stop()
 
     async def __aenter__(self) -> AsyncPool:
