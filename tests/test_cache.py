@@ -353,3 +353,21 @@ def test_bad_keys_and_values_and_no_password_in_repr() -> None:
     assert "hunter2" not in repr(cache)
     with pytest.raises(TypeError):
         cache.get_or_load(1.5, lambda: 1)  # type: ignore[arg-type]
+
+
+def test_invalidate_several_keys_in_one_call(redis_url: str, namespace: str) -> None:
+    """invalidate(a, b, c) drops all three here, in Redis and in the other instance."""
+    with (
+        dbr.CredentialCache(redis_url, namespace=namespace) as a,
+        dbr.CredentialCache(redis_url, namespace=namespace) as b,
+    ):
+        for key in ("x", "y", "z"):
+            a.get_or_load(key, lambda: CREDS)
+            b.get_or_load(key, lambda: CREDS)
+        time.sleep(0.3)
+        a.invalidate("x", "y", "z")
+        until(lambda: all(b.lookup(k) is None for k in "xyz"), 1.0)
+        client = redis.Redis.from_url(redis_url)
+        assert all(client.get(f"{namespace}:v1:{k}") is None for k in "xyz")
+        client.close()
+        assert a.stats()["invalidations"] == 3

@@ -271,24 +271,30 @@ class CredentialCache(CacheBase):
 
     # --- invalidation and lifecycle -------------------------------------------------------------
 
-    def invalidate(self, key: str | int) -> None:
-        """Forget *key* here, in Redis, and (through pub/sub) in every other instance.
+    def invalidate(self, key: str | int, *more: str | int) -> None:
+        """Forget *key* (and *more* keys) here, in Redis, and in every other instance.
 
-        While Redis is unavailable only this instance forgets; the others' memory TTLs are
-        short (``degraded_ttl``) for exactly that reason. Never raises a Redis error.
+        Several keys go to Redis in one pipeline: one round trip, one connection. While Redis
+        is unavailable only this instance forgets; the others' memory TTLs are short
+        (``degraded_ttl``) for exactly that reason. Never raises a Redis error.
         """
-        k = memory_key(key)
-        self.forget(k)
-        self.counters["invalidations"] += 1
+        keys = [memory_key(k) for k in (key, *more)]
+        for k in keys:
+            self.forget(k)
+        self.counters["invalidations"] += len(keys)
         if not self._started:
             self._start()
         if self._client is None or self.degraded:
             return
         try:
-            self._invalidate(
-                keys=[self.redis_key(k), self.version_key(k)],
-                args=[self.channel, self.invalidation_message(k)],
-            )
+            pipe = self._client.pipeline(transaction=False)
+            for k in keys:
+                self._invalidate(
+                    keys=[self.redis_key(k), self.version_key(k)],
+                    args=[self.channel, self.invalidation_message(k)],
+                    client=pipe,
+                )
+            pipe.execute()
         except Exception as exc:
             self._degrade(exc)
 

@@ -217,20 +217,26 @@ class AsyncCredentialCache(CacheBase):
 
     # --- invalidation and lifecycle -------------------------------------------------------------
 
-    async def invalidate(self, key: str | int) -> None:
-        """Forget *key* here, in Redis, and in every other instance (see CredentialCache)."""
-        k = memory_key(key)
-        self.forget(k)
-        self.counters["invalidations"] += 1
+    async def invalidate(self, key: str | int, *more: str | int) -> None:
+        """Forget *key* (and *more*) here, in Redis (one pipeline), and in every other
+        instance (see :meth:`CredentialCache.invalidate`)."""
+        keys = [memory_key(k) for k in (key, *more)]
+        for k in keys:
+            self.forget(k)
+        self.counters["invalidations"] += len(keys)
         if not self._started:
             self._start()
         if self._client is None or self.degraded:
             return
         try:
-            await self._invalidate(
-                keys=[self.redis_key(k), self.version_key(k)],
-                args=[self.channel, self.invalidation_message(k)],
-            )
+            pipe = self._client.pipeline(transaction=False)
+            for k in keys:
+                await self._invalidate(
+                    keys=[self.redis_key(k), self.version_key(k)],
+                    args=[self.channel, self.invalidation_message(k)],
+                    client=pipe,
+                )
+            await pipe.execute()
         except Exception as exc:
             self._degrade(exc)
 

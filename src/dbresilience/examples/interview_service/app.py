@@ -112,13 +112,16 @@ def create_app(settings: Settings) -> Starlette:
         loop = asyncio.get_running_loop()
 
         def invalidate_credits(records: Sequence[dbr.Record]) -> None:
-            # a deduction committed: the cached credits are stale now
-            for record in records:
-                if record.key and ":deduct:" in record.key:
-                    user = record.key.rsplit(":deduct:", 1)[1]
-                    task = loop.create_task(cache.invalidate(user))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+            # deductions committed: those users' cached credits are stale now. One call for
+            # the batch (one Redis pipeline), not one task per record: a batch of 500 would
+            # otherwise open hundreds of Redis connections at once.
+            users = {
+                r.key.rsplit(":deduct:", 1)[1] for r in records if r.key and ":deduct:" in r.key
+            }
+            if users:
+                task = loop.create_task(cache.invalidate(*users))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
 
         queue = dbr.AsyncWriteQueue(
             pool, journal=settings.journal, on_commit=invalidate_credits, max_pending=100_000
