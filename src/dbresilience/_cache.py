@@ -287,14 +287,14 @@ class CredentialCache(CacheBase):
         if self._client is None or self.degraded:
             return
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for k in keys:
-                self._invalidate(
-                    keys=[self.redis_key(k), self.version_key(k)],
-                    args=[self.channel, self.invalidation_message(k)],
-                    client=pipe,
-                )
-            pipe.execute()
+            with self._client.pipeline(transaction=False) as pipe:
+                for k in keys:
+                    self._invalidate(
+                        keys=[self.redis_key(k), self.version_key(k)],
+                        args=[self.channel, self.invalidation_message(k)],
+                        client=pipe,
+                    )
+                pipe.execute()
         except Exception as exc:
             self._degrade(exc)
 

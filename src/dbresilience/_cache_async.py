@@ -229,14 +229,14 @@ class AsyncCredentialCache(CacheBase):
         if self._client is None or self.degraded:
             return
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for k in keys:
-                await self._invalidate(
-                    keys=[self.redis_key(k), self.version_key(k)],
-                    args=[self.channel, self.invalidation_message(k)],
-                    client=pipe,
-                )
-            await pipe.execute()
+            async with self._client.pipeline(transaction=False) as pipe:  # closed: no leak
+                for k in keys:
+                    await self._invalidate(
+                        keys=[self.redis_key(k), self.version_key(k)],
+                        args=[self.channel, self.invalidation_message(k)],
+                        client=pipe,
+                    )
+                await pipe.execute()
         except Exception as exc:
             self._degrade(exc)
 
