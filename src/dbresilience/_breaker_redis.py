@@ -61,12 +61,13 @@ class _SharedBase:
         self,
         url: str,
         *,
-        namespace: str,
-        quorum: int,
-        refresh: float,
-        timeout: float,
-        instance: str | None,
+        namespace: str = "dbresilience",
+        quorum: int = 2,
+        refresh: float = 0.5,
+        timeout: float = 0.1,
+        instance: str | None = None,
     ) -> None:
+        """Validate the settings (``ValueError`` naming the argument); no I/O."""
         if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
             raise ValueError(f"quorum must be an int >= 1, got {quorum!r}")
         if not 0 < refresh <= 60:
@@ -86,6 +87,13 @@ class _SharedBase:
         self._warned = False
         self._breakers: set[str] = set()
         self._views: dict[str, float] = {}  # breaker -> monotonic "open until" from the others
+        self._client: Any = None  # the Redis client, made on open()
+        self._publish: Any = None
+        self._poll: Any = None
+        self._setup()
+
+    def _setup(self) -> None:
+        """The twin's own state (threads or tasks); no I/O."""
 
     # --- what CircuitBreaker calls (never blocks, never raises) -----------------------------
 
@@ -154,27 +162,7 @@ class RedisBreakerState(_SharedBase):
     key each). Invalid arguments raise ``ValueError`` naming them.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        namespace: str = "dbresilience",
-        quorum: int = 2,
-        refresh: float = 0.5,
-        timeout: float = 0.1,
-        instance: str | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            namespace=namespace,
-            quorum=quorum,
-            refresh=refresh,
-            timeout=timeout,
-            instance=instance,
-        )
-        self._client: Any = None
-        self._publish: Any = None
-        self._poll: Any = None
+    def _setup(self) -> None:
         self._outbox: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -256,27 +244,7 @@ class AsyncRedisBreakerState(_SharedBase):
     a poller task on the loop that called :meth:`open`. ``publish`` may be called from any
     thread; it never blocks."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        namespace: str = "dbresilience",
-        quorum: int = 2,
-        refresh: float = 0.5,
-        timeout: float = 0.1,
-        instance: str | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            namespace=namespace,
-            quorum=quorum,
-            refresh=refresh,
-            timeout=timeout,
-            instance=instance,
-        )
-        self._client: Any = None
-        self._publish: Any = None
-        self._poll: Any = None
+    def _setup(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: asyncio.Queue[tuple[str, int] | None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()

@@ -468,10 +468,6 @@ class PoolBase:
             f"couldn't get a connection from pool {self.name!r} after {wait:.2f} s"
         )
 
-    def _needs_ping(self, conn: Any) -> bool:
-        """True when *conn* idled past ``idle_check_after`` and must answer a round trip."""
-        return now() - getattr(conn, "_dbr_used_at", 0.0) > self._config.idle_check_after
-
     def _claims_generation(self, conn: Any) -> bool:
         """True when a disconnect on *conn* should retire its whole generation (once)."""
         counters = self._counters

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import re
 import threading
 import time
@@ -399,8 +398,3 @@ class QueueBase:
             "oldest_pending_age": oldest,
             "journal_bytes": self._journal.bytes if self._journal is not None else 0,
         }
-
-
-def json_params(params: Any) -> str:
-    """*params* as JSON, for a dead-letter row."""
-    return json.dumps(params, default=str)
