@@ -12,13 +12,17 @@ between two socket operations and resets are real RSTs (a linger-0 close from th
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import enum
 import importlib.util
+import logging
 import os
 import pwd
 import queue
+import re
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -44,6 +48,7 @@ __all__ = [
     "terminate_backends",
 ]
 
+_log = logging.getLogger("dbresilience.faults")
 _CHUNK = 65536
 _MAX_BUFFER = 4 * 1024 * 1024
 
@@ -475,14 +480,33 @@ def find_pg_bindir(prefer_embedded: bool = False) -> Path:
 
 
 def _server_user() -> str | None:
-    """PostgreSQL refuses to run as root: pick an unprivileged account when we are root."""
+    """PostgreSQL refuses to run as root: pick an unprivileged account when we are root.
+
+    ``postgres`` (or pgserver's own account) when it exists, else ``nobody``; on a machine with
+    neither, a system account ``postgres`` is created (root only) and a WARNING says so.
+    """
     if os.geteuid() != 0:
         return None
     for name in ("postgres", "pgserver", "nobody"):
         with contextlib.suppress(KeyError):
             pwd.getpwnam(name)
             return name
-    raise RuntimeError("running as root and no unprivileged user (postgres, nobody) exists")
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    try:
+        subprocess.run(
+            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(
+            "PostgreSQL refuses to run as root and this machine has no unprivileged account "
+            f"(postgres, nobody) to run it as; creating one failed ({exc}): create one, e.g. "
+            "`useradd --system postgres`, or run as a non-root user"
+        ) from None
+    _log.warning("created the system account 'postgres' to run throwaway PostgreSQL servers")
+    return "postgres"
 
 
 def _chown_tree(path: Path, user: str | None) -> None:
@@ -495,6 +519,118 @@ def _chown_tree(path: Path, user: str | None) -> None:
             os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
 
+def _reachable(path: Path, user: str | None, *, mode: str = "-x") -> bool:
+    """Whether *user* can reach *path* (``test -x``: search or execute permission on it and every
+    folder above it), checked as that user because ``os.access`` answers for root."""
+    if user is None:
+        return os.access(path, os.X_OK)
+    result = subprocess.run(
+        ["test", mode, str(path)], user=user, capture_output=True, check=False, timeout=30
+    )
+    return result.returncode == 0
+
+
+# A Unix socket's path holds at most 107 bytes; the server's is <dir>/.s.PGSQL.<port>.
+_MAX_SOCKET_DIR = 80
+_SCRATCH: dict[str | None, Path] = {}
+_SCRATCH_LOCK = threading.Lock()
+
+
+def _scratch_root(user: str | None) -> Path:
+    """A private folder (made once per process, removed at exit) for data folders, sockets and
+    copied binaries, in a place the server's account can reach.
+
+    Tries ``$DBR_TMPDIR``, the temporary folder (``$TMPDIR``), ``/tmp``, ``/var/tmp`` and
+    ``/dev/shm`` in turn: as root, a ``TMPDIR`` of mode 0700 (or a clone under ``/root``) is out of
+    the ``postgres`` account's reach, and a long path would not fit a Unix socket's name.
+    """
+    with _SCRATCH_LOCK:
+        existing = _SCRATCH.get(user)
+        if existing is not None and existing.is_dir():
+            return existing
+        candidates: list[str] = []
+        if os.environ.get("DBR_TMPDIR"):
+            candidates.append(os.environ["DBR_TMPDIR"])
+        candidates += [tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]  # noqa: S108
+        tried: list[str] = []
+        for candidate in dict.fromkeys(candidates):
+            parent = Path(candidate)
+            if not parent.is_dir() or len(str(parent)) > _MAX_SOCKET_DIR - 20:
+                tried.append(f"{candidate} (missing or path too long for a socket)")
+                continue
+            try:
+                base = Path(tempfile.mkdtemp(prefix="dbr-", dir=parent))
+            except OSError as exc:
+                tried.append(f"{candidate} ({exc.strerror})")
+                continue
+            _chown_tree(base, user)
+            if _reachable(base, user):
+                atexit.register(shutil.rmtree, base, True)
+                _SCRATCH[user] = base
+                return base
+            shutil.rmtree(base, ignore_errors=True)
+            tried.append(f"{candidate} (the {user!r} account cannot reach it)")
+        raise RuntimeError(
+            "no folder for a throwaway PostgreSQL server that its account "
+            f"{user or 'the current user'!r} can reach; tried: {'; '.join(tried)}. "
+            "Set DBR_TMPDIR to a folder every user can traverse (mode 0755 or 01777 all the way up)"
+        )
+
+
+def _library_dirs(bindir: Path) -> list[Path]:
+    """Folders outside the installation that its binaries load libraries from through a
+    ``$ORIGIN``-relative run path (wheels built by auditwheel, such as pgserver's, keep libpq in
+    ``site-packages/<name>.libs``). Read from the ELF string table: the run path is stored there
+    as plain text."""
+    found: list[Path] = []
+    for name in ("postgres", "initdb", "pg_ctl"):
+        with contextlib.suppress(OSError):
+            data = (bindir / name).read_bytes()
+            for match in re.findall(rb"\$ORIGIN[^\x00:]*", data):
+                rel = match.decode(errors="replace").removeprefix("$ORIGIN").lstrip("/")
+                path = (bindir / rel).resolve()
+                if path.is_dir() and not path.is_relative_to(bindir.parent.resolve()):
+                    found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def _server_bindir(bindir: Path, user: str | None) -> Path:
+    """*bindir*, or a copy of its installation the server's account can run.
+
+    As root the server runs as another account, which cannot run binaries inside a checkout or a
+    virtual environment under a private folder (mode 0700, ``/root``). Then the installation
+    (``bin``, ``lib``, ``share``: PostgreSQL finds them relative to its own binary) and the library
+    folders its run path names are copied once per process into the scratch folder, keeping their
+    relative places so that ``$ORIGIN`` run paths still resolve.
+    """
+    if user is None or _reachable(bindir / "postgres", user):
+        return bindir
+    with _SCRATCH_LOCK:
+        copy = _BINDIR_COPIES.get(str(bindir))
+    if copy is not None and (copy / "postgres").exists():
+        return copy
+    install = bindir.resolve().parent
+    libraries = _library_dirs(bindir.resolve())
+    common = Path(os.path.commonpath([install, *libraries]))
+    target = Path(tempfile.mkdtemp(prefix="pginstall-", dir=_scratch_root(user)))
+    for folder in (install, *libraries):
+        shutil.copytree(
+            folder, target / folder.relative_to(common), symlinks=True, dirs_exist_ok=True
+        )
+    _chown_tree(target, user)
+    copy = target / install.relative_to(common) / bindir.name
+    if not _reachable(copy / "postgres", user):
+        raise RuntimeError(
+            f"the PostgreSQL binaries in {bindir} cannot be run by the {user!r} account, "
+            f"not even copied to {copy}; set DBR_PG_BINDIR to an installation it can run"
+        )
+    _log.info("copied the PostgreSQL binaries from %s to %s for the %r account", bindir, copy, user)
+    with _SCRATCH_LOCK:
+        _BINDIR_COPIES[str(bindir)] = copy
+    return copy
+
+
+_BINDIR_COPIES: dict[str, Path] = {}
 _TEMPLATES: dict[tuple[str, str | None], Path] = {}
 _TEMPLATES_LOCK = threading.Lock()
 
@@ -506,10 +642,10 @@ def _template(bindir: Path, user: str | None) -> Path:
         existing = _TEMPLATES.get(key)
         if existing is not None and (existing / "PG_VERSION").exists():
             return existing
-        base = Path(tempfile.mkdtemp(prefix="dbr-pgtemplate-"))
+        base = Path(tempfile.mkdtemp(prefix="template-", dir=_scratch_root(user)))
         data = base / "data"
         _chown_tree(base, user)
-        subprocess.run(
+        result = subprocess.run(
             [
                 str(bindir / "initdb"),
                 "-D",
@@ -521,13 +657,16 @@ def _template(bindir: Path, user: str | None) -> Path:
                 "--no-sync",
             ],
             user=user,
-            check=True,
+            check=False,
             capture_output=True,
             timeout=120,
         )
-        import atexit
-
-        atexit.register(shutil.rmtree, base, True)
+        if result.returncode != 0:
+            shutil.rmtree(base, ignore_errors=True)
+            raise RuntimeError(
+                f"initdb ({bindir}) failed with exit status {result.returncode}: "
+                f"{result.stderr.decode(errors='replace').strip()[-2000:]}"
+            )
         _TEMPLATES[key] = data
         return data
 
@@ -597,6 +736,7 @@ class TemporaryPostgres:
         self.settings.update(settings or {})
         self._user = _server_user()
         self._base: Path | None = None
+        self._bin: Path | None = None  # bindir, or a copy the server's account can run
 
     @property
     def data_dir(self) -> Path:
@@ -616,7 +756,7 @@ class TemporaryPostgres:
 
     def _pg_ctl(self, *args: str, timeout: float = 60) -> None:
         subprocess.run(
-            [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), *args],
+            [str((self._bin or self.bindir) / "pg_ctl"), "-D", str(self.data_dir), *args],
             user=self._user,
             check=True,
             capture_output=True,
@@ -626,12 +766,15 @@ class TemporaryPostgres:
     def start(self) -> TemporaryPostgres:
         """Create the cluster on first use, then start it and wait until it accepts connections."""
         if self._base is None:
-            self._base = Path(tempfile.mkdtemp(prefix="dbr-pg-"))
-            shutil.copytree(_template(self.bindir, self._user), self._base / "data")
+            self._bin = _server_bindir(self.bindir, self._user)
+            root = _scratch_root(self._user)
+            self._base = Path(tempfile.mkdtemp(prefix="pg-", dir=root))
+            shutil.copytree(_template(self._bin, self._user), self._base / "data")
             (self._base / "data").chmod(0o700)
             _chown_tree(self._base, self._user)
-        options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
-        options += f" -p {self.port} -k {self._base}"
+        # pg_ctl hands these to a shell: quote every value (paths may hold spaces)
+        options = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in self.settings.items())
+        options += f" -p {self.port} -k {shlex.quote(str(self._base))}"
         log = str(self._base / "server.log")
         self._pg_ctl("-w", "-t", "60", "-l", log, "-o", options, "start", timeout=90)
         return self
@@ -657,7 +800,7 @@ class TemporaryPostgres:
         if self._base is None:
             return False
         result = subprocess.run(
-            [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "status"],
+            [str((self._bin or self.bindir) / "pg_ctl"), "-D", str(self.data_dir), "status"],
             user=self._user,
             capture_output=True,
             check=False,
