@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from dbresilience.faults import _library_dirs, find_pg_bindir
+from dbresilience.faults import find_pg_bindir
+from dbresilience.faults._postgres import _library_dirs
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -141,7 +142,7 @@ def test_unreachable_everywhere_fails_with_a_message_not_a_permission_error(
     if os.geteuid() != 0:
         pytest.skip("only root runs the server as another account")
     code = """
-        import tempfile, dbresilience.faults as f
+        import tempfile, dbresilience.faults._postgres as f
         f._reachable = lambda path, user, mode="-x": False  # nobody can reach anything
         try:
             f.TemporaryPostgres().start()

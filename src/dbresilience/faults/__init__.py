@@ -1,0 +1,33 @@
+"""Real faults for tests and demos: a TCP fault proxy and throwaway PostgreSQL and Redis servers.
+
+Nothing here is imported by the rest of the library. It exists so that a service's own tests (and
+``dbresilience demo``) can break a real database the ways production does: refused connections,
+reset connections, a server that accepts and never answers, a network that stops forwarding on
+live connections, a stopped or restarted server, a backend frozen with ``SIGSTOP``.
+
+The proxy is a small hand-written one because no toxiproxy-like server can be installed from the
+package registries this project may use; it is one selector thread, so every mode change happens
+between two socket operations and resets are real RSTs (a linger-0 close from the owning thread).
+"""
+
+from __future__ import annotations
+
+from dbresilience.faults._postgres import (
+    TemporaryPostgres,
+    client_backends,
+    find_pg_bindir,
+    terminate_backends,
+)
+from dbresilience.faults._proxy import FaultProxy, ProxyMode, free_port
+from dbresilience.faults._redis import TemporaryRedis
+
+__all__ = [
+    "FaultProxy",
+    "ProxyMode",
+    "TemporaryPostgres",
+    "TemporaryRedis",
+    "client_backends",
+    "find_pg_bindir",
+    "free_port",
+    "terminate_backends",
+]

@@ -1,0 +1,92 @@
+"""A throwaway ``redis-server``: :class:`TemporaryRedis`."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from dbresilience.faults._proxy import free_port
+
+
+class TemporaryRedis:
+    """A throwaway ``redis-server`` on ``127.0.0.1`` and a free port, keeping nothing on disk.
+
+    ``start()`` / ``stop()`` may be called repeatedly (same port); ``close()`` stops it and
+    deletes its folder. ``url`` is ``redis://127.0.0.1:<port>/0``.
+    """
+
+    def __init__(self, *, port: int | None = None, binary: str | None = None) -> None:
+        found = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(found).exists():
+            raise FileNotFoundError("redis-server is not installed")
+        self.binary = found
+        self.port = port or free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="dbr-redis-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> TemporaryRedis:
+        """Start the server and wait (up to 10 s) until it answers PING."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self
+        self._proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self._dir),
+                "--daemonize", "no",
+                "--loglevel", "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
+
+    def stop(self) -> None:
+        """Stop the server (SIGKILL: nothing to save) and wait for it to exit."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait(10)
+        self._proc = None
+
+    def close(self) -> None:
+        """Stop the server and delete its folder. Idempotent."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> TemporaryRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
