@@ -206,3 +206,16 @@ def pg_proxy(pg_dsn: str, make_proxy: Callable[[str, int], FaultProxy]) -> tuple
         host = "127.0.0.1"
     proxy = make_proxy(host, int(params.get("port") or 5432))
     return proxy, proxy.dsn(pg_dsn)
+
+
+@pytest.fixture
+def events(pg_cluster: TemporaryPostgres) -> Iterator[psycopg.sql.Identifier]:
+    """A table (k int, v text) with NO unique constraint: a write applied twice shows."""
+    name = psycopg.sql.Identifier(f"dbr_events_{uuid.uuid4().hex[:12]}")
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("create table {} (k int, v text)").format(name))
+    yield name
+    if pg_cluster.running:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("drop table if exists {}").format(name))
+            conn.execute("drop table if exists dbr_write_ledger")

@@ -1,4 +1,7 @@
-"""``CredentialCache``: memory in front of Redis, single-flight loads, Redis trouble paid once.
+# WARNING: generated from _cache_async.py by tools/async_to_sync.py: DO NOT EDIT.
+# Change the async source, then run `python tools/async_to_sync.py`.
+"""``CredentialCache``: memory in front of Redis, single-flight loads, Redis trouble paid
+once.
 
 Locking and I/O only; settings, the value format, the memory tier and the counters live in
 :mod:`dbresilience._cache_base`.
@@ -8,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from dbresilience._acompat import Event, sleep, spawn
 from dbresilience._cache_base import (
     INVALIDATE,
     NOT_FOUND,
@@ -25,6 +28,7 @@ from dbresilience._events import logger
 
 __all__ = ["CredentialCache"]
 
+
 _monotonic = time.monotonic
 
 
@@ -32,13 +36,13 @@ class _Flight:
     """One load in progress; the callers that arrive meanwhile wait for its outcome.
 
     The event is made only when a second caller arrives (under the cache's lock): an
-    uncontended load, the common case, pays for no ``threading.Event``.
+    uncontended load, the common case, pays for no event.
     """
 
     __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
-        self.done: threading.Event | None = None
+        self.done: Event | None = None
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -54,7 +58,7 @@ class CredentialCache(CacheBase):
     """A memory cache in front of Redis (or memory only) for values loaded from the database.
 
     ``cache.get_or_load(user_id, lambda: load_credentials(user_id))`` returns the cached
-    value, or calls the loader once per key at a time (single-flight across threads), keeps the
+    value, or calls the loader once per key at a time (single-flight), keeps the
     result (JSON-serialisable; ``None`` is remembered as "not found" for ``negative_ttl``) and
     returns it. A loader that raises is not cached; within ``stale_ttl`` after expiry the last
     value is served instead when the failure is transient (counted as ``stale_served``).
@@ -63,9 +67,13 @@ class CredentialCache(CacheBase):
     ``namespace:``), and :meth:`invalidate` reaches every instance on the same Redis and
     namespace. Redis trouble never reaches the caller and is paid once: the first connection
     failure or timeout (100 ms by default, redis-py's retries off) switches the cache to memory
-    only, with TTLs shortened to ``degraded_ttl``, while a background thread probes Redis
+    only, with TTLs shortened to ``degraded_ttl``, while a background worker probes Redis
     every ``probe_interval``; when Redis answers again the memory tier is flushed and Redis
-    is used again. Redis is contacted on first use, not in the constructor.
+    is used again. Redis is contacted on first use (or :meth:`open`), not in the constructor.
+
+    The asyncio cache uses ``redis.asyncio``, its loader is a coroutine function and its
+    workers (the prober, the invalidation subscriber) are tasks held by strong references;
+    the threaded cache's workers are daemon threads.
     """
 
     def _setup(self) -> None:
@@ -96,10 +104,8 @@ class CredentialCache(CacheBase):
         self._invalidate = self._client.register_script(INVALIDATE)
         self._spawn(self._subscriber, "dbr-cache-invalidations")
 
-    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        return thread
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        spawn(target, name)
 
     # --- degraded mode ------------------------------------------------------------------------
 
@@ -120,7 +126,7 @@ class CredentialCache(CacheBase):
 
     def _probe(self) -> None:
         while not self._closed:
-            time.sleep(self.probe_interval)
+            sleep(self.probe_interval)
             try:
                 self._client.ping()
             except Exception:
@@ -135,12 +141,12 @@ class CredentialCache(CacheBase):
         """Follow the invalidation channel; resubscribe after Redis comes back."""
         while not self._closed:
             if self.degraded:
-                time.sleep(self.probe_interval)
+                sleep(self.probe_interval)
                 continue
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
-                while not self._closed and not self.degraded:
+                while not self._closed and (not self.degraded):
                     message = pubsub.get_message(timeout=0.2)
                     if message is not None and message.get("type") == "message":
                         self.received(message["data"])
@@ -171,7 +177,7 @@ class CredentialCache(CacheBase):
         if not self._started:
             self._start()
         version = ""
-        if self._client is not None and not self.degraded:
+        if self._client is not None and (not self.degraded):
             try:
                 ok, value = self.decode(k, self._client.get(self.redis_key(k)))
                 if ok:
@@ -194,7 +200,7 @@ class CredentialCache(CacheBase):
             if flight is None:
                 flight = self._flights[k] = _Flight()
             elif flight.done is None:
-                flight.done = threading.Event()
+                flight.done = Event()
             generation = self._generation.get(k, 0)
         if not leader:
             return self.public(flight.wait())
@@ -232,15 +238,13 @@ class CredentialCache(CacheBase):
         if self._client is None or self.degraded:
             return
         ttl_ms = max(1, int(self._ttl_for(value) * 1000))
+        payload = self.encode(k, value)  # a value it cannot encode is the caller's TypeError
         try:
-            payload = self.encode(k, value)
             self._set_if_version(
                 keys=[self.redis_key(k), self.version_key(k)], args=[payload, ttl_ms, version]
             )
             if self.lease:
                 self._client.delete(self.lease_key(k))
-        except TypeError:
-            raise
         except Exception as exc:
             self._degrade(exc)
 
@@ -259,7 +263,7 @@ class CredentialCache(CacheBase):
                 return None
             deadline = _monotonic() + self.lease_ttl
             while _monotonic() < deadline:
-                time.sleep(0.02)
+                sleep(0.02)
                 ok, value = self.decode(k, self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
@@ -287,7 +291,7 @@ class CredentialCache(CacheBase):
         if self._client is None or self.degraded:
             return
         try:
-            with self._client.pipeline(transaction=False) as pipe:
+            with self._client.pipeline(transaction=False) as pipe:  # closed: no leak
                 for k in keys:
                     self._invalidate(
                         keys=[self.redis_key(k), self.version_key(k)],
@@ -298,15 +302,24 @@ class CredentialCache(CacheBase):
         except Exception as exc:
             self._degrade(exc)
 
+    def open(self) -> CredentialCache:
+        """Connect to Redis (when configured) and start following invalidations; returns self.
+
+        Optional: the first :meth:`get_or_load` or :meth:`invalidate` does it too. Never raises
+        a Redis error (an unreachable Redis makes the cache degraded, as on any call).
+        """
+        self._start()
+        return self
+
     def close(self) -> None:
-        """Stop the background threads and close the Redis client. Idempotent."""
+        """Stop the background workers and close the Redis client. Idempotent."""
         self._closed = True
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
 
     def __enter__(self) -> CredentialCache:
-        return self
+        return self.open()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -1,14 +1,19 @@
-"""``AsyncCredentialCache``: the asyncio twin of :class:`CredentialCache`, method for method."""
+"""``AsyncCredentialCache``: memory in front of Redis, single-flight loads, Redis trouble paid
+once.
+
+Locking and I/O only; settings, the value format, the memory tier and the counters live in
+:mod:`dbresilience._cache_base`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from dbresilience._acompat import AEvent, asleep, aspawn, spawn
 from dbresilience._cache_base import (
     INVALIDATE,
     NOT_FOUND,
@@ -21,28 +26,68 @@ from dbresilience._events import logger
 
 __all__ = ["AsyncCredentialCache"]
 
+if True:  # ASYNC
+    import asyncio
+
 _monotonic = time.monotonic
 
 
-class AsyncCredentialCache(CacheBase):
-    """The asyncio twin of :class:`CredentialCache` (``redis.asyncio``; single-flight across
-    tasks; the prober and the invalidation subscriber are tasks held by strong references).
+class _AFlight:
+    """One load in progress; the callers that arrive meanwhile wait for its outcome.
 
-    ``async with AsyncCredentialCache(redis_url=...) as cache:
-    creds = await cache.get_or_load(user_id, async_loader)``. The loader is a coroutine
-    function. Everything :class:`CredentialCache` promises holds here.
+    The event is made only when a second caller arrives (under the cache's lock): an
+    uncontended load, the common case, pays for no event.
+    """
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done: AEvent | None = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    async def wait(self) -> Any:
+        assert self.done is not None
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class AsyncCredentialCache(CacheBase):
+    """A memory cache in front of Redis (or memory only) for values loaded from the database.
+
+    ``await cache.get_or_load(user_id, lambda: load_credentials(user_id))`` returns the cached
+    value, or calls the loader once per key at a time (single-flight), keeps the
+    result (JSON-serialisable; ``None`` is remembered as "not found" for ``negative_ttl``) and
+    returns it. A loader that raises is not cached; within ``stale_ttl`` after expiry the last
+    value is served instead when the failure is transient (counted as ``stale_served``).
+
+    With ``redis_url``, values are shared through Redis (JSON, never pickle; keys start with
+    ``namespace:``), and :meth:`invalidate` reaches every instance on the same Redis and
+    namespace. Redis trouble never reaches the caller and is paid once: the first connection
+    failure or timeout (100 ms by default, redis-py's retries off) switches the cache to memory
+    only, with TTLs shortened to ``degraded_ttl``, while a background worker probes Redis
+    every ``probe_interval``; when Redis answers again the memory tier is flushed and Redis
+    is used again. Redis is contacted on first use (or :meth:`open`), not in the constructor.
+
+    The asyncio cache uses ``redis.asyncio``, its loader is a coroutine function and its
+    workers (the prober, the invalidation subscriber) are tasks held by strong references;
+    the threaded cache's workers are daemon threads.
     """
 
     def _setup(self) -> None:
-        self._flights: dict[str, asyncio.Future[Any]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._flights: dict[str, _AFlight] = {}
+        if True:  # ASYNC
+            self._workers: set[asyncio.Task[None]] = set()
         self._set_if_version: Any = None
         self._invalidate: Any = None
 
     def _start(self) -> None:
-        if self._started:
-            return
-        self._started = True
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
         if self.redis_url is None:
             return
         import redis.asyncio
@@ -59,46 +104,51 @@ class AsyncCredentialCache(CacheBase):
         )
         self._set_if_version = self._client.register_script(SET_IF_VERSION)
         self._invalidate = self._client.register_script(INVALIDATE)
-        self._spawn(self._subscriber())
+        self._spawn(self._subscriber, "dbr-cache-invalidations")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)  # the loop keeps only a weak reference
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, target: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        if True:  # ASYNC
+            worker = aspawn(target, name)
+            self._workers.add(worker)  # the loop keeps only a weak reference
+            worker.add_done_callback(self._workers.discard)
+        else:
+            spawn(target, name)
 
     # --- degraded mode ------------------------------------------------------------------------
 
     def _degrade(self, exc: BaseException) -> None:
         """Redis failed: memory only from now on, until the prober sees it answer again."""
         self.counters["redis_errors"] += 1
-        if self.degraded or self._closed:
-            return
-        self.degraded = True
+        with self._lock:
+            if self.degraded or self._closed:
+                return
+            self.degraded = True
         logger.warning(
             "cache %r: Redis unavailable (%s); serving from memory, probing every %.1f s",
             self.namespace,
             type(exc).__name__,
             self.probe_interval,
         )
-        self._spawn(self._probe())
+        self._spawn(self._probe, "dbr-cache-probe")
 
     async def _probe(self) -> None:
         while not self._closed:
-            await asyncio.sleep(self.probe_interval)
+            await asleep(self.probe_interval)
             try:
                 await self._client.ping()
             except Exception:
                 self.counters["redis_errors"] += 1
                 continue
-            self.flush_memory()
+            self.flush_memory()  # what memory kept may have been invalidated meanwhile
             self.degraded = False
             logger.warning("cache %r: Redis is back; memory tier flushed", self.namespace)
             return
 
     async def _subscriber(self) -> None:
+        """Follow the invalidation channel; resubscribe after Redis comes back."""
         while not self._closed:
             if self.degraded:
-                await asyncio.sleep(self.probe_interval)
+                await asleep(self.probe_interval)
                 continue
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
@@ -107,8 +157,6 @@ class AsyncCredentialCache(CacheBase):
                     message = await pubsub.get_message(timeout=0.2)
                     if message is not None and message.get("type") == "message":
                         self.received(message["data"])
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 if not self._closed:
                     self._degrade(exc)
@@ -119,7 +167,11 @@ class AsyncCredentialCache(CacheBase):
     # --- reading ------------------------------------------------------------------------------
 
     async def get_or_load(self, key: str | int, loader: Callable[[], Awaitable[Any]]) -> Any:
-        """The cached value for *key*, or ``await loader()``'s (once per key at a time)."""
+        """The cached value for *key*, or ``await loader()``'s (called once per key at a time).
+
+        Raises only what the loader raised (when no stale value may be served) and
+        ``TypeError`` for a key that is not a str or an int; never a Redis error.
+        """
         k = memory_key(key)
         with self._lock:
             entry = self._memory.get(k)
@@ -139,7 +191,9 @@ class AsyncCredentialCache(CacheBase):
                     self.counters["redis_hits"] += 1
                     self.remember(k, value)
                     return self.public(value)
-                seen = await self._client.get(self.version_key(k))  # a miss: see CredentialCache
+                # a miss: the version the load's write-back must still find (read before
+                # loading, so an invalidation during the load makes the write-back a no-op)
+                seen = await self._client.get(self.version_key(k))
                 version = seen.decode() if seen else ""
             except Exception as exc:
                 self._degrade(exc)
@@ -149,15 +203,20 @@ class AsyncCredentialCache(CacheBase):
     async def _load(
         self, k: str, loader: Callable[[], Awaitable[Any]], version: str, stale: Entry | None
     ) -> Any:
-        flight = self._flights.get(k)
-        if flight is not None:
-            return self.public(await asyncio.shield(flight))
-        flight = self._flights[k] = asyncio.get_running_loop().create_future()
-        generation = self._generation.get(k, 0)
+        with self._lock:
+            flight = self._flights.get(k)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[k] = _AFlight()
+            elif flight.done is None:
+                flight.done = AEvent()
+            generation = self._generation.get(k, 0)
+        if not leader:
+            return self.public(await flight.wait())
         try:
             shared = await self._wait_for_other_instance(k) if self.lease else None
             if shared is not None:
-                flight.set_result(shared)
+                flight.result = shared
                 return self.public(shared)
             try:
                 value = self.stored(await loader())
@@ -166,26 +225,29 @@ class AsyncCredentialCache(CacheBase):
                 serve, old = self.stale_value(stale, exc)
                 if not serve:
                     raise
-                flight.set_result(old)
+                flight.result = old
                 return self.public(old)
             self.counters["loads"] += 1
             self.remember(k, value, generation)
             await self._share(k, value, version)
-            flight.set_result(value)
+            flight.result = value
             return self.public(value)
         except BaseException as exc:
-            if not flight.done():
-                flight.set_exception(exc)
-                flight.exception()  # retrieved: no "never retrieved" warning if nobody waited
+            flight.error = exc
             raise
         finally:
-            self._flights.pop(k, None)
+            with self._lock:
+                self._flights.pop(k, None)
+                done = flight.done  # waiters made it under this lock, before the pop
+            if done is not None:
+                done.set()
 
     async def _share(self, k: str, value: Any, version: str) -> None:
+        """Put a fresh value in Redis unless someone invalidated the key meanwhile."""
         if self._client is None or self.degraded:
             return
         ttl_ms = max(1, int(self._ttl_for(value) * 1000))
-        payload = self.encode(k, value)
+        payload = self.encode(k, value)  # a value it cannot encode is the caller's TypeError
         try:
             await self._set_if_version(
                 keys=[self.redis_key(k), self.version_key(k)], args=[payload, ttl_ms, version]
@@ -196,6 +258,11 @@ class AsyncCredentialCache(CacheBase):
             self._degrade(exc)
 
     async def _wait_for_other_instance(self, k: str) -> Any:
+        """With ``lease=True``: load only if we hold the lease, else wait for the holder's value.
+
+        Returns the value another instance stored, or None when we should load ourselves
+        (we took the lease, Redis is unavailable, or the holder took too long).
+        """
         if self._client is None or self.degraded:
             return None
         try:
@@ -205,7 +272,7 @@ class AsyncCredentialCache(CacheBase):
                 return None
             deadline = _monotonic() + self.lease_ttl
             while _monotonic() < deadline:
-                await asyncio.sleep(0.02)
+                await asleep(0.02)
                 ok, value = self.decode(k, await self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
@@ -218,8 +285,12 @@ class AsyncCredentialCache(CacheBase):
     # --- invalidation and lifecycle -------------------------------------------------------------
 
     async def invalidate(self, key: str | int, *more: str | int) -> None:
-        """Forget *key* (and *more*) here, in Redis (one pipeline), and in every other
-        instance (see :meth:`CredentialCache.invalidate`)."""
+        """Forget *key* (and *more* keys) here, in Redis, and in every other instance.
+
+        Several keys go to Redis in one pipeline: one round trip, one connection. While Redis
+        is unavailable only this instance forgets; the others' memory TTLs are short
+        (``degraded_ttl``) for exactly that reason. Never raises a Redis error.
+        """
         keys = [memory_key(k) for k in (key, *more)]
         for k in keys:
             self.forget(k)
@@ -240,22 +311,32 @@ class AsyncCredentialCache(CacheBase):
         except Exception as exc:
             self._degrade(exc)
 
+    async def open(self) -> AsyncCredentialCache:
+        """Connect to Redis (when configured) and start following invalidations; returns self.
+
+        Optional: the first :meth:`get_or_load` or :meth:`invalidate` does it too. Never raises
+        a Redis error (an unreachable Redis makes the cache degraded, as on any call).
+        """
+        self._start()
+        return self
+
     async def aclose(self) -> None:
-        """Cancel the background tasks and close the Redis client. Idempotent."""
+        """Stop the background workers and close the Redis client. Idempotent."""
         self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if True:  # ASYNC
+            workers = list(self._workers)
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
 
-    close = aclose
+    if True:  # ASYNC
+        close = aclose
 
     async def __aenter__(self) -> AsyncCredentialCache:
-        self._start()
-        return self
+        return await self.open()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

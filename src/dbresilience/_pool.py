@@ -1,4 +1,7 @@
-"""``Pool``: psycopg_pool with warming, one deadline per call, fast recovery and classification.
+# WARNING: generated from _pool_async.py by tools/async_to_sync.py: DO NOT EDIT.
+# Change the async source, then run `python tools/async_to_sync.py`.
+"""``Pool``: psycopg_pool with warming, one deadline per call, fast recovery and
+classification.
 
 Locking and I/O only; the settings, timeouts and checks that need no I/O live in
 :mod:`dbresilience._pool_base`, the deadline backstop in :mod:`dbresilience._watchdog`.
@@ -14,15 +17,15 @@ from typing import Any, TypeVar, overload
 
 import psycopg
 import psycopg_pool
-from psycopg import sql
 from psycopg.abc import Params
 from psycopg.rows import RowFactory
-from typing_extensions import LiteralString
 
+from dbresilience._acompat import sleep
 from dbresilience._deadline import seconds
 from dbresilience._pool_base import (
     PoolBase,
     PoolCounters,
+    Query,
     QuickReconnect,
     connection_is_dead,
     has_pending_input,
@@ -38,8 +41,6 @@ _monotonic = time.monotonic
 T = TypeVar("T")
 R = TypeVar("R")
 Conn = psycopg.Connection[Any]
-#: what the helpers accept: psycopg's queries (literal strings, composed SQL), bound params apart
-Query = LiteralString | bytes | sql.SQL | sql.Composed
 
 
 class _CorePool(psycopg_pool.ConnectionPool[Conn]):
@@ -68,7 +69,8 @@ class Pool(PoolBase):
     """A pool of psycopg connections that fails fast, recovers fast and explains its failures.
 
     ``Pool(conninfo, min_size=2, max_size=10, connect_timeout=5.0, acquire_timeout=5.0,
-    query_timeout=5.0)``. Nothing happens until :meth:`open` or ``with pool:``.
+    query_timeout=5.0)``; then ``with pool: row = pool.fetchone(...)``. Nothing
+    happens until :meth:`open` or ``with pool:``.
 
     Every call of :meth:`fetchone`, :meth:`fetchall`, :meth:`execute` and :meth:`transaction`
     draws on one deadline (``timeout=``, default ``query_timeout``): waiting for a connection,
@@ -82,6 +84,9 @@ class Pool(PoolBase):
 
     A circuit breaker (``breaker=``) and a retry budget (``budget=``) per pool are on by
     default; pass ``None`` to switch either off, or your own to share one.
+
+    The deadline backstop is a watchdog thread shared by both twins: shutting a socket down
+    wakes a thread blocked on it and the event loop's wait on it alike.
     """
 
     _pool: _CorePool
@@ -131,12 +136,13 @@ class Pool(PoolBase):
         delay = 0.05
         while True:
             try:
-                psycopg.connect(self._conninfo, autocommit=True).close()
+                conn = psycopg.Connection.connect(self._conninfo, autocommit=True)
+                conn.close()
                 return
             except psycopg.Error as exc:
                 if not self._note_connect_error(exc) or now() + delay >= deadline_at:
                     raise
-            time.sleep(delay)
+            sleep(delay)
             delay = min(delay * 2, 1.0)
 
     def _configure(self, conn: Conn) -> None:
@@ -169,7 +175,7 @@ class Pool(PoolBase):
 
     def _acquire(self, deadline_at: float) -> Conn:
         """A healthy connection before *deadline_at*, or AcquireTimeout / DatabaseUnavailable."""
-        counters, idle_check_after = self._counters, self._config.idle_check_after
+        counters, idle_check_after = (self._counters, self._config.idle_check_after)
         while True:
             if counters.last_connect_error is None:
                 wait = min(self._config.acquire_timeout, deadline_at - _monotonic())
@@ -186,7 +192,7 @@ class Pool(PoolBase):
                 self._discard(conn)
                 continue
             idle = _monotonic() - getattr(conn, "_dbr_used_at", 0.0)
-            if idle > idle_check_after and not self._ping(conn, deadline_at):
+            if idle > idle_check_after and (not self._ping(conn, deadline_at)):
                 self._discard(conn)
                 continue
             return conn
@@ -275,7 +281,7 @@ class Pool(PoolBase):
                 if delay is None:
                     raise
                 if delay > 0:
-                    time.sleep(delay)
+                    sleep(delay)
                 continue
             except BaseException as exc:
                 self._record(permit, exc, start)

@@ -1,4 +1,5 @@
-"""``AsyncPool``: the asyncio twin of :class:`dbresilience.Pool`, method for method.
+"""``AsyncPool``: psycopg_pool with warming, one deadline per call, fast recovery and
+classification.
 
 Locking and I/O only; the settings, timeouts and checks that need no I/O live in
 :mod:`dbresilience._pool_base`, the deadline backstop in :mod:`dbresilience._watchdog`.
@@ -6,7 +7,6 @@ Locking and I/O only; the settings, timeouts and checks that need no I/O live in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,11 +18,12 @@ import psycopg_pool
 from psycopg.abc import Params
 from psycopg.rows import AsyncRowFactory
 
+from dbresilience._acompat import asleep
 from dbresilience._deadline import seconds
-from dbresilience._pool import Query
 from dbresilience._pool_base import (
     PoolBase,
     PoolCounters,
+    Query,
     QuickReconnect,
     connection_is_dead,
     has_pending_input,
@@ -31,7 +32,7 @@ from dbresilience._pool_base import (
     starts_new_generation,
 )
 
-__all__ = ["AsyncPool"]
+__all__ = ["AsyncPool", "Query"]
 
 _monotonic = time.monotonic
 
@@ -65,17 +66,11 @@ class _CoreAsyncPool(psycopg_pool.AsyncConnectionPool[Conn]):
 
 
 class AsyncPool(PoolBase):
-    """The asyncio twin of :class:`Pool`: the same settings, deadlines and recovery.
+    """A pool of psycopg connections that fails fast, recovers fast and explains its failures.
 
-    ``async with AsyncPool(conninfo, ...) as pool: row = await pool.fetchone(...)``. The
-    deadline backstop is the same watchdog thread: shutting the socket down wakes the event
-    loop's wait on it, so no task is left hanging on a frozen server.
-
-    What follows is :class:`Pool`'s description, which holds here word for word.
-
-
-    ``Pool(conninfo, min_size=2, max_size=10, connect_timeout=5.0, acquire_timeout=5.0,
-    query_timeout=5.0)``. Nothing happens until :meth:`open` or ``with pool:``.
+    ``AsyncPool(conninfo, min_size=2, max_size=10, connect_timeout=5.0, acquire_timeout=5.0,
+    query_timeout=5.0)``; then ``async with pool: row = await pool.fetchone(...)``. Nothing
+    happens until :meth:`open` or ``async with pool:``.
 
     Every call of :meth:`fetchone`, :meth:`fetchall`, :meth:`execute` and :meth:`transaction`
     draws on one deadline (``timeout=``, default ``query_timeout``): waiting for a connection,
@@ -89,6 +84,9 @@ class AsyncPool(PoolBase):
 
     A circuit breaker (``breaker=``) and a retry budget (``budget=``) per pool are on by
     default; pass ``None`` to switch either off, or your own to share one.
+
+    The deadline backstop is a watchdog thread shared by both twins: shutting a socket down
+    wakes a thread blocked on it and the event loop's wait on it alike.
     """
 
     _pool: _CoreAsyncPool
@@ -144,16 +142,20 @@ class AsyncPool(PoolBase):
             except psycopg.Error as exc:
                 if not self._note_connect_error(exc) or now() + delay >= deadline_at:
                     raise
-            await asyncio.sleep(delay)
+            await asleep(delay)
             delay = min(delay * 2, 1.0)
 
     async def _configure(self, conn: Conn) -> None:
-        """Run on every new connection: the warm-up SQL, then one round trip (see Pool)."""
+        """Run on every new connection: the warm-up SQL, then one round trip.
+
+        A fresh backend's first query pays for its catalog caches (about 0.3 ms here): paying
+        it while warming keeps it off the first caller.
+        """
         for statement in self._config.warm_sql:
             await conn.execute(statement.encode())  # warm-up SQL is the operator's configuration
         await (await conn.execute("select 1")).fetchone()
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def aclose(self, timeout: float = 5.0) -> None:
         """Close every connection (waiting up to *timeout* for those in use). Idempotent."""
         if not self._opened:
             return
@@ -162,12 +164,15 @@ class AsyncPool(PoolBase):
         self._pool = self._core_pool()  # so that open() works again
         self._watchdog.stop()
 
+    if True:  # ASYNC
+        close = aclose
+
     async def __aenter__(self) -> AsyncPool:
         await self.open(wait=True)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        await self.aclose()
 
     # --- connections ------------------------------------------------------------------------
 
@@ -234,7 +239,7 @@ class AsyncPool(PoolBase):
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | timedelta | None = None) -> AsyncIterator[Conn]:
-        """``async with pool.connection() as conn:`` — a checked, autocommit connection.
+        """``async with pool.connection() as conn:`` — a checked, autocommit psycopg connection.
 
         Waiting for it is bounded by ``acquire_timeout``; with *timeout*, the whole block is
         bounded too (the socket is shut down when it passes and :class:`QueryTimeout` raised).
@@ -281,7 +286,7 @@ class AsyncPool(PoolBase):
                 if delay is None:
                     raise
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await asleep(delay)
                 continue
             except BaseException as exc:
                 self._record(permit, exc, start)
@@ -432,7 +437,7 @@ class AsyncPool(PoolBase):
         timeout: float | timedelta | None = None,
         idempotent: bool = False,
     ) -> T:
-        """Await ``fn(conn)`` inside BEGIN … COMMIT and return its result; re-run it when safe.
+        """Run ``await fn(conn)`` inside BEGIN … COMMIT and return its result; re-run it when safe.
 
         The whole transaction is re-run on a serialization failure or deadlock (P2034) and
         when the connection is lost before COMMIT was sent (nothing was committed). When the

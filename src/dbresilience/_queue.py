@@ -1,24 +1,24 @@
-"""``WriteQueue``: fire-and-forget writes that still lose nothing. Locking and I/O only."""
+# WARNING: generated from _queue_async.py by tools/async_to_sync.py: DO NOT EDIT.
+# Change the async source, then run `python tools/async_to_sync.py`.
+"""``WriteQueue``: fire-and-forget writes that still lose nothing. Locking and I/O only.
+
+Settings, batching, the journal's use and the counters live in :mod:`dbresilience._queue_base`.
+"""
 
 from __future__ import annotations
 
 import atexit
 import signal
-import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
+from dbresilience._acompat import Signal, Worker, join_worker, spawn
 from dbresilience._errors import CircuitOpen
 from dbresilience._events import logger
 from dbresilience._journal import Record
-from dbresilience._queue_base import (
-    COPY_MIN_ROWS,
-    QueueBase,
-    copy_statement,
-    is_bad_write,
-    runs,
-)
+from dbresilience._queue_base import COPY_MIN_ROWS, QueueBase, copy_statement, is_bad_write, runs
 
 __all__ = ["WriteQueue"]
 
@@ -28,7 +28,7 @@ _COMPACT_BYTES = 16 * 1024 * 1024
 class WriteQueue(QueueBase):
     """Fire-and-forget writes over a :class:`dbresilience.Pool`, batched, losing nothing.
 
-    ``submit(sql, params, key=...)`` returns at once (a few microseconds); a background thread
+    ``submit(sql, params, key=...)`` returns at once (a few microseconds); a background worker
     writes batches of up to ``batch_size`` (or whatever is ``flush_interval`` old) in one
     transaction each, ``executemany`` pipelined, plain ``INSERT … VALUES`` through ``COPY``.
 
@@ -43,10 +43,21 @@ class WriteQueue(QueueBase):
       ``stats()["failed"]``) and the rest commit.
     - ``journal=path``: every write reaches the OS before ``submit`` returns (see
       :mod:`dbresilience._journal`); opening a queue on the same journal applies what had not
-      been committed, first.
-    - Leaving the block (``close()``) drains within ``drain_timeout``; what is left stays in the
-      journal, and is reported.
+      been committed, first. The journal is compacted as it grows.
+    - Leaving the block (``close()``) drains within ``drain_timeout``; what is left stays in
+      the journal, and is reported.
+
+    The asyncio queue's ``submit`` is a plain method, not a coroutine: it never blocks the event
+    loop, so ``on_full`` is ``"raise"`` (the default there) or ``"spill"``; its worker is a task
+    held by a strong reference. The threaded queue's worker is a daemon thread, and its
+    ``on_full`` defaults to ``"block"``.
     """
+
+    def __init__(self, pool: Any, **options: Any) -> None:
+        super().__init__(pool, **options)
+        self._wakeup = Signal()  # the worker waits on it: a due batch, a flush, closing
+        self._progress = Signal()  # flush() waits on it: a batch committed or set aside
+        self._worker: Worker | None = None
 
     def open(self) -> WriteQueue:
         """Replay the journal (if any) and start the worker; returns self. Idempotent."""
@@ -54,8 +65,7 @@ class WriteQueue(QueueBase):
             if self._open:
                 return self
             self._start_state()
-        self._worker = threading.Thread(target=self._run, name="dbr-write-queue", daemon=True)
-        self._worker.start()
+        self._worker = spawn(self._run, "dbr-write-queue")
         return self
 
     def __enter__(self) -> WriteQueue:
@@ -71,15 +81,18 @@ class WriteQueue(QueueBase):
         with self._cond:
             target = self._seq
             self._flushers += 1
-            self._cond.notify_all()
-            try:
-                while self._done < target:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    self._cond.wait(left)
-                return True
-            finally:
+        self._wakeup.notify()
+        try:
+            while True:
+                seen = self._progress.count
+                if self._done >= target:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._progress.wait(seen, left)
+        finally:
+            with self._cond:
                 self._flushers -= 1
 
     def close(self) -> None:
@@ -93,8 +106,9 @@ class WriteQueue(QueueBase):
                 return
             self._closing = True
             self._drain_deadline = time.monotonic() + self.drain_timeout
-            self._cond.notify_all()
-        self._worker.join(self.drain_timeout + self.batch_timeout + 5)
+        self._wakeup.notify()
+        if not join_worker(self._worker, self.drain_timeout + self.batch_timeout + 5):
+            logger.error("the write queue's worker did not stop in time")
         with self._cond:
             left = len(self._buffer) + self._spilled
             self._open = False
@@ -106,7 +120,8 @@ class WriteQueue(QueueBase):
             self._journal.close()
 
     def close_on_exit(self) -> None:
-        """Drain on interpreter exit and on SIGTERM (then the previous SIGTERM handler runs)."""
+        """Drain on interpreter exit and on SIGTERM (then the previous SIGTERM handler
+        runs)."""
         atexit.register(self.close)
         previous = signal.getsignal(signal.SIGTERM)
 
@@ -119,18 +134,20 @@ class WriteQueue(QueueBase):
 
         signal.signal(signal.SIGTERM, on_sigterm)
 
-    # --- the worker thread ----------------------------------------------------------------------
+    # --- the worker -----------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
+            seen = self._wakeup.count
             with self._cond:
-                while True:
-                    batch = self._take_batch(self._flushers > 0)
-                    if batch or (self._closing and not self._buffer and not self._spilled):
-                        break
-                    self._cond.wait(self._wait_time())
-            if not batch:
+                batch = self._take_batch(self._flushers > 0)
+                idle = not batch and self._closing and (not self._buffer) and (not self._spilled)
+                wait = self._wait_time()
+            if idle:
                 return
+            if not batch:
+                self._wakeup.wait(seen, wait)
+                continue
             if self._journal is not None:
                 self._journal.sync()
             if not self._process(batch):
@@ -155,10 +172,10 @@ class WriteQueue(QueueBase):
                     return self._process(batch[:middle]) and self._process(batch[middle:])
                 self.counters["retried"] += 1
                 wait = exc.retry_after if isinstance(exc, CircuitOpen) else delay
-                with self._cond:
-                    if self._closing and time.monotonic() + wait > self._drain_deadline:
-                        return False
-                    self._cond.wait(wait)
+                seen = self._wakeup.count
+                if self._closing and time.monotonic() + wait > self._drain_deadline:
+                    return False
+                self._wakeup.wait(seen, wait)  # closing cuts the backoff short
                 delay = min(delay * 2, 2.0)
                 continue
             self._done_with(batch, written, duplicates)
@@ -171,11 +188,11 @@ class WriteQueue(QueueBase):
             self._finish(batch, written, duplicates)
             if self._journal is not None:
                 self._journal.mark_done(batch[-1].seq)
-                if self._journal.bytes > _COMPACT_BYTES and not self._spilled:
+                if self._journal.bytes > _COMPACT_BYTES and (not self._spilled):
                     self._journal.compact(list(self._buffer), self._done)
+        self._progress.notify()
 
     def _attempt(self, batch: list[Record]) -> tuple[int, int]:
-        """One transaction for *batch*; returns (applied, skipped as already applied)."""
         breaker = getattr(self.pool, "breaker", None)
         permit = breaker.acquire() if breaker is not None else 0
         started = time.monotonic()
@@ -199,10 +216,11 @@ class WriteQueue(QueueBase):
                 conn.execute(prune, (self.ledger_retention,))
                 self._last_prune = time.monotonic()
             with conn.transaction():
-                todo, duplicates = batch, 0
+                todo, duplicates = (batch, 0)
                 keys = list(dict.fromkeys(r.key for r in batch if r.key is not None))
                 if keys:
-                    fresh = {row[0] for row in conn.execute(claim, (keys,)).fetchall()}
+                    cur = conn.execute(claim, (keys,))
+                    fresh = {row[0] for row in cur.fetchall()}
                     todo, duplicates = self._dedupe(batch, fresh)
                 cur = conn.cursor()
                 for statement, params in runs(todo):
@@ -216,6 +234,6 @@ class WriteQueue(QueueBase):
                             for row in params:
                                 writer.write_row(row)
                     else:
-                        cur.executemany(statement, params)  # the caller's SQL, params bound
+                        cur.executemany(statement, params)  # the caller's SQL
         self.counters["batches"] += 1
-        return len(todo), duplicates
+        return (len(todo), duplicates)

@@ -1,13 +1,15 @@
-"""``AsyncWriteQueue``: the asyncio twin of :class:`WriteQueue`, method for method."""
+"""``AsyncWriteQueue``: fire-and-forget writes that still lose nothing. Locking and I/O only.
+
+Settings, batching, the journal's use and the counters live in :mod:`dbresilience._queue_base`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from dbresilience._acompat import ASignal, AWorker, aspawn, await_worker
 from dbresilience._errors import CircuitOpen
 from dbresilience._events import logger
 from dbresilience._journal import Record
@@ -19,61 +21,65 @@ from dbresilience._queue_base import (
     runs,
 )
 
+if True:  # ASYNC
+    pass
+else:
+    import atexit
+    import signal
+    from types import FrameType
+
 __all__ = ["AsyncWriteQueue"]
+
+_COMPACT_BYTES = 16 * 1024 * 1024
 
 
 class AsyncWriteQueue(QueueBase):
-    """The asyncio twin of :class:`WriteQueue` over a :class:`dbresilience.AsyncPool`.
+    """Fire-and-forget writes over a :class:`dbresilience.AsyncPool`, batched, losing nothing.
 
-    ``submit`` is a plain method, not a coroutine: it never blocks the event loop, so
-    ``on_full`` must be ``"raise"`` (the default here): a full queue raises :class:`QueueFull`
-    at once. The worker is a task held by a strong reference. Everything else
-    :class:`WriteQueue` promises holds here.
+    ``submit(sql, params, key=...)`` returns at once (a few microseconds); a background worker
+    writes batches of up to ``batch_size`` (or whatever is ``flush_interval`` old) in one
+    transaction each, ``executemany`` pipelined, plain ``INSERT … VALUES`` through ``COPY``.
+
+    - ``key``: the write takes effect at most once per key, across retries, restarts and
+      instances (a ledger table, ``ledger_table``, written in the same transaction; rows older
+      than ``ledger_retention`` are pruned).
+    - Transient failures (the database down, a lost connection, a deadlock, the pool's breaker
+      open …) retry the batch with backoff, for as long as it takes; a commit-unknown failure
+      is safe for keyed writes (the ledger) and at-least-once for unkeyed ones.
+    - A write that can never succeed (a constraint, bad SQL, bad data) is found by bisecting
+      its batch, set aside with its error (``failed_writes()``, ``on_failed``, counted in
+      ``stats()["failed"]``) and the rest commit.
+    - ``journal=path``: every write reaches the OS before ``submit`` returns (see
+      :mod:`dbresilience._journal`); opening a queue on the same journal applies what had not
+      been committed, first. The journal is compacted as it grows.
+    - Leaving the block (``aclose()``) drains within ``drain_timeout``; what is left stays in
+      the journal, and is reported.
+
+    The asyncio queue's ``submit`` is a plain method, not a coroutine: it never blocks the event
+    loop, so ``on_full`` is ``"raise"`` (the default there) or ``"spill"``; its worker is a task
+    held by a strong reference. The threaded queue's worker is a daemon thread, and its
+    ``on_full`` defaults to ``"block"``.
     """
 
     def __init__(self, pool: Any, **options: Any) -> None:
-        options.setdefault("on_full", "raise")
-        if options["on_full"] == "block":
-            raise ValueError(
-                "on_full must be 'raise' or 'spill' for AsyncWriteQueue: submit() cannot block"
-            )
+        if True:  # ASYNC
+            options.setdefault("on_full", "raise")
+            if options["on_full"] == "block":
+                raise ValueError(
+                    "on_full must be 'raise' or 'spill' for AsyncWriteQueue: submit() cannot block"
+                )
         super().__init__(pool, **options)
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _poke(self) -> None:
-        """Wake the worker (from the loop thread or any other)."""
-        loop, wakeup = self._loop, self._wakeup
-        if loop is None or wakeup is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            wakeup.set()
-        else:
-            loop.call_soon_threadsafe(wakeup.set)
-
-    def submit(
-        self, statement: str, params: Sequence[Any] | None = (), *, key: str | None = None
-    ) -> None:
-        """Queue a write at once (see :meth:`WriteQueue.submit`); never blocks the loop."""
-        super().submit(statement, params, key=key)
-        if len(self._buffer) >= self.batch_size:
-            self._poke()
+        self._wakeup = ASignal()  # the worker waits on it: a due batch, a flush, closing
+        self._progress = ASignal()  # flush() waits on it: a batch committed or set aside
+        self._worker: AWorker | None = None
 
     async def open(self) -> AsyncWriteQueue:
-        """Replay the journal (if any) and start the worker task; returns self."""
+        """Replay the journal (if any) and start the worker; returns self. Idempotent."""
         with self._cond:
             if self._open:
                 return self
             self._start_state()
-        self._loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
-        self._progress = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
+        self._worker = aspawn(self._run, "dbr-write-queue")
         return self
 
     async def __aenter__(self) -> AsyncWriteQueue:
@@ -83,54 +89,77 @@ class AsyncWriteQueue(QueueBase):
         await self.aclose()
 
     async def flush(self, timeout: float = 5.0) -> bool:
-        """True once everything submitted so far is committed (or set aside)."""
+        """True once everything submitted so far is committed (or set aside); False if that
+        did not happen within *timeout* seconds."""
         deadline = time.monotonic() + timeout
-        target = self._seq
-        self._flushers += 1
-        self._poke()
+        with self._cond:
+            target = self._seq
+            self._flushers += 1
+        self._wakeup.notify()
         try:
-            while self._done < target:
+            while True:
+                seen = self._progress.count
+                if self._done >= target:
+                    return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._progress.clear()
-                try:
-                    await asyncio.wait_for(self._progress.wait(), left)
-                except asyncio.TimeoutError:  # not the builtin before Python 3.11
-                    return self._done >= target
-            return True
+                await self._progress.wait(seen, left)
         finally:
-            self._flushers -= 1
+            with self._cond:
+                self._flushers -= 1
 
     async def aclose(self) -> None:
-        """Drain within ``drain_timeout``, stop the worker, close the journal. Idempotent."""
+        """Drain within ``drain_timeout``, stop the worker, close the journal. Idempotent.
+
+        Writes still pending after that stay in the journal (replayed by the next queue
+        opened on it) or, without a journal, are lost; either way they are logged.
+        """
         with self._cond:
             if not self._open:
                 return
             self._closing = True
             self._drain_deadline = time.monotonic() + self.drain_timeout
-        self._poke()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(
-                    asyncio.shield(self._task), self.drain_timeout + self.batch_timeout + 5
-                )
-            except asyncio.TimeoutError:
-                self._task.cancel()
+        self._wakeup.notify()
+        if not await await_worker(self._worker, self.drain_timeout + self.batch_timeout + 5):
+            logger.error("the write queue's worker did not stop in time")
+            if True:  # ASYNC
+                if self._worker is not None:
+                    self._worker.cancel()
         with self._cond:
             left = len(self._buffer) + self._spilled
             self._open = False
+            self._cond.notify_all()
         if left:
             where = "kept in the journal" if self._journal is not None else "LOST (no journal)"
             logger.error("write queue closed with %d writes not committed: %s", left, where)
         if self._journal is not None:
             self._journal.close()
 
-    close = aclose
+    if True:  # ASYNC
+        close = aclose
+    else:
+
+        def close_on_exit(self) -> None:
+            """Drain on interpreter exit and on SIGTERM (then the previous SIGTERM handler
+            runs)."""
+            atexit.register(self.close)
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def on_sigterm(signum: int, frame: FrameType | None) -> None:
+                self.close()
+                if callable(previous):
+                    previous(signum, frame)
+                else:
+                    raise SystemExit(128 + signum)
+
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+    # --- the worker -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self._wakeup is not None
         while True:
+            seen = self._wakeup.count
             with self._cond:
                 batch = self._take_batch(self._flushers > 0)
                 idle = not batch and self._closing and not self._buffer and not self._spilled
@@ -138,16 +167,15 @@ class AsyncWriteQueue(QueueBase):
             if idle:
                 return
             if not batch:
-                self._wakeup.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), wait if wait is not None else 1.0)
+                await self._wakeup.wait(seen, wait)
                 continue
             if self._journal is not None:
                 self._journal.sync()
             if not await self._process(batch):
-                return
+                return  # closing, and the drain deadline passed while retrying
 
     async def _process(self, batch: list[Record]) -> bool:
+        """Commit *batch*, retrying transient failures and bisecting permanent ones."""
         delay = 0.05
         while True:
             try:
@@ -167,9 +195,10 @@ class AsyncWriteQueue(QueueBase):
                     )
                 self.counters["retried"] += 1
                 wait = exc.retry_after if isinstance(exc, CircuitOpen) else delay
+                seen = self._wakeup.count
                 if self._closing and time.monotonic() + wait > self._drain_deadline:
                     return False
-                await asyncio.sleep(wait)
+                await self._wakeup.wait(seen, wait)  # closing cuts the backoff short
                 delay = min(delay * 2, 2.0)
                 continue
             self._done_with(batch, written, duplicates)
@@ -182,7 +211,9 @@ class AsyncWriteQueue(QueueBase):
             self._finish(batch, written, duplicates)
             if self._journal is not None:
                 self._journal.mark_done(batch[-1].seq)
-        self._progress.set()
+                if self._journal.bytes > _COMPACT_BYTES and not self._spilled:
+                    self._journal.compact(list(self._buffer), self._done)
+        self._progress.notify()
 
     async def _attempt(self, batch: list[Record]) -> tuple[int, int]:
         breaker = getattr(self.pool, "breaker", None)
