@@ -1,0 +1,311 @@
+"""AsyncCredentialCache against a real Redis, including Redis failing.
+
+Every behaviour is tested on both twins: the sync tests are generated from the async ones by
+tools/async_to_sync.py. Tests that do no I/O (argument checks, key escaping) are in
+tests/test_cache_base.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+
+import psycopg
+import pytest
+import redis
+
+import dbresilience as dbr
+from dbresilience.faults import FaultProxy, TemporaryRedis
+
+from .acompat import AEvent, agather, asleep, aspawn
+
+CREDS = {"id": 7, "credits": 12.5, "isPremium": False}
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A unique namespace; every key under it is deleted after the test."""
+    ns = f"dbr-cache-{uuid.uuid4().hex[:10]}"
+    yield ns
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{ns}:*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on ``redis_url``, to look at (or forge) what the caches keep there."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def counting(
+    value: object = CREDS, delay: float = 0.0
+) -> tuple[list[int], Callable[[], Awaitable[object]]]:
+    """A loader returning *value* after *delay* s, and the list its calls are counted in."""
+    calls: list[int] = []
+
+    async def load() -> object:
+        calls.append(1)
+        if delay:
+            await asleep(delay)
+        return value
+
+    return calls, load
+
+
+async def creds() -> object:
+    """The loader that always finds the user."""
+    return CREDS
+
+
+async def until(condition: Callable[[], bool], seconds: float) -> float:
+    """Wait until *condition()* holds (failing the test after *seconds*); the time it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if condition():
+            return time.monotonic() - start
+        await asleep(0.01)
+    pytest.fail(f"not within {seconds} s")
+
+
+async def test_memory_only_caches_and_counts() -> None:
+    """redis_url=None: the loader runs once, later calls are memory hits."""
+    calls, load = counting()
+    async with dbr.AsyncCredentialCache(None, ttl=60) as cache:
+        assert await cache.get_or_load(7, load) == CREDS
+        assert await cache.get_or_load("7", load) == CREDS  # 7 and "7" are the same key
+        assert len(calls) == 1
+        stats = cache.stats()
+        assert (stats["hits"], stats["misses"], stats["backend"]) == (1, 1, "memory")
+
+
+async def test_two_instances_share_values_and_redis_holds_json(
+    redis_url: str, namespace: str, store: redis.Redis
+) -> None:
+    """What one instance loaded, another reads from Redis; the stored value is plain JSON."""
+    calls, load = counting()
+    async with (
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as a,
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as b,
+    ):
+        assert await a.get_or_load(7, load) == CREDS
+        assert await b.get_or_load(7, load) == CREDS
+        assert len(calls) == 1
+        assert b.stats()["redis_hits"] == 1
+        raw = store.get(f"{namespace}:v1:7")
+        assert raw is not None
+        assert json.loads(raw) == {"f": 1, "d": CREDS}
+
+
+async def test_invalidate_is_seen_by_the_other_instance_within_a_second(
+    redis_url: str, namespace: str
+) -> None:
+    """invalidate() on one instance drops the value from the other's memory and from Redis."""
+    calls, load = counting()
+    async with (
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as a,
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as b,
+    ):
+        await a.get_or_load(7, load)
+        await b.get_or_load(7, load)
+        await asleep(0.3)  # both subscribed
+        await a.invalidate(7)
+        assert await until(lambda: b.lookup("7") is None, 1.0) < 1.0
+        assert await b.get_or_load(7, load) == CREDS
+        assert len(calls) == 2
+
+
+async def test_invalidate_several_keys_in_one_call(
+    redis_url: str, namespace: str, store: redis.Redis
+) -> None:
+    """invalidate(a, b, c) drops all three here, in Redis and in the other instance."""
+    async with (
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as a,
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as b,
+    ):
+        for key in ("x", "y", "z"):
+            await a.get_or_load(key, creds)
+            await b.get_or_load(key, creds)
+        await asleep(0.3)  # both subscribed
+        await a.invalidate("x", "y", "z")
+        await until(lambda: all(b.lookup(k) is None for k in "xyz"), 1.0)
+        assert all(store.get(f"{namespace}:v1:{k}") is None for k in "xyz")
+        assert a.stats()["invalidations"] == 3
+
+
+async def test_a_slow_load_cannot_put_back_an_invalidated_value(
+    redis_url: str, namespace: str, store: redis.Redis
+) -> None:
+    """A load that started before an invalidation does not store its (old) value."""
+    async with dbr.AsyncCredentialCache(redis_url, namespace=namespace) as cache:
+        started = AEvent()
+
+        async def slow() -> object:
+            started.set()
+            await asleep(0.3)
+            return {"credits": 10}
+
+        loading = aspawn(cache.get_or_load, 7, slow)
+        await started.wait()
+        await cache.invalidate(7)  # e.g. a credit deduction committed meanwhile
+        assert await agather(loading) == [{"credits": 10}]  # the caller still gets its value
+        assert cache.lookup("7") is None
+        assert store.get(f"{namespace}:v1:7") is None
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_single_flight_for_32_callers(redis_url: str, namespace: str, backend: str) -> None:
+    """A stampede of 32 concurrent callers on a cold key calls the loader once."""
+    calls, load = counting(delay=0.2)
+    url = redis_url if backend == "redis" else None
+    async with dbr.AsyncCredentialCache(url, namespace=namespace) as cache:
+        callers = [aspawn(cache.get_or_load, "hot", load) for _ in range(32)]
+        assert await agather(*callers) == [CREDS] * 32
+        assert len(calls) == 1
+        assert cache.stats()["loads"] == 1
+
+
+async def test_cross_instance_lease_loads_a_cold_key_once(redis_url: str, namespace: str) -> None:
+    """With lease=True, two instances stampeding a cold key call the loader once in all."""
+    calls, load = counting(delay=0.2)
+    async with (
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace, lease=True) as a,
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace, lease=True) as b,
+    ):
+        loads = [aspawn(cache.get_or_load, 7, load) for cache in (a, b)]
+        assert await agather(*loads) == [CREDS, CREDS]
+        assert len(calls) == 1
+
+
+async def test_failed_loads_are_not_cached() -> None:
+    """A loader that raises: the caller gets its error; the next call loads again."""
+    attempts = 0
+
+    async def flaky() -> object:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise psycopg.OperationalError("connection refused")
+        return CREDS
+
+    async with dbr.AsyncCredentialCache(None) as cache:
+        with pytest.raises(psycopg.OperationalError):
+            await cache.get_or_load(7, flaky)
+        assert await cache.get_or_load(7, flaky) == CREDS
+        assert attempts == 2
+
+
+async def test_stale_served_within_stale_ttl_only() -> None:
+    """After expiry, a transient loader failure serves the last value, but only within
+    stale_ttl; a non-transient failure is never hidden."""
+
+    async def down() -> object:
+        raise psycopg.OperationalError("connection refused")  # P1001: transient
+
+    async def bug() -> object:
+        raise ValueError("a bug, not an outage")
+
+    async with dbr.AsyncCredentialCache(None, ttl=0.1, stale_ttl=0.3, jitter=0) as cache:
+        await cache.get_or_load(7, creds)
+        await asleep(0.15)
+        assert await cache.get_or_load(7, down) == CREDS
+        assert cache.stats()["stale_served"] == 1
+        with pytest.raises(ValueError, match="a bug"):
+            await cache.get_or_load(7, bug)
+        await asleep(0.35)  # past ttl + stale_ttl
+        with pytest.raises(psycopg.OperationalError):
+            await cache.get_or_load(7, down)
+
+
+async def test_not_found_is_cached_briefly() -> None:
+    """A loader's None is remembered for negative_ttl only."""
+    calls, load = counting(value=None)
+    async with dbr.AsyncCredentialCache(None, negative_ttl=0.1, jitter=0) as cache:
+        assert await cache.get_or_load("ghost", load) is None
+        assert await cache.get_or_load("ghost", load) is None
+        assert len(calls) == 1
+        assert cache.stats()["negative_hits"] == 1
+        await asleep(0.15)
+        assert await cache.get_or_load("ghost", load) is None
+        assert len(calls) == 2
+
+
+async def test_unsigned_or_foreign_values_are_misses(
+    redis_url: str, namespace: str, store: redis.Redis
+) -> None:
+    """With a signing key, a value written without it (or tampered with) is a miss."""
+    store.set(f"{namespace}:v1:7", json.dumps({"f": 1, "d": {"credits": 1_000_000}}))
+    store.set(f"{namespace}:v1:8", b"\x80\x04pickle-looking bytes")
+    _, wrong = counting({"wrong": True})
+    key = b"k" * 32
+    async with (
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace, signing_key=key) as signed,
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace, signing_key=key) as other,
+    ):
+        assert await signed.get_or_load(7, creds) == CREDS  # the forged value was ignored
+        assert await signed.get_or_load(8, creds) == CREDS
+        assert signed.stats()["redis_hits"] == 0
+        assert await other.get_or_load(7, wrong) == CREDS  # signed, shared
+        assert other.stats()["redis_hits"] == 1
+
+
+async def test_bad_key_is_a_type_error_and_no_password_in_repr() -> None:
+    """A key that is not str/int is a TypeError; the repr hides the Redis password."""
+    cache = dbr.AsyncCredentialCache("redis://:hunter2@cache:6379/0")
+    assert "hunter2" not in repr(cache)
+    with pytest.raises(TypeError, match="key must be a str or an int"):
+        await cache.get_or_load(1.5, creds)  # type: ignore[arg-type]
+    await cache.aclose()
+
+
+async def test_redis_stopped_mid_run_then_restarted(redis_server: TemporaryRedis) -> None:
+    """Redis stops: no error reaches a caller and calls stay fast; Redis returns: the cache
+    uses it again and its memory tier was flushed."""
+    cache = dbr.AsyncCredentialCache(redis_server.url, namespace="dbr-stop", probe_interval=0.1)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        await cache.get_or_load(1, creds)
+        assert cache.stats()["backend"] == "redis"
+        redis_server.stop()
+        start = time.monotonic()
+        for i in range(200):
+            assert await cache.get_or_load(i, creds) == CREDS
+        assert time.monotonic() - start < 0.5  # one bounded timeout at most, not 200
+        assert cache.stats()["backend"] == "degraded"
+        flushes = cache.stats()["flushes"]
+        redis_server.start()
+        await until(lambda: cache.stats()["backend"] == "redis", 2.0)
+        assert cache.stats()["flushes"] == flushes + 1
+        assert cache.lookup("1") is None  # flushed: it may have been invalidated meanwhile
+        await cache.get_or_load(1, creds)
+        assert client.get("dbr-stop:v1:1") is not None
+    finally:
+        client.close()
+        await cache.aclose()
+
+
+async def test_silent_redis_first_call_bounded_next_500_fast(
+    redis_server: TemporaryRedis, make_proxy: Callable[[str, int], FaultProxy]
+) -> None:
+    """Redis accepts but never answers: the first call pays one timeout, the next 500 none."""
+    proxy = make_proxy("127.0.0.1", redis_server.port)
+    cache = dbr.AsyncCredentialCache(f"redis://127.0.0.1:{proxy.port}/0", namespace="dbr-silent")
+    try:
+        await cache.get_or_load(1, creds)
+        proxy.freeze()
+        start = time.monotonic()
+        assert await cache.get_or_load(2, creds) == CREDS
+        assert time.monotonic() - start < 0.1 + 0.2  # the 100 ms timeout, once
+        start = time.monotonic()
+        for i in range(500):
+            assert await cache.get_or_load(1000 + i, creds) == CREDS
+        assert time.monotonic() - start < 0.5  # under a millisecond each
+        assert cache.stats()["backend"] == "degraded"
+    finally:
+        proxy.restore()
+        await cache.aclose()

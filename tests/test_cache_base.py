@@ -1,0 +1,45 @@
+"""What both credential caches share and that does no I/O: key escaping, argument checks.
+
+Hand-written (not generated): the behaviour tests are in tests/test_cache_async.py and, generated
+from it, tests/test_cache.py.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dbresilience as dbr
+from dbresilience._cache_base import CacheBase, escape_key, unescape_key
+
+TWINS = [dbr.CredentialCache, dbr.AsyncCredentialCache]
+
+
+@given(st.one_of(st.text(), st.integers()))
+def test_key_escaping_is_injective_and_colon_free(key: str | int) -> None:
+    """Escaped keys never contain ':' and decode back to the key (so no two keys collide)."""
+    escaped = escape_key(key)
+    assert ":" not in escaped
+    assert unescape_key(escaped) == str(key)
+    assert escaped == urllib.parse.quote(str(key), safe="")
+
+
+@pytest.mark.parametrize("cls", TWINS)
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"ttl": 0}, "ttl"),
+        ({"maxsize": 0}, "maxsize"),
+        ({"jitter": 0.9}, "jitter"),
+        ({"namespace": ""}, "namespace"),
+        ({"signing_key": b"short"}, "signing_key"),
+        ({"stale_ttl": -1}, "stale_ttl"),
+    ],
+)
+def test_bad_cache_arguments(cls: type[CacheBase], kwargs: dict[str, object], name: str) -> None:
+    """Invalid configuration fails at construction, on either twin, naming the argument."""
+    with pytest.raises(ValueError, match=name):
+        cls(None, **kwargs)  # type: ignore[arg-type]
