@@ -16,10 +16,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from dbresilience._classify import classify
-from dbresilience._deadline import seconds
 from dbresilience._errors import CircuitOpen
 from dbresilience._events import (
     BreakerHook,
@@ -28,6 +27,7 @@ from dbresilience._events import (
     call_hooks,
     logger,
 )
+from dbresilience._validate import callable_or_none, fraction, positive_int, seconds, string
 from dbresilience._window import SlidingWindow
 
 __all__ = ["CircuitBreaker"]
@@ -74,7 +74,8 @@ class CircuitBreaker:
     :class:`RedisBreakerState`), calls also fail fast while enough other instances report the
     circuit open; only decisions are shared, never counters. Thread-safe; nothing
     blocks, so the same breaker serves threads and event loops. Invalid arguments raise
-    ``ValueError`` naming the argument.
+    ``TypeError`` (wrong type) or ``ValueError`` (out of range) naming the argument; rates are
+    fractions in ``(0, 1]``, counts ints ``>= 1``, durations seconds ``> 0`` or timedeltas.
     """
 
     def __init__(
@@ -93,26 +94,24 @@ class CircuitBreaker:
         shared: SharedState | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        _check_rate("failure_rate", failure_rate)
-        _check_rate("slow_call_rate", slow_call_rate)
-        _check_count("minimum_calls", minimum_calls)
-        _check_count("half_open_calls", half_open_calls)
-        if is_failure is not None and not callable(is_failure):
-            raise TypeError(f"is_failure must be callable, got {is_failure!r}")
-        if on_state_change is not None and not callable(on_state_change):
-            raise TypeError(f"on_state_change must be callable, got {on_state_change!r}")
-        self.name = name
-        self.failure_rate = float(failure_rate)
-        self.minimum_calls = minimum_calls
+        self.name = string("name", name)
+        self.failure_rate = fraction("failure_rate", failure_rate, low_open=True)
+        self.minimum_calls = positive_int("minimum_calls", minimum_calls)
         self.window = seconds("window", window)
         self.open_for = seconds("open_for", open_for)
-        self.half_open_calls = half_open_calls
-        self.slow_call_duration = (
-            None
-            if slow_call_duration is None
-            else seconds("slow_call_duration", slow_call_duration)
-        )
-        self.slow_call_rate = float(slow_call_rate)
+        self.half_open_calls = positive_int("half_open_calls", half_open_calls)
+        self.slow_call_duration = seconds("slow_call_duration", slow_call_duration, allow_none=True)
+        self.slow_call_rate = fraction("slow_call_rate", slow_call_rate, low_open=True)
+        callable_or_none("is_failure", is_failure)
+        callable_or_none("on_state_change", on_state_change)
+        if shared is not None and not all(
+            callable(getattr(shared, method, None))
+            for method in ("attach", "open_until", "publish")
+        ):
+            raise TypeError(
+                "shared must be a shared breaker state (attach, open_until, publish) or None, "
+                f"got {type(shared).__name__}"
+            )
         self._is_failure = is_failure or _transient
         self._shared = shared
         if shared is not None:
@@ -356,13 +355,3 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self.state.value})"
-
-
-def _check_rate(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        raise ValueError(f"{name} must be a fraction in (0, 1], got {value!r}")
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")

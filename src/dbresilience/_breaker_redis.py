@@ -23,9 +23,11 @@ import socket
 import threading
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from dbresilience._events import logger
+from dbresilience._validate import non_empty_str, positive_int, seconds, str_or_none
 
 __all__ = ["AsyncRedisBreakerState", "RedisBreakerState"]
 
@@ -63,24 +65,23 @@ class _SharedBase:
         *,
         namespace: str = "dbresilience",
         quorum: int = 2,
-        refresh: float = 0.5,
-        timeout: float = 0.1,
+        refresh: float | timedelta = 0.5,
+        timeout: float | timedelta = 0.1,
         instance: str | None = None,
     ) -> None:
-        """Validate the settings (``ValueError`` naming the argument); no I/O."""
-        if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
-            raise ValueError(f"quorum must be an int >= 1, got {quorum!r}")
-        if not 0 < refresh <= 60:
-            raise ValueError(f"refresh must be between 0 and 60 seconds, got {refresh!r}")
-        if not 0 < timeout <= 10:
-            raise ValueError(f"timeout must be between 0 and 10 seconds, got {timeout!r}")
-        if not namespace or ":" in namespace[-1:]:
-            raise ValueError(f"namespace must be a non-empty prefix, got {namespace!r}")
-        self.url = url
-        self.namespace = namespace
-        self.quorum = quorum
-        self.refresh = refresh
-        self.timeout = timeout
+        """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O.
+
+        ``quorum``: an int ``>= 1``; ``refresh``: seconds in ``(0, 60]``; ``timeout``: seconds
+        in ``(0, 10]``; ``namespace``: a non-empty prefix not ending in ``:``.
+        """
+        self.url = non_empty_str("url", url)
+        self.namespace = non_empty_str("namespace", namespace)
+        if namespace.endswith(":"):
+            raise ValueError(f"namespace must be a prefix not ending in ':', got {namespace!r}")
+        self.quorum = positive_int("quorum", quorum)
+        self.refresh = seconds("refresh", refresh, maximum=60.0)
+        self.timeout = seconds("timeout", timeout, maximum=10.0)
+        str_or_none("instance", instance)
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.available = False
         self.errors = 0
@@ -159,7 +160,7 @@ class RedisBreakerState(_SharedBase):
 
     ``state = RedisBreakerState("redis://…", quorum=2)``; ``state.open()`` (or ``with state:``);
     ``CircuitBreaker("orders-db", shared=state)``. Several breakers may share one state (one
-    key each). Invalid arguments raise ``ValueError`` naming them.
+    key each). Invalid arguments raise ``TypeError``/``ValueError`` naming them.
     """
 
     def _setup(self) -> None:

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from dbresilience._deadline import seconds
 from dbresilience._events import BudgetExhausted, BudgetHook, call_hooks, logger
+from dbresilience._validate import callable_or_none, number, seconds, string
 from dbresilience._window import SlidingWindow
 
 __all__ = ["RetryBudget"]
@@ -25,8 +25,10 @@ class RetryBudget:
 
     Over any ``ttl`` window, retries stay at or below ``ratio * calls + min_per_second * ttl``.
     ``deposit()`` counts a call (the first attempt), ``try_withdraw()`` asks for one retry.
-    Thread-safe and usable from async code (nothing blocks). Invalid arguments raise
-    ``ValueError`` naming the argument.
+    Thread-safe and usable from async code (nothing blocks). ``ratio`` is a number in
+    ``[0, 10]``, ``min_per_second`` a finite number ``>= 0``, ``ttl`` between 1 and 60 seconds;
+    invalid arguments raise ``TypeError`` (wrong type) or ``ValueError`` (out of range) naming
+    the argument.
     """
 
     def __init__(
@@ -39,23 +41,11 @@ class RetryBudget:
         on_exhausted: BudgetHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 10:
-            raise ValueError(f"ratio must be a number between 0 and 10, got {ratio!r}")
-        if (
-            isinstance(min_per_second, bool)
-            or not isinstance(min_per_second, int | float)
-            or not 0 <= min_per_second < float("inf")
-        ):
-            raise ValueError(f"min_per_second must be a finite number >= 0, got {min_per_second!r}")
-        window = seconds("ttl", ttl)
-        if not 1.0 <= window <= 60.0:
-            raise ValueError(f"ttl must be between 1 and 60 seconds, got {window!r}")
-        if on_exhausted is not None and not callable(on_exhausted):
-            raise TypeError(f"on_exhausted must be callable, got {on_exhausted!r}")
-        self.name = name
-        self.ratio = float(ratio)
-        self.min_per_second = float(min_per_second)
-        self.ttl = window
+        self.name = string("name", name)
+        self.ratio = number("ratio", ratio, high=10.0)
+        self.min_per_second = number("min_per_second", min_per_second)
+        self.ttl = window = seconds("ttl", ttl, minimum=1.0, maximum=60.0)
+        callable_or_none("on_exhausted", on_exhausted)
         self._reserve = self.min_per_second * window
         self._hooks = () if on_exhausted is None else (on_exhausted,)
         self._clock = clock

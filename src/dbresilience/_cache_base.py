@@ -21,7 +21,14 @@ from typing import Any
 import cachetools
 
 from dbresilience._classify import classify
-from dbresilience._deadline import seconds
+from dbresilience._validate import (
+    bytes_or_none,
+    fraction,
+    non_empty_str,
+    positive_int,
+    seconds,
+    str_or_none,
+)
 
 __all__ = ["CacheBase", "Entry", "escape_key", "memory_key", "unescape_key"]
 
@@ -78,25 +85,14 @@ class CacheBase:
         lease_ttl: float | timedelta = 5.0,
         signing_key: bytes | None = None,
     ) -> None:
+        """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O."""
+        self.redis_url = str_or_none("redis_url", redis_url)
         self.ttl = seconds("ttl", ttl)
-        if not namespace or not isinstance(namespace, str):
-            raise ValueError(f"namespace must be a non-empty string, got {namespace!r}")
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-            raise ValueError(f"maxsize must be an int >= 1, got {maxsize!r}")
-        if not isinstance(jitter, int | float) or not 0 <= jitter <= 0.5:
-            raise ValueError(f"jitter must be a fraction between 0 and 0.5, got {jitter!r}")
-        if signing_key is not None and (
-            not isinstance(signing_key, bytes) or len(signing_key) < 16
-        ):
-            raise ValueError("signing_key must be bytes, at least 16 of them")
-        if redis_url is not None and not isinstance(redis_url, str):
-            raise TypeError(f"redis_url must be a URL string or None, got {redis_url!r}")
-        self.redis_url = redis_url
-        self.namespace = namespace
-        self.maxsize = maxsize
+        self.namespace = non_empty_str("namespace", namespace)
+        self.maxsize = positive_int("maxsize", maxsize)
         self.negative_ttl = seconds("negative_ttl", negative_ttl, allow_zero=True)
         self.stale_ttl = seconds("stale_ttl", stale_ttl, allow_zero=True)
-        self.jitter = float(jitter)
+        self.jitter = fraction("jitter", jitter, high=0.5)
         self.degraded_ttl = (
             min(self.ttl, 5.0) if degraded_ttl is None else seconds("degraded_ttl", degraded_ttl)
         )
@@ -104,6 +100,7 @@ class CacheBase:
         self.probe_interval = seconds("probe_interval", probe_interval)
         self.lease = bool(lease)
         self.lease_ttl = seconds("lease_ttl", lease_ttl)
+        bytes_or_none("signing_key", signing_key, min_length=16)
         self._signing_key = signing_key
         self._memory: cachetools.TLRUCache[str, Entry] = cachetools.TLRUCache(
             maxsize, ttu=_entry_expiry, timer=time.monotonic

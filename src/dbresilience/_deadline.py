@@ -1,4 +1,8 @@
-"""Deadlines: computed once from a budget, then asked how much time is left. Pure, no I/O."""
+"""Deadlines: computed once from a budget, then asked how much time is left. Pure, no I/O.
+
+``seconds`` (how every duration argument is checked) lives in :mod:`dbresilience._validate`;
+it is imported here too, where the twins have always found it.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,9 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+from dbresilience._validate import seconds
+
 __all__ = ["Deadline", "seconds"]
-
-
-def seconds(name: str, value: float | timedelta, *, allow_zero: bool = False) -> float:
-    """*value* as float seconds; ``ValueError`` naming *name* unless it is a positive duration.
-
-    Accepts ``int``, ``float`` and ``datetime.timedelta``; ``0`` only with ``allow_zero``.
-    """
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be seconds (a number or a timedelta), got {value!r}")
-    value = float(value)
-    if value != value or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
-    return value
 
 
 class Deadline:
@@ -36,8 +24,12 @@ class Deadline:
 
     __slots__ = ("_at", "_clock", "budget")
 
-    def __init__(self, budget: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.budget = budget
+    def __init__(
+        self, budget: float | timedelta, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """*budget*: seconds (or a ``timedelta``) ``>= 0``; ``TypeError``/``ValueError`` naming
+        it otherwise (see :func:`dbresilience._validate.seconds`)."""
+        self.budget = budget = seconds("budget", budget, allow_zero=True)
         self._clock = clock
         self._at = clock() + budget
 

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from dbresilience._validate import one_of
 from dbresilience.examples.interview_service import (
     Settings,
     apply_schema,
@@ -345,8 +346,7 @@ def run_demo(
     *, profile: str = "default", dsn: str | None = None, out: Callable[[str], None] = print
 ) -> int:
     """Run the demo; 0 when dbresilience lost and doubled nothing, 1 otherwise."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    one_of("profile", profile, PROFILES)
     if sys.platform == "win32":  # pragma: no cover - SIGSTOP and the server binaries
         raise SystemExit("the demo needs a POSIX system")
     return asyncio.run(_main(dsn or os.environ.get("DATABASE_URL") or None, PROFILES[profile], out))

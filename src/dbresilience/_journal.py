@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from dbresilience._validate import one_of
+
 __all__ = ["Journal", "Record"]
 
 _FSYNC_POLICIES = ("always", "batch", "never")
@@ -43,10 +45,8 @@ class Journal:
     """The append-only file behind a write queue (thread-safe)."""
 
     def __init__(self, path: str | os.PathLike[str], fsync: str = "batch") -> None:
-        if fsync not in _FSYNC_POLICIES:
-            raise ValueError(f"fsync must be one of {', '.join(_FSYNC_POLICIES)}, got {fsync!r}")
+        self.fsync = one_of("fsync", fsync, _FSYNC_POLICIES)
         self.path = Path(path)
-        self.fsync = fsync
         self._fd: int | None = None
         self._lock = threading.Lock()
         self.bytes = 0

@@ -16,26 +16,41 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool.base import AttemptWithBackoff
+from typing_extensions import LiteralString
 
 from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
 from dbresilience._budget import RetryBudget
 from dbresilience._classify import ErrorKind, classify
-from dbresilience._deadline import seconds
 from dbresilience._errors import AcquireTimeout, CommitUnknown, DatabaseUnavailable, QueryTimeout
 from dbresilience._retry import DEFAULT, RetryPolicy, _Default
+from dbresilience._validate import (
+    at_least,
+    instance_or_none,
+    non_negative_int,
+    positive_int,
+    seconds,
+    str_or_none,
+    string,
+    strings,
+)
 from dbresilience._watchdog import Watchdog
 
 __all__ = [
     "PoolBase",
     "PoolConfig",
     "PoolCounters",
+    "Query",
     "QuickReconnect",
     "has_pending_input",
     "safe_target",
 ]
+
+#: what the helpers accept: psycopg's queries (literal strings, composed SQL), bound params apart
+Query = LiteralString | bytes | sql.SQL | sql.Composed
 
 # Failures after which every older connection is suspect: the server went away or was demoted.
 _GENERATION_KINDS = frozenset(
@@ -59,6 +74,15 @@ _LOST_IN_COMMIT = frozenset(
     {ErrorKind.CONNECTION_LOST, ErrorKind.COMPLETION_UNKNOWN, ErrorKind.QUERY_TIMEOUT}
 )
 RECONNECT_FOREVER = 365 * 24 * 3600.0  # psycopg_pool gives up on a slot after this long
+# libpq and the server read these timeouts as a C int of milliseconds (about 24.8 days at most)
+_MAX_MILLIS = 2**31 - 1
+
+
+def _millis(value: float) -> int:
+    """*value* seconds as the whole milliseconds libpq and the server accept: at least 1, at
+    most ``_MAX_MILLIS`` (a longer duration, up to the year ``seconds()`` allows, means "as long
+    as the server can wait")."""
+    return min(_MAX_MILLIS, max(1, int(value * 1000)))
 
 
 class QuickReconnect(AttemptWithBackoff):
@@ -77,10 +101,6 @@ class QuickReconnect(AttemptWithBackoff):
         """Grow the delay as psycopg_pool does, but never past ``MAX_DELAY``."""
         super().update_delay(now)
         self.delay = min(self.delay, self.MAX_DELAY)
-
-
-def _duration(name: str, value: float | timedelta | None) -> float | None:
-    return None if value is None else seconds(name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,20 +143,14 @@ class PoolConfig:
         kwargs: dict[str, Any] | None,
     ) -> PoolConfig:
         """Validate everything, naming the argument in any ``ValueError``/``TypeError``."""
-        for arg, value in (("min_size", min_size), ("max_size", max_size), ("attempts", attempts)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{arg} must be an int, got {value!r}")
-        if min_size < 0:
-            raise ValueError(f"min_size must be >= 0, got {min_size}")
-        if max_size < 1 or max_size < min_size:
-            raise ValueError(f"max_size must be >= 1 and >= min_size ({min_size}), got {max_size}")
-        if attempts < 1:
-            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        conninfo = string("conninfo", conninfo)  # never shown: it may hold a password
+        min_size = non_negative_int("min_size", min_size)
+        max_size = positive_int("max_size", max_size)
+        at_least("max_size", max_size, "min_size", min_size)
+        attempts = positive_int("attempts", attempts)
         query = seconds("query_timeout", query_timeout)
-        if isinstance(warm_sql, str):
-            raise TypeError("warm_sql must be a sequence of SQL strings, not one string")
-        if not all(isinstance(q, str) for q in warm_sql):
-            raise TypeError(f"warm_sql must hold SQL strings, got {warm_sql!r}")
+        warm_sql = strings("warm_sql", warm_sql)
+        name = str_or_none("name", name)
         try:
             conninfo_to_dict(conninfo)
         except psycopg.ProgrammingError:
@@ -150,17 +164,17 @@ class PoolConfig:
             query_timeout=query,
             statement_timeout=query
             if statement_timeout is True
-            else _duration("statement_timeout", statement_timeout or None),
+            else seconds("statement_timeout", statement_timeout or None, allow_none=True),
             # below statement_timeout, so a lock wait ends in 55P03 (retryable), not 57014
             lock_timeout=query / 2
             if lock_timeout is True
-            else _duration("lock_timeout", lock_timeout or None),
-            idle_in_transaction_timeout=_duration(
-                "idle_in_transaction_timeout", idle_in_transaction_timeout
+            else seconds("lock_timeout", lock_timeout or None, allow_none=True),
+            idle_in_transaction_timeout=seconds(
+                "idle_in_transaction_timeout", idle_in_transaction_timeout, allow_none=True
             ),
             idle_check_after=seconds("idle_check_after", idle_check_after, allow_zero=True),
             attempts=attempts,
-            warm_sql=tuple(warm_sql),
+            warm_sql=warm_sql,
             name=name or safe_target(conninfo),
             max_lifetime=seconds("max_lifetime", max_lifetime),
             extra=dict(kwargs or {}),
@@ -187,7 +201,7 @@ class PoolConfig:
         params.setdefault("keepalives_idle", "10")
         params.setdefault("keepalives_interval", "5")
         params.setdefault("keepalives_count", "3")
-        params.setdefault("tcp_user_timeout", str(int(max(self.query_timeout, 10.0) * 1000)))
+        params.setdefault("tcp_user_timeout", str(_millis(max(self.query_timeout, 10.0))))
         options = [str(params.get("options") or "").strip()]
         for setting, value in (
             ("statement_timeout", self.statement_timeout),
@@ -195,7 +209,7 @@ class PoolConfig:
             ("idle_in_transaction_session_timeout", self.idle_in_transaction_timeout),
         ):
             if value is not None and setting not in options[0]:
-                options.append(f"-c {setting}={max(1, int(value * 1000))}")
+                options.append(f"-c {setting}={_millis(value)}")
         params["options"] = " ".join(o for o in options if o)
         return params
 
@@ -354,16 +368,17 @@ class PoolBase:
         )
         base = seconds("base_delay", base_delay, allow_zero=True)
         cap = seconds("max_delay", max_delay, allow_zero=True)
-        if cap < base:
-            raise ValueError(f"max_delay ({cap!r}) must be >= base_delay ({base!r})")
-        if isinstance(breaker, _Default):
-            breaker = CircuitBreaker(config.name)
-        elif breaker is not None and not isinstance(breaker, CircuitBreaker):
-            raise TypeError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
-        if isinstance(budget, _Default):
-            budget = RetryBudget(config.name)
-        elif budget is not None and not isinstance(budget, RetryBudget):
-            raise TypeError(f"budget must be a RetryBudget or None, got {budget!r}")
+        at_least("max_delay", cap, "base_delay", base)
+        breaker = (
+            CircuitBreaker(config.name)
+            if isinstance(breaker, _Default)
+            else instance_or_none("breaker", breaker, CircuitBreaker)
+        )
+        budget = (
+            RetryBudget(config.name)
+            if isinstance(budget, _Default)
+            else instance_or_none("budget", budget, RetryBudget)
+        )
         self._config = config
         self._policy = RetryPolicy(
             attempts=attempts,

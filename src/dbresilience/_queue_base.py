@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import re
 import threading
 import time
@@ -20,10 +21,17 @@ from typing import Any
 from psycopg import sql
 
 from dbresilience._classify import ErrorKind, classify
-from dbresilience._deadline import seconds
 from dbresilience._errors import DBResilienceError
 from dbresilience._events import logger
 from dbresilience._journal import Journal, Record
+from dbresilience._validate import (
+    callable_or_none,
+    instance_or_none,
+    non_empty_str,
+    one_of,
+    positive_int,
+    seconds,
+)
 
 __all__ = ["FailedWrite", "QueueBase", "QueueClosed", "QueueFull"]
 
@@ -118,6 +126,9 @@ def is_bad_write(exc: BaseException) -> bool:
 class QueueBase:
     """Settings, buffer, journal and counters of a write queue (no database I/O)."""
 
+    #: the worker's wake-up (``dbresilience._acompat.Signal`` / ``ASignal``), set by the twin
+    _wakeup: Any
+
     def __init__(
         self,
         pool: Any,
@@ -137,33 +148,29 @@ class QueueBase:
         on_commit: Callable[[Sequence[Record]], None] | None = None,
         use_copy: bool = True,
     ) -> None:
-        for name, value, low in (("batch_size", batch_size, 1), ("max_pending", max_pending, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if on_full not in ("block", "raise", "spill"):
-            raise ValueError(f"on_full must be 'block', 'raise' or 'spill', got {on_full!r}")
+        """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O."""
+        self.pool = pool
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.flush_interval = seconds("flush_interval", flush_interval)
+        self.max_pending = positive_int("max_pending", max_pending)
+        self.on_full = one_of("on_full", on_full, ("block", "raise", "spill"))
+        instance_or_none("journal", journal, (str, os.PathLike), "a path")
         if on_full == "spill" and journal is None:
             raise ValueError("on_full='spill' needs a journal: spilled writes live only there")
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", ledger_table):
+        if not re.fullmatch(
+            r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", non_empty_str("ledger_table", ledger_table)
+        ):
             raise ValueError(
                 f"ledger_table must be a plain (schema.)table name, got {ledger_table!r}"
             )
-        for name, hook in (("on_failed", on_failed), ("on_commit", on_commit)):
-            if hook is not None and not callable(hook):
-                raise TypeError(f"{name} must be callable, got {hook!r}")
-        self.pool = pool
-        self.batch_size = batch_size
-        self.flush_interval = seconds("flush_interval", flush_interval)
-        self.max_pending = max_pending
-        self.on_full = on_full
         self.block_timeout = seconds("block_timeout", block_timeout, allow_zero=True)
         self.drain_timeout = seconds("drain_timeout", drain_timeout, allow_zero=True)
         self.ledger_retention = seconds("ledger_retention", ledger_retention)
         self.batch_timeout = seconds("batch_timeout", batch_timeout)
         self.use_copy = bool(use_copy)
         self._journal = None if journal is None else Journal(journal, fsync)
-        self._on_failed = on_failed
-        self._on_commit = on_commit
+        self._on_failed = callable_or_none("on_failed", on_failed)
+        self._on_commit = callable_or_none("on_commit", on_commit)
         schema, _, table = ledger_table.rpartition(".")
         self._ledger = sql.Identifier(schema, table) if schema else sql.Identifier(table)
         self._buffer: collections.deque[Record] = collections.deque()
@@ -227,8 +234,10 @@ class QueueBase:
             self._buffer.append(record)
             self._submitted_at[record.seq] = time.monotonic()
             self.counters["submitted"] += 1
-            if len(self._buffer) >= self.batch_size:
-                self._cond.notify_all()
+            pending = len(self._buffer)
+            if pending == 1 or pending == self.batch_size:
+                # a lone write starts the worker's flush_interval clock; a full batch is due now
+                self._wakeup.notify()
 
     def _spill(self, statement: str, params: list[Any], key: str | None) -> None:
         """Under the condition: journal the write without keeping it in memory."""

@@ -25,8 +25,16 @@ from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
 from dbresilience._budget import RetryBudget
 from dbresilience._classify import Classification, classify
-from dbresilience._deadline import seconds
 from dbresilience._events import CircuitState, RetryDetails, RetryHook, call_hooks, log_retry
+from dbresilience._validate import (
+    at_least,
+    boolean,
+    callable_or_none,
+    instance_or_none,
+    positive_int,
+    seconds,
+)
+from dbresilience._validate import hooks as hooks_of
 
 __all__ = ["RetryPolicy", "testing", "with_retry"]
 
@@ -66,19 +74,12 @@ def testing(*, attempts: int | None = None) -> Iterator[None]:  # noqa: PT028 - 
             assert flaky_read() == 42     # retried at once, no backoff sleeps
     """
     if attempts is not None:
-        _check_attempts(attempts)
+        positive_int("attempts", attempts)
     token = _TEST_MODE.set(_TestMode(attempts))
     try:
         yield
     finally:
         _TEST_MODE.reset(token)
-
-
-def _check_attempts(attempts: int) -> None:
-    if isinstance(attempts, bool) or not isinstance(attempts, int):
-        raise TypeError(f"attempts must be an int, got {attempts!r}")
-    if attempts < 1:
-        raise ValueError(f"attempts must be >= 1, got {attempts!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,35 +363,25 @@ def with_retry(
     ``breaker`` (a :class:`CircuitBreaker`) fails calls fast with :class:`CircuitOpen` while open,
     stops retrying once it opens, and records one outcome per call.
 
-    Raises ``ValueError`` (naming the argument) at decoration time for ``attempts < 1``,
-    negative delays, ``max_delay < base_delay`` or ``deadline <= 0``.
+    Raises, at decoration time and naming the argument, ``ValueError`` for ``attempts < 1``,
+    negative, NaN or infinite delays, ``max_delay < base_delay`` or ``deadline <= 0``, and
+    ``TypeError`` for a wrong type (``attempts=2.5``, ``idempotent="yes"``, ``retry_on=3``).
+    Durations past a year are capped to a year (:data:`dbresilience._validate.MAX_SECONDS`).
     """
-    _check_attempts(attempts)
+    positive_int("attempts", attempts)
     base = seconds("base_delay", base_delay, allow_zero=True)
     cap = seconds("max_delay", max_delay, allow_zero=True)
-    if cap < base:
-        raise ValueError(f"max_delay ({cap!r}) must be >= base_delay ({base!r})")
-    total = None if deadline is None else seconds("deadline", deadline)
-    if not isinstance(idempotent, bool):
-        raise TypeError(f"idempotent must be a bool, got {idempotent!r}")
-    if retry_on is not None and not callable(retry_on):
-        raise TypeError(f"retry_on must be a callable taking the exception, got {retry_on!r}")
-    hooks: tuple[RetryHook, ...]
-    if on_retry is None:
-        hooks = ()
-    elif callable(on_retry):
-        hooks = (on_retry,)
-    else:
-        hooks = tuple(on_retry)
-        for hook in hooks:
-            if not callable(hook):
-                raise TypeError(f"on_retry must hold callables, got {hook!r}")
-    if isinstance(budget, _Default):
-        budget = RetryBudget("with_retry")
-    elif budget is not None and not isinstance(budget, RetryBudget):
-        raise TypeError(f"budget must be a RetryBudget or None, got {budget!r}")
-    if breaker is not None and not isinstance(breaker, CircuitBreaker):
-        raise TypeError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
+    at_least("max_delay", cap, "base_delay", base)
+    total = seconds("deadline", deadline, allow_none=True)
+    boolean("idempotent", idempotent)
+    callable_or_none("retry_on", retry_on)
+    hooks: tuple[RetryHook, ...] = hooks_of("on_retry", on_retry)
+    budget = (
+        RetryBudget("with_retry")
+        if isinstance(budget, _Default)
+        else instance_or_none("budget", budget, RetryBudget)
+    )
+    instance_or_none("breaker", breaker, CircuitBreaker)
     policy = RetryPolicy(
         attempts=attempts,
         backoff=Backoff(base, cap),

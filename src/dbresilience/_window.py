@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 
+from dbresilience._validate import positive_int, seconds
+
 __all__ = ["SlidingWindow"]
 
 
@@ -35,12 +37,8 @@ class SlidingWindow:
     )
 
     def __init__(self, window: float, slots: int = 10) -> None:
-        if window <= 0:
-            raise ValueError(f"window must be > 0 seconds, got {window!r}")
-        if slots < 1:
-            raise ValueError(f"slots must be >= 1, got {slots!r}")
-        self.window = window
-        self._n = slots
+        self.window = window = seconds("window", window)
+        self._n = slots = positive_int("slots", slots)
         self._width = window / slots
         self.slot_ids = [-1] * slots
         self.calls = [0] * slots

@@ -41,6 +41,7 @@ from dbresilience._pool_base import (
     has_pending_input,
     starts_new_generation,
 )
+from dbresilience._validate import at_most, non_negative_int
 from dbresilience._watchdog import Watchdog
 
 __all__ = ["create_async_engine", "create_engine"]
@@ -73,8 +74,8 @@ def _prepare(
             "write postgresql+psycopg://..."
         )
     parsed = parsed.set(drivername="postgresql+psycopg")
-    if isinstance(max_overflow, bool) or not isinstance(max_overflow, int) or max_overflow < 0:
-        raise ValueError(f"max_overflow must be an int >= 0, got {max_overflow!r}")
+    pool_size = non_negative_int("pool_size", pool_size)
+    max_overflow = non_negative_int("max_overflow", max_overflow)
     name = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
     config = PoolConfig.build(
         "",
@@ -93,9 +94,8 @@ def _prepare(
         max_lifetime=3600.0,
         kwargs=None,
     )
-    n_warm = pool_size if warm is None else warm
-    if isinstance(n_warm, bool) or not isinstance(n_warm, int) or not 0 <= n_warm <= pool_size:
-        raise ValueError(f"warm must be an int between 0 and pool_size ({pool_size}), got {warm!r}")
+    n_warm = pool_size if warm is None else non_negative_int("warm", warm)
+    at_most("warm", n_warm, "pool_size", pool_size)
     connect_args = config.connect_params(dict(engine_kwargs.pop("connect_args", {}) or {}))
     options: dict[str, Any] = {
         "pool_size": pool_size,
