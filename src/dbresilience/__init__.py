@@ -32,6 +32,10 @@ from dbresilience._errors import (
     DatabaseUnavailable,
     DBResilienceError,
     QueryTimeout,
+    QueueClosed,
+    QueueFull,
+    UpstreamError,
+    UpstreamTimeout,
 )
 from dbresilience._events import (
     BreakerHook,
@@ -48,7 +52,7 @@ from dbresilience._pool import Pool
 from dbresilience._pool_async import AsyncPool
 from dbresilience._queue import WriteQueue
 from dbresilience._queue_async import AsyncWriteQueue
-from dbresilience._queue_base import FailedWrite, QueueClosed, QueueFull
+from dbresilience._queue_base import FailedWrite
 from dbresilience._retry import RetryPolicy, testing, with_retry, withRetry
 
 __version__ = "0.1.0.dev0"
@@ -85,6 +89,8 @@ __all__ = [
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",
+    "UpstreamError",
+    "UpstreamTimeout",
     "WriteQueue",
     "classify",
     "log_retry",
@@ -92,3 +98,11 @@ __all__ = [
     "withRetry",
     "with_retry",
 ]
+
+# Tracebacks and reprs show ``dbresilience.QueryTimeout``, the name users import, rather than
+# ``dbresilience._errors.QueryTimeout`` (httpx does the same in its ``__init__``).
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and issubclass(_value, BaseException):
+        _value.__module__ = __name__
+del _name, _value

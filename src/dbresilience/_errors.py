@@ -1,8 +1,29 @@
-"""The library's own exceptions: one root, each also a subclass of the closest standard parent."""
+"""The exceptions dbresilience raises itself: one root, each under its closest standard parent.
+
+The tree (standard parents in brackets; an ``except`` clause written for the parent still
+catches the library's error)::
+
+    DBResilienceError                    [Exception]
+    ├── CircuitOpen                      a breaker is open: the call was not made (DBR4001)
+    ├── QueryTimeout                     [TimeoutError, psycopg.OperationalError] (P1008)
+    ├── AcquireTimeout                   [psycopg_pool.PoolTimeout] no free connection (P2024)
+    ├── DatabaseUnavailable              [psycopg.OperationalError] the pool cannot connect
+    ├── CommitUnknown                    [psycopg.OperationalError] lost during COMMIT (P1017)
+    ├── QueueFull                        [queue.Full] a write queue has no room
+    ├── QueueClosed                      [RuntimeError] a write queue is not open
+    ├── UpstreamTimeout                  [TimeoutError] an upstream service timed out (HTTP 504)
+    └── UpstreamError                    an upstream service failed (HTTP 502)
+
+Errors that come from the database or a driver are re-raised unchanged, never wrapped; invalid
+arguments are plain ``TypeError`` / ``ValueError`` (see :mod:`dbresilience._validate`). Every
+class here is exported from ``dbresilience`` and shows as ``dbresilience.X`` in tracebacks.
+Imports only :mod:`dbresilience._classify` (below it) and the drivers' exception classes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import queue
 
 import psycopg
 import psycopg_pool
@@ -16,6 +37,10 @@ __all__ = [
     "DBResilienceError",
     "DatabaseUnavailable",
     "QueryTimeout",
+    "QueueClosed",
+    "QueueFull",
+    "UpstreamError",
+    "UpstreamTimeout",
 ]
 
 
@@ -108,3 +133,28 @@ class CommitUnknown(DBResilienceError, psycopg.OperationalError):
             own_classification(ErrorKind.CONNECTION_LOST, "lost during COMMIT", retry_after=1.0),
             commit_unknown=True,
         )
+
+
+class QueueFull(DBResilienceError, queue.Full):
+    """``submit`` found ``max_pending`` writes waiting (``on_full="raise"``, or a block that
+    timed out). Nothing was queued.
+
+    A ``queue.Full``, as the standard library's queues raise when they have no room.
+    """
+
+
+class QueueClosed(DBResilienceError, RuntimeError):
+    """``submit`` on a queue that is not open (not yet opened, or closed).
+
+    A ``RuntimeError``, as ``concurrent.futures`` raises for work submitted after shutdown.
+    """
+
+
+class UpstreamTimeout(DBResilienceError, TimeoutError):
+    """A call to an upstream service (not the database) timed out: HTTP 504 under
+    :func:`dbresilience.web.install`."""
+
+
+class UpstreamError(DBResilienceError):
+    """A call to an upstream service (not the database) failed: HTTP 502 under
+    :func:`dbresilience.web.install`."""

@@ -21,7 +21,7 @@ from typing import Any
 from psycopg import sql
 
 from dbresilience._classify import ErrorKind, classify
-from dbresilience._errors import DBResilienceError
+from dbresilience._errors import QueueClosed, QueueFull
 from dbresilience._events import logger
 from dbresilience._journal import Journal, Record
 from dbresilience._validate import (
@@ -33,6 +33,7 @@ from dbresilience._validate import (
     seconds,
 )
 
+# QueueFull and QueueClosed are defined in _errors and still importable from here.
 __all__ = ["FailedWrite", "QueueBase", "QueueClosed", "QueueFull"]
 
 # Failures that say nothing about the write itself: the batch is retried, never set aside.
@@ -68,15 +69,6 @@ _PLAIN_INSERT = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 COPY_MIN_ROWS = 64  # below this, executemany's pipeline is as fast
-
-
-class QueueFull(DBResilienceError):
-    """``submit`` found ``max_pending`` writes waiting (``on_full="raise"``, or a block that
-    timed out). Nothing was queued."""
-
-
-class QueueClosed(DBResilienceError):
-    """``submit`` on a queue that is not open (not yet opened, or closed)."""
 
 
 @dataclass(frozen=True, slots=True)

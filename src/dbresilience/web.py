@@ -32,8 +32,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbresilience._classify import classify
-from dbresilience._errors import DBResilienceError
+from dbresilience._errors import DBResilienceError, UpstreamError, UpstreamTimeout
 
+# UpstreamError and UpstreamTimeout are defined in _errors (also dbr.UpstreamError, ...).
 __all__ = [
     "RequestIdMiddleware",
     "UpstreamError",
@@ -60,14 +61,6 @@ _MESSAGES = {
     503: "The service is temporarily unavailable; please retry.",
     504: "An upstream service timed out; please retry.",
 }
-
-
-class UpstreamTimeout(DBResilienceError, TimeoutError):
-    """A call to an upstream service (not the database) timed out: HTTP 504."""
-
-
-class UpstreamError(DBResilienceError):
-    """A call to an upstream service (not the database) failed: HTTP 502."""
 
 
 def request_id() -> str | None:
