@@ -1,10 +1,20 @@
-"""Pool: warming, deadlines that hold against a frozen server, recovery, transactions."""
+# WARNING: generated from test_pool_async.py by tools/async_to_sync.py: DO NOT EDIT.
+# Change the async source, then run `python tools/async_to_sync.py`.
+"""Pool: warming, deadlines that hold against a frozen server, recovery, transactions.
+
+tests/test_pool_async.py is the one source of the pool tests; tests/test_pool.py, for the
+threaded twin, is generated from it by ``python tools/async_to_sync.py``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -21,7 +31,11 @@ from dbresilience.faults import (
     terminate_backends,
 )
 
+from .acompat import Event, gather, sleep, spawn
+
 MARGIN = 0.25  # what "within its deadline plus a small margin" means in these tests
+
+T = TypeVar("T")
 
 
 def backends(cluster: TemporaryPostgres) -> list[int]:
@@ -41,6 +55,33 @@ def count(cluster: TemporaryPostgres, table: sql.Identifier) -> int:
     return int(row[0])
 
 
+def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, a slow blocking step (a server starting or stopping), run off the event
+    loop so the pool's own tasks go on meanwhile; in threads, simply called."""
+    return fn(*args)
+
+
+@contextlib.contextmanager
+def ctrl_c_after(delay: float) -> Iterator[None]:
+    """What Ctrl-C does to a thread's blocking call: KeyboardInterrupt in the main thread after
+    *delay* seconds (through a signal, so a wait in a system call is interrupted too)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(delay, signal.pthread_kill, (main, signal.SIGUSR1))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGUSR1, previous)
+
+
 # --- open --------------------------------------------------------------------------------
 
 
@@ -50,6 +91,7 @@ def test_open_warms_min_size_connections(pg_dsn: str) -> None:
         assert pool.stats()["size"] >= 3
         assert pool.fetchone("select 1") == (1,)
         assert pool.fetchall("select generate_series(1, 3)") == [(1,), (2,), (3,)]
+        assert pool.execute("select 1") == 1
 
 
 def test_open_against_refused_port_fails_with_p1001(pg_dsn: str) -> None:
@@ -75,21 +117,19 @@ def test_open_fails_at_once_on_fatal_errors(pg_dsn: str, change: str, code: str)
     assert dbr.classify(info.value).code == code
 
 
-def test_open_without_wait_starts_while_the_database_is_down(
-    pg_cluster: TemporaryPostgres,
-) -> None:
+def test_open_without_wait_starts_while_the_database_is_down(pg_cluster: TemporaryPostgres) -> None:
     """open(wait=False) returns at once with the server down; calls fail fast, then serve."""
-    pg_cluster.stop("fast")
+    off_loop(pg_cluster.stop, "fast")
     pool = dbr.Pool(pg_cluster.dsn, min_size=2, query_timeout=2.0)
     pool.open(wait=False)
     try:
-        time.sleep(0.3)  # let the background connects fail
+        sleep(0.3)  # let the background connects fail
         start = time.monotonic()
         with pytest.raises(dbr.DatabaseUnavailable) as info:
             pool.fetchone("select 1")
         assert time.monotonic() - start < 0.5
         assert dbr.classify(info.value).code == "P1001"
-        pg_cluster.start()
+        off_loop(pg_cluster.start)
         back = time.monotonic()
         while True:
             try:
@@ -97,7 +137,7 @@ def test_open_without_wait_starts_while_the_database_is_down(
                 break
             except dbr.DatabaseUnavailable:
                 assert time.monotonic() - back < 1.0 + 1.0  # one backoff step, plus margin
-                time.sleep(0.02)
+                sleep(0.02)
     finally:
         pool.close()
 
@@ -108,15 +148,31 @@ def test_open_without_wait_starts_while_the_database_is_down(
 def test_frozen_backend_returns_within_the_deadline_and_the_pool_serves_again(
     pg_cluster: TemporaryPostgres,
 ) -> None:
-    """Every backend SIGSTOPped: the call ends at its deadline with QueryTimeout (P1008)."""
+    """Every backend SIGSTOPped: the call ends at its deadline with QueryTimeout (P1008), other
+    work runs on meanwhile, and the pool then serves on new connections."""
     with dbr.Pool(pg_cluster.dsn, min_size=2, max_size=4, query_timeout=1.0) as pool:
         for pid in backends(pg_cluster):
             pg_cluster.freeze(pid)
+        ticks = 0
+        stop = Event()
+
+        def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                sleep(0.01)
+
+        ticking = spawn(ticker)
         start = time.monotonic()
-        with pytest.raises(dbr.QueryTimeout) as info:
-            pool.fetchone("select 1")
-        elapsed = time.monotonic() - start
+        try:
+            with pytest.raises(dbr.QueryTimeout) as info:
+                pool.fetchone("select 1")
+            elapsed = time.monotonic() - start
+        finally:
+            stop.set()
+            gather(ticking)
         assert 1.0 <= elapsed < 1.0 + MARGIN
+        assert ticks > 30
         assert isinstance(info.value, TimeoutError)
         assert dbr.classify(info.value).code == "P1008"
         # the frozen backends stay frozen; the pool connects anew and serves
@@ -126,19 +182,28 @@ def test_frozen_backend_returns_within_the_deadline_and_the_pool_serves_again(
 
 def test_raw_psycopg_would_wait_for_the_frozen_backend(pg_cluster: TemporaryPostgres) -> None:
     """The problem the watchdog solves: statement_timeout does nothing for a frozen backend."""
-    conn = psycopg.connect(pg_cluster.dsn, autocommit=True, options="-c statement_timeout=300")
+    conn = psycopg.Connection.connect(
+        pg_cluster.dsn, autocommit=True, options="-c statement_timeout=300"
+    )
     pid = conn.execute("select pg_backend_pid()").fetchone()
     assert pid is not None
     pg_cluster.freeze(int(pid[0]))
-    done = threading.Event()
-    threading.Thread(target=lambda: (conn.execute("select 1"), done.set()), daemon=True).start()
-    assert not done.wait(1.0)  # three times its statement_timeout, still waiting
+    done = Event()
+
+    def query() -> None:
+        conn.execute("select 1")
+        done.set()
+
+    querying = spawn(query)
+    sleep(1.0)
+    assert not done.is_set()  # three times its statement_timeout, still waiting
     pg_cluster.thaw(int(pid[0]))
-    assert done.wait(5)
+    gather(querying, timeout=5)
+    assert done.is_set()
     conn.close()
 
 
-def test_proxy_freeze_ends_at_the_deadline(pg_dsn: str, pg_proxy: tuple[FaultProxy, str]) -> None:
+def test_proxy_freeze_ends_at_the_deadline(pg_proxy: tuple[FaultProxy, str]) -> None:
     """A network that stops forwarding: QueryTimeout at the deadline; restored, it serves."""
     proxy, dsn = pg_proxy
     with dbr.Pool(dsn, min_size=1, max_size=2, query_timeout=0.8) as pool:
@@ -164,9 +229,14 @@ def test_server_side_statement_timeout_keeps_the_connection(pg_dsn: str) -> None
 def test_connection_block_with_a_timeout(pg_dsn: str) -> None:
     """pool.connection(timeout=...) bounds the whole block."""
     with dbr.Pool(pg_dsn, min_size=1, max_size=2, statement_timeout=None) as pool:
+
+        def slow_block() -> None:
+            with pool.connection(timeout=0.5) as conn:
+                conn.execute("select pg_sleep(3)")
+
         start = time.monotonic()
-        with pytest.raises(dbr.QueryTimeout), pool.connection(timeout=0.5) as conn:
-            conn.execute("select pg_sleep(3)")
+        with pytest.raises(dbr.QueryTimeout):
+            slow_block()
         assert time.monotonic() - start < 0.5 + MARGIN
 
 
@@ -192,10 +262,10 @@ def test_every_connection_terminated_next_reads_and_writes_succeed(
     and a non-idempotent write is applied exactly once (nothing had been sent)."""
     with dbr.Pool(pg_cluster.dsn, min_size=4, max_size=4) as pool:
         assert terminate_all(pg_cluster) == 4
-        time.sleep(0.1)
+        sleep(0.1)
         assert pool.fetchone("select 1") == (1,)
         assert terminate_all(pg_cluster) >= 1
-        time.sleep(0.1)
+        sleep(0.1)
         insert = sql.SQL("insert into {} (v) values (1)").format(table)
         assert pool.execute(insert) == 1
         assert pool.stats()["generation"] >= 1
@@ -208,11 +278,11 @@ def test_restart_serves_again_within_restart_time_plus_one_backoff_step(
     """Server stopped and restarted: the pool serves again within a second of it being up."""
     with dbr.Pool(pg_cluster.dsn, min_size=2, max_size=4, query_timeout=1.0) as pool:
         assert pool.fetchone("select 1") == (1,)
-        pg_cluster.stop("fast")
+        off_loop(pg_cluster.stop, "fast")
         with pytest.raises(psycopg.OperationalError):
             pool.fetchone("select 1")
-        time.sleep(1.5)  # long enough for psycopg_pool's own backoff to have reached 2 s
-        pg_cluster.start()
+        sleep(1.5)  # long enough for psycopg_pool's own backoff to have reached 2 s
+        off_loop(pg_cluster.start)
         back = time.monotonic()
         while True:
             try:
@@ -220,7 +290,7 @@ def test_restart_serves_again_within_restart_time_plus_one_backoff_step(
                 break
             except (psycopg.OperationalError, dbr.CircuitOpen):
                 assert time.monotonic() - back < 1.0 + 0.5  # QuickReconnect caps at 1 s
-                time.sleep(0.02)
+                sleep(0.02)
 
 
 def test_proxy_reset_is_ridden_out(pg_proxy: tuple[FaultProxy, str]) -> None:
@@ -228,7 +298,7 @@ def test_proxy_reset_is_ridden_out(pg_proxy: tuple[FaultProxy, str]) -> None:
     proxy, dsn = pg_proxy
     with dbr.Pool(dsn, min_size=2, max_size=2) as pool:
         proxy.reset()
-        time.sleep(0.05)
+        sleep(0.05)
         assert pool.fetchone("select 1") == (1,)
 
 
@@ -243,18 +313,21 @@ def test_a_write_lost_mid_statement_is_not_rerun_unless_idempotent(
     t = sql.Identifier(table_name)
     pg_conn.execute(sql.SQL("create table {} (v int)").format(t))
     slow_insert = sql.SQL("insert into {} select 1 from pg_sleep(0.4)").format(t)
+
+    def reset_soon() -> None:
+        sleep(0.15)
+        proxy.reset()
+
     with dbr.Pool(dsn, min_size=1, max_size=2) as pool:
-        timer = threading.Timer(0.15, proxy.reset)
-        timer.start()
+        resetting = spawn(reset_soon)
         with pytest.raises(psycopg.OperationalError) as info:
             pool.execute(slow_insert)
-        timer.join()
+        gather(resetting)
         assert dbr.classify(info.value).commit_unknown
         assert pool.stats()["retries"] == 0
-        timer = threading.Timer(0.15, proxy.reset)
-        timer.start()
+        resetting = spawn(reset_soon)
         pool.execute(slow_insert, idempotent=True)
-        timer.join()
+        gather(resetting)
         assert pool.stats()["retries"] >= 1
 
 
@@ -293,7 +366,7 @@ def test_transaction_lost_before_commit_is_rerun(
         conn.execute(sql.SQL("insert into {} (v) values (1)").format(table))
         if attempts == 1:
             terminate_all(pg_cluster)
-            time.sleep(0.05)
+            sleep(0.05)
         conn.execute(sql.SQL("insert into {} (v) values (2)").format(table))
 
     with dbr.Pool(pg_cluster.dsn, min_size=1, max_size=2) as pool:
@@ -328,6 +401,19 @@ def test_transaction_lost_during_commit_raises_commit_unknown(
     assert attempts == 1
 
 
+# --- cancellation ----------------------------------------------------------------------------
+
+
+def test_cancelling_a_call_gives_the_connection_back(pg_dsn: str) -> None:
+    """A call cancelled mid-query (its task cancelled; a thread's, by Ctrl-C) gives its
+    connection back and does not count as a failure."""
+    with dbr.Pool(pg_dsn, min_size=1, max_size=1) as pool:
+        with ctrl_c_after(0.2), pytest.raises(KeyboardInterrupt):
+            pool.fetchone("select pg_sleep(5)")
+        assert pool.fetchone("select 1", timeout=3) == (1,)
+        assert pool.stats()["failures"] == 0
+
+
 # --- configuration and security -------------------------------------------------------------
 
 
@@ -340,6 +426,7 @@ def test_warm_sql_runs_on_every_connection(pg_dsn: str) -> None:
 def test_row_factory(pg_dsn: str) -> None:
     """Rows are tuples unless a row_factory is passed."""
     with dbr.Pool(pg_dsn, min_size=1) as pool:
+        assert pool.fetchone("select 1 as a") == (1,)
         assert pool.fetchone("select 1 as a", row_factory=dict_row) == {"a": 1}
         assert pool.fetchall("select 2 as b", row_factory=dict_row) == [{"b": 2}]
 
@@ -347,10 +434,9 @@ def test_row_factory(pg_dsn: str) -> None:
 def test_timeouts_are_set_on_every_connection(pg_dsn: str) -> None:
     """statement_timeout, lock_timeout and idle_in_transaction_session_timeout are in force."""
     with dbr.Pool(pg_dsn, min_size=1, query_timeout=4) as pool:
+        names = ["idle_in_transaction_session_timeout", "lock_timeout", "statement_timeout"]
         rows = pool.fetchall(
-            "select name, setting from pg_settings where name in "
-            "('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout') "
-            "order by name"
+            "select name, setting from pg_settings where name = any(%s) order by name", (names,)
         )
     assert rows == [
         ("idle_in_transaction_session_timeout", "60000"),
@@ -363,7 +449,7 @@ def test_breaker_fails_fast_once_the_database_is_gone(pg_cluster: TemporaryPostg
     """The pool's breaker opens after repeated failures; then calls fail at once."""
     breaker = dbr.CircuitBreaker("db", minimum_calls=3, open_for=30)
     with dbr.Pool(pg_cluster.dsn, min_size=1, breaker=breaker, query_timeout=0.5) as pool:
-        pg_cluster.stop("fast")
+        off_loop(pg_cluster.stop, "fast")
         for _ in range(3):
             with pytest.raises(psycopg.OperationalError):
                 pool.fetchone("select 1")
@@ -376,15 +462,16 @@ def test_breaker_fails_fast_once_the_database_is_gone(pg_cluster: TemporaryPostg
 
 def test_no_password_in_repr_errors_or_logs(pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     """A DSN's password shows up in no repr, error message or log line."""
+    caplog.set_level(logging.DEBUG)
     secret = "s3cret-Pa55"
     dsn = psycopg.conninfo.make_conninfo(pg_dsn, port=str(free_port()), password=secret)
     pool = dbr.Pool(dsn, connect_timeout=0.5)
     texts = [repr(pool), str(pool.stats())]
-    with caplog.at_level(logging.DEBUG), pytest.raises(psycopg.OperationalError) as info:
+    with pytest.raises(psycopg.OperationalError) as info:
         pool.open()
     texts += [str(info.value), repr(info.value), caplog.text]
     good = psycopg.conninfo.make_conninfo(pg_dsn, password=secret)
-    with caplog.at_level(logging.DEBUG), dbr.Pool(good, min_size=1) as live:
+    with dbr.Pool(good, min_size=1) as live:
         texts += [repr(live), str(live.stats())]
         with pytest.raises(psycopg.Error) as bad:
             live.fetchone("select * from dbr_no_table")
@@ -424,6 +511,17 @@ def test_database_unavailable_is_never_commit_unknown() -> None:
     exc = dbr.DatabaseUnavailable("no connection", dbr.classify(lost))
     c = dbr.classify(exc)
     assert (c.code, c.retryable, c.commit_unknown) == ("P1017", True, False)
+
+
+def test_sync_and_async_pools_have_the_same_methods() -> None:
+    """The twins stay parallel, method for method (beyond a-prefixed aliases of shared ones)."""
+    pools = [getattr(dbr, name) for name in dbr.__all__ if name.endswith("Pool")]
+    assert len(pools) == 2  # Pool and its asyncio twin
+    public = [{n for n in dir(pool) if not n.startswith("_")} for pool in pools]
+    shared = public[0] & public[1]
+    assert "fetchone" in shared
+    # the asyncio twin may also answer to the asyncio spelling of a shared method (a + name)
+    assert all(n.startswith("a") and n[1:] in shared for n in public[0] ^ public[1])
 
 
 def test_kill_storm_during_refill_does_not_fail_fast(pg_cluster: TemporaryPostgres) -> None:

@@ -41,6 +41,7 @@ PAIRS: list[tuple[str, str]] = [
     ("src/dbresilience/_queue_async.py", "src/dbresilience/_queue.py"),
     ("src/dbresilience/_cache_async.py", "src/dbresilience/_cache.py"),
     # the tests: the async tests are the source of the sync ones, so both twins are tested alike
+    ("tests/test_pool_async.py", "tests/test_pool.py"),
     ("tests/test_cache_async.py", "tests/test_cache.py"),
     ("tests/test_queue_async.py", "tests/test_queue.py"),
 ]
