@@ -138,12 +138,18 @@ def test_frozen_database_submit_stays_fast_and_everything_lands_after(
         dbr.WriteQueue(pool, batch_timeout=1.0) as queue,
     ):
         proxy.freeze()
-        slowest = 0.0
+        durations = []
         for i in range(2000):
             start = time.perf_counter()
             queue.submit(insert(events), (i, "frozen"), key=f"frozen-{i}")
-            slowest = max(slowest, time.perf_counter() - start)
-        assert slowest < 0.05  # the promise: submit returns at once, whatever the database does
+            durations.append(time.perf_counter() - start)
+        # the promise: submit returns at once, whatever the database does. Percentiles, not the
+        # maximum: on a loaded machine the OS may pause any one call; a wait on the database
+        # would show in every call (a frozen socket holds a call for its whole timeout).
+        durations.sort()
+        assert durations[len(durations) // 2] < 0.001
+        assert durations[int(len(durations) * 0.99)] < 0.01
+        assert sum(durations) < 2.0
         assert not queue.flush(timeout=1.5)
         proxy.restore()
         assert queue.flush(timeout=30)

@@ -40,6 +40,7 @@ PAIRS: list[tuple[str, str]] = [
     ("src/dbresilience/_pool_async.py", "src/dbresilience/_pool.py"),
     ("src/dbresilience/_queue_async.py", "src/dbresilience/_queue.py"),
     ("src/dbresilience/_cache_async.py", "src/dbresilience/_cache.py"),
+    ("src/dbresilience/_breaker_redis_async.py", "src/dbresilience/_breaker_redis.py"),
     # the tests: the async tests are the source of the sync ones, so both twins are tested alike
     ("tests/test_pool_async.py", "tests/test_pool.py"),
     ("tests/test_cache_async.py", "tests/test_cache.py"),
@@ -68,6 +69,7 @@ NAMES: dict[str, str] = {
     "agather": "gather",
     # psycopg, psycopg_pool, the standard library
     "AsyncConnection": "Connection",
+    "AsyncPoolConnection": "PoolConnection",
     "AsyncCursor": "Cursor",
     "AsyncRowFactory": "RowFactory",
     "AsyncConnectionPool": "ConnectionPool",
@@ -143,6 +145,17 @@ class AsyncToSync(ast.NodeTransformer):  # type: ignore[misc]
                 return None
             return [self.visit(child) for child in node.orelse]
         return self.generic_visit(node)
+
+
+class FillEmpty(ast.NodeTransformer):  # type: ignore[misc]
+    """A block left with nothing but comments once its ``# ASYNC`` part is gone gets ``pass``."""
+
+    def generic_visit(self, node: Any) -> Any:
+        super().generic_visit(node)
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and all(isinstance(n, ast.Comment) for n in body):
+            body.append(ast.Pass())
+        return node
 
 
 def _is_async_block(node: Any) -> bool:
@@ -299,6 +312,7 @@ def convert(source: str) -> str:
     tree = ast.parse(source)
     tree = KeepBlanks().visit(tree)
     tree = AsyncToSync().visit(tree)
+    tree = FillEmpty().visit(tree)
     tree = Rename().visit(tree)
     ast.fix_missing_locations(tree)
     return str(ast.unparse(tree)) + "\n"

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
-from dbresilience._breaker_redis import AsyncRedisBreakerState, RedisBreakerState
+from dbresilience._breaker_redis import RedisBreakerState
+from dbresilience._breaker_redis_async import AsyncRedisBreakerState
 from dbresilience._budget import RetryBudget
 from dbresilience._cache import CredentialCache
 from dbresilience._cache_async import AsyncCredentialCache
@@ -48,6 +49,7 @@ from dbresilience._events import (
     log_retry,
 )
 from dbresilience._journal import Record
+from dbresilience._lifecycle import ResourceState
 from dbresilience._pool import Pool
 from dbresilience._pool_async import AsyncPool
 from dbresilience._queue import WriteQueue
@@ -85,6 +87,7 @@ __all__ = [
     "QueueFull",
     "Record",
     "RedisBreakerState",
+    "ResourceState",
     "RetryBudget",
     "RetryDetails",
     "RetryHook",

@@ -1,176 +1,49 @@
-"""Sharing circuit-breaker "open" signals between service instances through Redis.
+# WARNING: generated from _breaker_redis_async.py by tools/async_to_sync.py: DO NOT EDIT.
+# Change the async source, then run `python tools/async_to_sync.py`.
+"""``RedisBreakerState``: shared circuit-breaker "open" signals through Redis.
 
-What is shared is each instance's *decision* ("I opened until T"), never its raw counters: an
-instance with a bad network path would otherwise pour its failures into everyone's failure rate.
-An instance fails calls fast on the strength of others only when at least ``quorum`` other
-instances currently report their circuit open, so one sick instance cannot open everyone's.
-
-I/O stays off the call path: a transition hands one atomic Lua call (``ZADD`` or ``ZREM``, with
-Redis's own clock, so instances on different hosts agree on time) to a background publisher,
-and a poller refreshes the shared view every ``refresh`` seconds into a cached float that the
-breaker reads without a round trip. When Redis fails, the state logs once, treats the shared
-view as "nothing open" and the breaker goes on deciding from local evidence alone: no Redis
-error ever reaches a caller. Needs the ``redis`` extra; ``redis`` is imported on ``open()``.
+Locking and I/O only; the settings, the Lua scripts and the quorum arithmetic live in
+:mod:`dbresilience._breaker_redis_base`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import contextlib
-import os
-import queue
-import socket
-import threading
-import time
-import uuid
-from datetime import timedelta
-from typing import Any
 
+from dbresilience._acompat import Signal, Worker, join_worker, spawn
+from dbresilience._breaker_redis_base import POLL, PUBLISH, SharedStateBase
 from dbresilience._events import logger
-from dbresilience._validate import non_empty_str, positive_int, seconds, str_or_none
+from dbresilience._lifecycle import ResourceState
 
-__all__ = ["AsyncRedisBreakerState", "RedisBreakerState"]
-
-# KEYS[1] the breaker's sorted set; ARGV: instance, open_for_ms (0 = closed)
-_PUBLISH = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local open_for = tonumber(ARGV[2])
-if open_for > 0 then
-  redis.call('ZADD', KEYS[1], now + open_for, ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], open_for + 60000)
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-return now
-"""
-
-# KEYS[1] the breaker's sorted set; returns {now_ms, member, until_ms, member, until_ms, ...}
-_POLL = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
-table.insert(live, 1, now)
-return live
-"""
+__all__ = ["RedisBreakerState"]
 
 
-class _SharedBase:
-    """Settings, the cached shared view and the arithmetic both twins use (no I/O)."""
+class RedisBreakerState(SharedStateBase):
+    """Shared "open" signals for :class:`CircuitBreaker`: a publisher and a poller worker.
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        namespace: str = "dbresilience",
-        quorum: int = 2,
-        refresh: float | timedelta = 0.5,
-        timeout: float | timedelta = 0.1,
-        instance: str | None = None,
-    ) -> None:
-        """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O.
+    ``state = RedisBreakerState("redis://…", quorum=2)``; ``state.open()`` (or
+    ``with state:``); ``CircuitBreaker("orders-db", shared=state)``. Several breakers may
+    share one state (one key each). Invalid arguments raise ``TypeError``/``ValueError`` naming
+    them. :meth:`publish` may be called from any thread and never blocks.
 
-        ``quorum``: an int ``>= 1``; ``refresh``: seconds in ``(0, 60]``; ``timeout``: seconds
-        in ``(0, 10]``; ``namespace``: a non-empty prefix not ending in ``:``.
-        """
-        self.url = non_empty_str("url", url)
-        self.namespace = non_empty_str("namespace", namespace)
-        if namespace.endswith(":"):
-            raise ValueError(f"namespace must be a prefix not ending in ':', got {namespace!r}")
-        self.quorum = positive_int("quorum", quorum)
-        self.refresh = seconds("refresh", refresh, maximum=60.0)
-        self.timeout = seconds("timeout", timeout, maximum=10.0)
-        str_or_none("instance", instance)
-        self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.available = False
-        self.errors = 0
-        self._warned = False
-        self._breakers: set[str] = set()
-        self._views: dict[str, float] = {}  # breaker -> monotonic "open until" from the others
-        self._client: Any = None  # the Redis client, made on open()
-        self._publish: Any = None
-        self._poll: Any = None
-        self._setup()
-
-    def _setup(self) -> None:
-        """The twin's own state (threads or tasks); no I/O."""
-
-    # --- what CircuitBreaker calls (never blocks, never raises) -----------------------------
-
-    def attach(self, breaker: str) -> None:
-        """Start polling *breaker*'s key."""
-        self._breakers.add(breaker)
-
-    def open_until(self, breaker: str) -> float:
-        """Monotonic time until which other instances' quorum says *breaker* is open."""
-        return self._views.get(breaker, 0.0)
-
-    def key(self, breaker: str) -> str:
-        """The Redis key of *breaker*'s signals: ``{namespace}:breaker:{name}``."""
-        return f"{self.namespace}:breaker:{breaker}"
-
-    def _absorb(self, reply: list[Any]) -> float:
-        """A poll reply as the monotonic time until which ``quorum`` *other* instances say
-        "open" (0.0: not enough of them)."""
-        now_ms = float(reply[0])
-        mono = time.monotonic()
-        untils = sorted(
-            (
-                float(reply[i + 1])
-                for i in range(1, len(reply) - 1, 2)
-                if _text(reply[i]) != self.instance
-            ),
-            reverse=True,
-        )
-        self.available = True
-        self._warned = False
-        if len(untils) >= self.quorum:
-            return mono + (untils[self.quorum - 1] - now_ms) / 1000.0
-        return 0.0
-
-    def _failed(self, exc: BaseException) -> None:
-        self.errors += 1
-        self.available = False  # the caller drops its shared view: local evidence only
-        if not self._warned:
-            self._warned = True
-            logger.warning(
-                "shared breaker state on Redis unavailable (%s); deciding locally",
-                type(exc).__name__,
-            )
-
-    def _redact(self) -> str:
-        """The URL without credentials, for reprs."""
-        _, sep, tail = self.url.rpartition("@")
-        return f"redis://…@{tail}" if sep else self.url
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({self._redact()!r}, namespace={self.namespace!r}, "
-            f"quorum={self.quorum}, available={self.available})"
-        )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class RedisBreakerState(_SharedBase):
-    """Shared "open" signals for :class:`CircuitBreaker` (threads: a publisher and a poller).
-
-    ``state = RedisBreakerState("redis://…", quorum=2)``; ``state.open()`` (or ``with state:``);
-    ``CircuitBreaker("orders-db", shared=state)``. Several breakers may share one state (one
-    key each). Invalid arguments raise ``TypeError``/``ValueError`` naming them.
+    The asyncio state uses ``redis.asyncio`` and runs its workers as tasks of the loop that
+    opened it; the threaded one uses ``redis`` and daemon threads.
     """
 
     def _setup(self) -> None:
-        self._outbox: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._outbox: collections.deque[tuple[str, int]] = collections.deque()
+        self._wakeup = Signal()  # the publisher waits on it: a signal to send, or closing
+        self._stop = Signal()  # the poller waits on it between polls: closing
+        self._workers: list[Worker] = []
 
     def open(self) -> RedisBreakerState:
-        """Connect lazily and start the publisher and poller threads; returns self."""
-        if self._threads:
+        """Make the Redis client and start the publisher and the poller; returns self.
+
+        Never raises a Redis error: an unreachable Redis is logged once and the breakers decide
+        from local evidence until it answers.
+        """
+        if self._is_open:
             return self
         import redis
 
@@ -182,26 +55,31 @@ class RedisBreakerState(_SharedBase):
             retry_on_timeout=False,
             health_check_interval=0,
         )
-        self._publish = self._client.register_script(_PUBLISH)
-        self._poll = self._client.register_script(_POLL)
-        self._stop.clear()
-        self._threads = [
-            threading.Thread(target=self._publisher, name="dbr-breaker-publish", daemon=True),
-            threading.Thread(target=self._poller, name="dbr-breaker-poll", daemon=True),
+        self._publish = self._client.register_script(PUBLISH)
+        self._poll = self._client.register_script(POLL)
+        self._state = ResourceState.OPEN
+        self._epoch += 1
+        epoch = self._epoch
+        self._workers = [
+            spawn(lambda: self._publisher(epoch), "dbr-breaker-publish"),
+            spawn(lambda: self._poller(epoch), "dbr-breaker-poll"),
         ]
-        for thread in self._threads:
-            thread.start()
         return self
 
     def close(self) -> None:
-        """Stop the threads and close the client. Idempotent."""
-        if not self._threads:
+        """Send what is queued, stop the workers (2 s at most each) and close the client.
+        Idempotent; :meth:`open` starts it again."""
+        if not self._is_open:
             return
-        self._stop.set()
-        self._outbox.put(None)
-        for thread in self._threads:
-            thread.join(2)
-        self._threads = []
+        self._state = ResourceState.CLOSED
+        self._epoch += 1
+        self._wakeup.notify()
+        self._stop.notify()
+        for worker in self._workers:
+            if not join_worker(worker, 2.0):
+                logger.warning("shared breaker state: a worker did not stop within 2 s")
+        self._workers = []
+        self._views.clear()
         with contextlib.suppress(Exception):
             self._client.close()
 
@@ -212,109 +90,39 @@ class RedisBreakerState(_SharedBase):
         self.close()
 
     def publish(self, breaker: str, open_for: float) -> None:
-        """Queue this instance's signal: open for *open_for* seconds (0: closed)."""
-        self._outbox.put((breaker, int(open_for * 1000)))
+        """Queue this instance's signal: open for *open_for* seconds (0: closed). Thread-safe,
+        never blocks; dropped while the state is not open."""
+        if not self._is_open:
+            return
+        self._outbox.append((breaker, int(open_for * 1000)))
+        self._wakeup.notify()
 
-    # --- threads -------------------------------------------------------------------------------
+    # --- the workers ----------------------------------------------------------------------------
 
-    def _publisher(self) -> None:
+    def _publisher(self, epoch: int) -> None:
         while True:
-            item = self._outbox.get()
-            if item is None:
+            seen = self._wakeup.count
+            while self._outbox:
+                breaker, open_ms = self._outbox.popleft()
+                try:
+                    self._publish(keys=[self.key(breaker)], args=[self.instance, open_ms])
+                except Exception as exc:
+                    self._failed(exc)
+            if not self._running(epoch):
                 return
-            breaker, open_ms = item
-            try:
-                self._publish(keys=[self.key(breaker)], args=[self.instance, open_ms])
-            except Exception as exc:
-                self._failed(exc)
+            self._wakeup.wait(seen, None)
 
-    def _poller(self) -> None:
-        while not self._stop.wait(self.refresh):
+    def _poller(self, epoch: int) -> None:
+        while True:
+            seen = self._stop.count
+            if not self._running(epoch):
+                return
+            self._stop.wait(seen, self.refresh)
+            if not self._running(epoch):
+                return
             for breaker in list(self._breakers):
                 try:
                     reply = self._poll(keys=[self.key(breaker)])
-                except Exception as exc:
-                    self._failed(exc)
-                    self._views[breaker] = 0.0
-                    continue
-                self._views[breaker] = self._absorb(reply)
-
-
-class AsyncRedisBreakerState(_SharedBase):
-    """The asyncio twin of :class:`RedisBreakerState`: ``redis.asyncio``, a publisher task and
-    a poller task on the loop that called :meth:`open`. ``publish`` may be called from any
-    thread; it never blocks."""
-
-    def _setup(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._outbox: asyncio.Queue[tuple[str, int] | None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def open(self) -> AsyncRedisBreakerState:
-        """Connect lazily and start the publisher and poller tasks; returns self."""
-        if self._tasks:
-            return self
-        import redis.asyncio
-
-        self._client = redis.asyncio.Redis.from_url(
-            self.url,
-            socket_connect_timeout=self.timeout,
-            socket_timeout=self.timeout,
-            retry=None,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
-        self._publish = self._client.register_script(_PUBLISH)
-        self._poll = self._client.register_script(_POLL)
-        self._loop = asyncio.get_running_loop()
-        self._outbox = asyncio.Queue()
-        for coro in (self._publisher(), self._poller()):
-            task = asyncio.create_task(coro)
-            self._tasks.add(task)  # a strong reference: the loop keeps only weak ones
-        return self
-
-    async def close(self) -> None:
-        """Cancel the tasks and close the client. Idempotent."""
-        if not self._tasks:
-            return
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        with contextlib.suppress(Exception):
-            await self._client.aclose()
-
-    async def __aenter__(self) -> AsyncRedisBreakerState:
-        return await self.open()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    def publish(self, breaker: str, open_for: float) -> None:
-        """Queue this instance's signal (thread-safe, never blocks)."""
-        loop, outbox = self._loop, self._outbox
-        if loop is None or outbox is None or loop.is_closed():
-            return
-        loop.call_soon_threadsafe(outbox.put_nowait, (breaker, int(open_for * 1000)))
-
-    async def _publisher(self) -> None:
-        assert self._outbox is not None
-        while True:
-            item = await self._outbox.get()
-            if item is None:
-                return
-            breaker, open_ms = item
-            try:
-                await self._publish(keys=[self.key(breaker)], args=[self.instance, open_ms])
-            except Exception as exc:
-                self._failed(exc)
-
-    async def _poller(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh)
-            for breaker in list(self._breakers):
-                try:
-                    reply = await self._poll(keys=[self.key(breaker)])
                 except Exception as exc:
                     self._failed(exc)
                     self._views[breaker] = 0.0

@@ -25,6 +25,7 @@ from dbresilience._cache_base import (
     memory_key,
 )
 from dbresilience._events import logger
+from dbresilience._lifecycle import ResourceState
 
 __all__ = ["CredentialCache"]
 
@@ -82,10 +83,16 @@ class CredentialCache(CacheBase):
         self._invalidate: Any = None
 
     def _start(self) -> None:
+        """Open: from unopened (explicitly or on first use) or again after a close."""
         with self._lock:
-            if self._started:
+            if self._is_open:
                 return
-            self._started = True
+            if self._state is ResourceState.CLOSED:
+                self._memory.clear()  # a reopened cache starts as a new one would
+            self._state = ResourceState.OPEN
+            self._epoch += 1
+            epoch = self._epoch
+            self.degraded = False
         if self.redis_url is None:
             return
         import redis
@@ -102,7 +109,7 @@ class CredentialCache(CacheBase):
         )
         self._set_if_version = self._client.register_script(SET_IF_VERSION)
         self._invalidate = self._client.register_script(INVALIDATE)
-        self._spawn(self._subscriber, "dbr-cache-invalidations")
+        self._spawn(lambda: self._subscriber(epoch), "dbr-cache-invalidations")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         spawn(target, name)
@@ -113,20 +120,23 @@ class CredentialCache(CacheBase):
         """Redis failed: memory only from now on, until the prober sees it answer again."""
         self.counters["redis_errors"] += 1
         with self._lock:
-            if self.degraded or self._closed:
+            if self.degraded or not self._is_open:
                 return
             self.degraded = True
+            epoch = self._epoch
         logger.warning(
             "cache %r: Redis unavailable (%s); serving from memory, probing every %.1f s",
             self.namespace,
             type(exc).__name__,
             self.probe_interval,
         )
-        self._spawn(self._probe, "dbr-cache-probe")
+        self._spawn(lambda: self._probe(epoch), "dbr-cache-probe")
 
-    def _probe(self) -> None:
-        while not self._closed:
+    def _probe(self, epoch: int) -> None:
+        while self._running(epoch):
             sleep(self.probe_interval)
+            if not self._running(epoch):
+                return
             try:
                 self._client.ping()
             except Exception:
@@ -137,21 +147,21 @@ class CredentialCache(CacheBase):
             logger.warning("cache %r: Redis is back; memory tier flushed", self.namespace)
             return
 
-    def _subscriber(self) -> None:
+    def _subscriber(self, epoch: int) -> None:
         """Follow the invalidation channel; resubscribe after Redis comes back."""
-        while not self._closed:
+        while self._running(epoch):
             if self.degraded:
                 sleep(self.probe_interval)
                 continue
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
-                while not self._closed and (not self.degraded):
+                while self._running(epoch) and (not self.degraded):
                     message = pubsub.get_message(timeout=0.2)
                     if message is not None and message.get("type") == "message":
                         self.received(message["data"])
             except Exception as exc:
-                if not self._closed:
+                if self._running(epoch):
                     self._degrade(exc)
             finally:
                 with contextlib.suppress(Exception):
@@ -174,7 +184,7 @@ class CredentialCache(CacheBase):
                 self.counters["negative_hits"] += 1
                 return None
             return entry.value
-        if not self._started:
+        if self._state is ResourceState.UNOPENED:
             self._start()
         version = ""
         if self._client is not None and (not self.degraded):
@@ -286,7 +296,7 @@ class CredentialCache(CacheBase):
         for k in keys:
             self.forget(k)
         self.counters["invalidations"] += len(keys)
-        if not self._started:
+        if self._state is ResourceState.UNOPENED:
             self._start()
         if self._client is None or self.degraded:
             return
@@ -312,11 +322,20 @@ class CredentialCache(CacheBase):
         return self
 
     def close(self) -> None:
-        """Stop the background workers and close the Redis client. Idempotent."""
-        self._closed = True
-        if self._client is not None:
+        """Stop the background workers and close the Redis client. Idempotent.
+
+        A closed cache still answers :meth:`get_or_load` from memory and the loader, without
+        Redis; :meth:`open` starts it again.
+        """
+        with self._lock:
+            if not self._is_open:
+                return
+            self._state = ResourceState.CLOSED
+            self._epoch += 1
+            client, self._client = (self._client, None)
+        if client is not None:
             with contextlib.suppress(Exception):
-                self._client.close()
+                client.close()
 
     def __enter__(self) -> CredentialCache:
         return self.open()

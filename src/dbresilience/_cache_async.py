@@ -23,6 +23,7 @@ from dbresilience._cache_base import (
     memory_key,
 )
 from dbresilience._events import logger
+from dbresilience._lifecycle import ResourceState
 
 __all__ = ["AsyncCredentialCache"]
 
@@ -84,10 +85,16 @@ class AsyncCredentialCache(CacheBase):
         self._invalidate: Any = None
 
     def _start(self) -> None:
+        """Open: from unopened (explicitly or on first use) or again after a close."""
         with self._lock:
-            if self._started:
+            if self._is_open:
                 return
-            self._started = True
+            if self._state is ResourceState.CLOSED:
+                self._memory.clear()  # a reopened cache starts as a new one would
+            self._state = ResourceState.OPEN
+            self._epoch += 1
+            epoch = self._epoch
+            self.degraded = False
         if self.redis_url is None:
             return
         import redis.asyncio
@@ -104,7 +111,7 @@ class AsyncCredentialCache(CacheBase):
         )
         self._set_if_version = self._client.register_script(SET_IF_VERSION)
         self._invalidate = self._client.register_script(INVALIDATE)
-        self._spawn(self._subscriber, "dbr-cache-invalidations")
+        self._spawn(lambda: self._subscriber(epoch), "dbr-cache-invalidations")
 
     def _spawn(self, target: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         if True:  # ASYNC
@@ -120,20 +127,23 @@ class AsyncCredentialCache(CacheBase):
         """Redis failed: memory only from now on, until the prober sees it answer again."""
         self.counters["redis_errors"] += 1
         with self._lock:
-            if self.degraded or self._closed:
+            if self.degraded or not self._is_open:
                 return
             self.degraded = True
+            epoch = self._epoch
         logger.warning(
             "cache %r: Redis unavailable (%s); serving from memory, probing every %.1f s",
             self.namespace,
             type(exc).__name__,
             self.probe_interval,
         )
-        self._spawn(self._probe, "dbr-cache-probe")
+        self._spawn(lambda: self._probe(epoch), "dbr-cache-probe")
 
-    async def _probe(self) -> None:
-        while not self._closed:
+    async def _probe(self, epoch: int) -> None:
+        while self._running(epoch):
             await asleep(self.probe_interval)
+            if not self._running(epoch):
+                return
             try:
                 await self._client.ping()
             except Exception:
@@ -144,21 +154,21 @@ class AsyncCredentialCache(CacheBase):
             logger.warning("cache %r: Redis is back; memory tier flushed", self.namespace)
             return
 
-    async def _subscriber(self) -> None:
+    async def _subscriber(self, epoch: int) -> None:
         """Follow the invalidation channel; resubscribe after Redis comes back."""
-        while not self._closed:
+        while self._running(epoch):
             if self.degraded:
                 await asleep(self.probe_interval)
                 continue
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                while not self._closed and not self.degraded:
+                while self._running(epoch) and not self.degraded:
                     message = await pubsub.get_message(timeout=0.2)
                     if message is not None and message.get("type") == "message":
                         self.received(message["data"])
             except Exception as exc:
-                if not self._closed:
+                if self._running(epoch):
                     self._degrade(exc)
             finally:
                 with contextlib.suppress(Exception):
@@ -181,7 +191,7 @@ class AsyncCredentialCache(CacheBase):
                 self.counters["negative_hits"] += 1
                 return None
             return entry.value
-        if not self._started:
+        if self._state is ResourceState.UNOPENED:
             self._start()
         version = ""
         if self._client is not None and not self.degraded:
@@ -295,7 +305,7 @@ class AsyncCredentialCache(CacheBase):
         for k in keys:
             self.forget(k)
         self.counters["invalidations"] += len(keys)
-        if not self._started:
+        if self._state is ResourceState.UNOPENED:
             self._start()
         if self._client is None or self.degraded:
             return
@@ -321,16 +331,25 @@ class AsyncCredentialCache(CacheBase):
         return self
 
     async def aclose(self) -> None:
-        """Stop the background workers and close the Redis client. Idempotent."""
-        self._closed = True
+        """Stop the background workers and close the Redis client. Idempotent.
+
+        A closed cache still answers :meth:`get_or_load` from memory and the loader, without
+        Redis; :meth:`open` starts it again.
+        """
+        with self._lock:
+            if not self._is_open:
+                return
+            self._state = ResourceState.CLOSED
+            self._epoch += 1
+            client, self._client = self._client, None
         if True:  # ASYNC
             workers = list(self._workers)
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-        if self._client is not None:
+        if client is not None:
             with contextlib.suppress(Exception):
-                await self._client.aclose()
+                await client.aclose()
 
     if True:  # ASYNC
         close = aclose

@@ -21,6 +21,7 @@ from typing import Any
 import cachetools
 
 from dbresilience._classify import classify
+from dbresilience._lifecycle import Lifecycle
 from dbresilience._validate import (
     bytes_or_none,
     fraction,
@@ -65,7 +66,7 @@ def _entry_expiry(_key: Any, entry: Entry, _now: float) -> float:
     return entry.stale_until
 
 
-class CacheBase:
+class CacheBase(Lifecycle):
     """Settings, codec, memory tier and counters of a credential cache (no I/O)."""
 
     def __init__(
@@ -121,8 +122,6 @@ class CacheBase:
             "invalidations": 0,
             "flushes": 0,
         }
-        self._started = False
-        self._closed = False
         self._client: Any = None  # the Redis client, made on first use
         self._setup()
 

@@ -22,17 +22,18 @@ from psycopg.rows import RowFactory
 
 from dbresilience._acompat import sleep
 from dbresilience._deadline import seconds
+from dbresilience._lifecycle import ResourceState
 from dbresilience._pool_base import (
     PoolBase,
     PoolCounters,
     Query,
-    QuickReconnect,
     connection_is_dead,
     has_pending_input,
     lost_in_commit,
     now,
     starts_new_generation,
 )
+from dbresilience._pool_compat import PoolConnection, QuickReconnect
 
 __all__ = ["Pool", "Query"]
 
@@ -40,11 +41,12 @@ _monotonic = time.monotonic
 
 T = TypeVar("T")
 R = TypeVar("R")
-Conn = psycopg.Connection[Any]
+Conn = PoolConnection
 
 
 class _CorePool(psycopg_pool.ConnectionPool[Conn]):
-    """psycopg_pool, told to reconnect quickly and to remember why connecting failed."""
+    """psycopg_pool, told to reconnect quickly and to remember why connecting failed: the two
+    private overrides :mod:`dbresilience._pool_compat` lists."""
 
     _dbr_counters: PoolCounters
 
@@ -57,8 +59,8 @@ class _CorePool(psycopg_pool.ConnectionPool[Conn]):
             counters.last_connect_error_at = now()
             raise
         counters.last_connect_error = None
-        conn._dbr_generation = counters.generation  # type: ignore[attr-defined]
-        conn._dbr_used_at = now()  # type: ignore[attr-defined]
+        conn._dbr_generation = counters.generation
+        conn._dbr_used_at = now()
         return conn
 
     def _add_connection(self, attempt: Any, growing: bool = False) -> None:
@@ -92,14 +94,19 @@ class Pool(PoolBase):
     _pool: _CorePool
 
     def _core_pool(self) -> _CorePool:
-        pool = _CorePool(self._conninfo, configure=self._configure, **self._core_options())
+        pool = _CorePool(
+            self._conninfo,
+            connection_class=PoolConnection,
+            configure=self._configure,
+            **self._core_options(),
+        )
         pool._dbr_counters = self._counters
         return pool
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def open(self, wait: bool = True) -> None:
-        """Open the pool and warm it.
+    def open(self, wait: bool = True) -> Pool:
+        """Open the pool and warm it; returns the pool (see :mod:`dbresilience._lifecycle`).
 
         With ``wait=True`` (the default, and what ``with pool:`` does) it returns once
         ``min_size`` connections are open and configured, and raises if that does not happen
@@ -110,8 +117,8 @@ class Pool(PoolBase):
         while its database is down, and calls fail fast (:class:`DatabaseUnavailable`) until
         it is back.
         """
-        if self._opened:
-            return
+        if self._is_open:
+            return self
         deadline_at = now() + self._config.connect_timeout
         self._watchdog.start()
         try:
@@ -124,7 +131,8 @@ class Pool(PoolBase):
         except BaseException:
             self._abort_open()
             raise
-        self._opened = True
+        self._state = ResourceState.OPEN
+        return self
 
     def _abort_open(self) -> None:
         self._pool.close(timeout=1.0)
@@ -157,16 +165,15 @@ class Pool(PoolBase):
 
     def close(self, timeout: float = 5.0) -> None:
         """Close every connection (waiting up to *timeout* for those in use). Idempotent."""
-        if not self._opened:
+        if not self._is_open:
             return
-        self._opened = False
+        self._state = ResourceState.CLOSED
         self._pool.close(timeout=timeout)
         self._pool = self._core_pool()  # so that open() works again
         self._watchdog.stop()
 
     def __enter__(self) -> Pool:
-        self.open(wait=True)
-        return self
+        return self.open(wait=True)
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -191,7 +198,7 @@ class Pool(PoolBase):
                 # the server hung up on it while it sat idle: nothing was sent, try another
                 self._discard(conn)
                 continue
-            idle = _monotonic() - getattr(conn, "_dbr_used_at", 0.0)
+            idle = _monotonic() - conn._dbr_used_at
             if idle > idle_check_after and (not self._ping(conn, deadline_at)):
                 self._discard(conn)
                 continue
@@ -222,7 +229,7 @@ class Pool(PoolBase):
             self._pool.drain()
 
     def _release(self, conn: Conn, error: BaseException | None) -> None:
-        conn._dbr_used_at = _monotonic()  # type: ignore[attr-defined]
+        conn._dbr_used_at = _monotonic()
         if error is not None and starts_new_generation(error):
             self._new_generation(conn)
         if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:

@@ -20,17 +20,18 @@ from psycopg.rows import AsyncRowFactory
 
 from dbresilience._acompat import asleep
 from dbresilience._deadline import seconds
+from dbresilience._lifecycle import ResourceState
 from dbresilience._pool_base import (
     PoolBase,
     PoolCounters,
     Query,
-    QuickReconnect,
     connection_is_dead,
     has_pending_input,
     lost_in_commit,
     now,
     starts_new_generation,
 )
+from dbresilience._pool_compat import AsyncPoolConnection, QuickReconnect
 
 __all__ = ["AsyncPool", "Query"]
 
@@ -38,11 +39,12 @@ _monotonic = time.monotonic
 
 T = TypeVar("T")
 R = TypeVar("R")
-Conn = psycopg.AsyncConnection[Any]
+Conn = AsyncPoolConnection
 
 
 class _CoreAsyncPool(psycopg_pool.AsyncConnectionPool[Conn]):
-    """psycopg_pool, told to reconnect quickly and to remember why connecting failed."""
+    """psycopg_pool, told to reconnect quickly and to remember why connecting failed: the two
+    private overrides :mod:`dbresilience._pool_compat` lists."""
 
     _dbr_counters: PoolCounters
 
@@ -55,8 +57,8 @@ class _CoreAsyncPool(psycopg_pool.AsyncConnectionPool[Conn]):
             counters.last_connect_error_at = now()
             raise
         counters.last_connect_error = None
-        conn._dbr_generation = counters.generation  # type: ignore[attr-defined]
-        conn._dbr_used_at = now()  # type: ignore[attr-defined]
+        conn._dbr_generation = counters.generation
+        conn._dbr_used_at = now()
         return conn
 
     async def _add_connection(self, attempt: Any, growing: bool = False) -> None:
@@ -92,14 +94,19 @@ class AsyncPool(PoolBase):
     _pool: _CoreAsyncPool
 
     def _core_pool(self) -> _CoreAsyncPool:
-        pool = _CoreAsyncPool(self._conninfo, configure=self._configure, **self._core_options())
+        pool = _CoreAsyncPool(
+            self._conninfo,
+            connection_class=AsyncPoolConnection,
+            configure=self._configure,
+            **self._core_options(),
+        )
         pool._dbr_counters = self._counters
         return pool
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def open(self, wait: bool = True) -> None:
-        """Open the pool and warm it.
+    async def open(self, wait: bool = True) -> AsyncPool:
+        """Open the pool and warm it; returns the pool (see :mod:`dbresilience._lifecycle`).
 
         With ``wait=True`` (the default, and what ``with pool:`` does) it returns once
         ``min_size`` connections are open and configured, and raises if that does not happen
@@ -110,8 +117,8 @@ class AsyncPool(PoolBase):
         while its database is down, and calls fail fast (:class:`DatabaseUnavailable`) until
         it is back.
         """
-        if self._opened:
-            return
+        if self._is_open:
+            return self
         deadline_at = now() + self._config.connect_timeout
         self._watchdog.start()
         try:
@@ -124,7 +131,8 @@ class AsyncPool(PoolBase):
         except BaseException:
             await self._abort_open()
             raise
-        self._opened = True
+        self._state = ResourceState.OPEN
+        return self
 
     async def _abort_open(self) -> None:
         await self._pool.close(timeout=1.0)
@@ -157,9 +165,9 @@ class AsyncPool(PoolBase):
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Close every connection (waiting up to *timeout* for those in use). Idempotent."""
-        if not self._opened:
+        if not self._is_open:
             return
-        self._opened = False
+        self._state = ResourceState.CLOSED
         await self._pool.close(timeout=timeout)
         self._pool = self._core_pool()  # so that open() works again
         self._watchdog.stop()
@@ -168,8 +176,7 @@ class AsyncPool(PoolBase):
         close = aclose
 
     async def __aenter__(self) -> AsyncPool:
-        await self.open(wait=True)
-        return self
+        return await self.open(wait=True)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -194,7 +201,7 @@ class AsyncPool(PoolBase):
                 # the server hung up on it while it sat idle: nothing was sent, try another
                 await self._discard(conn)
                 continue
-            idle = _monotonic() - getattr(conn, "_dbr_used_at", 0.0)
+            idle = _monotonic() - conn._dbr_used_at
             if idle > idle_check_after and not await self._ping(conn, deadline_at):
                 await self._discard(conn)
                 continue
@@ -225,7 +232,7 @@ class AsyncPool(PoolBase):
             await self._pool.drain()
 
     async def _release(self, conn: Conn, error: BaseException | None) -> None:
-        conn._dbr_used_at = _monotonic()  # type: ignore[attr-defined]
+        conn._dbr_used_at = _monotonic()
         if error is not None and starts_new_generation(error):
             await self._new_generation(conn)
         if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:

@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool.base import AttemptWithBackoff
 from typing_extensions import LiteralString
 
 from dbresilience._backoff import Backoff
@@ -26,6 +25,8 @@ from dbresilience._breaker import CircuitBreaker
 from dbresilience._budget import RetryBudget
 from dbresilience._classify import ErrorKind, classify
 from dbresilience._errors import AcquireTimeout, CommitUnknown, DatabaseUnavailable, QueryTimeout
+from dbresilience._lifecycle import Lifecycle
+from dbresilience._pool_compat import AsyncPoolConnection, PoolConnection
 from dbresilience._retry import DEFAULT, RetryPolicy, _Default
 from dbresilience._validate import (
     at_least,
@@ -44,7 +45,6 @@ __all__ = [
     "PoolConfig",
     "PoolCounters",
     "Query",
-    "QuickReconnect",
     "has_pending_input",
     "safe_target",
 ]
@@ -83,24 +83,6 @@ def _millis(value: float) -> int:
     most ``_MAX_MILLIS`` (a longer duration, up to the year ``seconds()`` allows, means "as long
     as the server can wait")."""
     return min(_MAX_MILLIS, max(1, int(value * 1000)))
-
-
-class QuickReconnect(AttemptWithBackoff):
-    """psycopg_pool's reconnect backoff, started at 0.1 s and capped at 1 s.
-
-    psycopg_pool starts at 1 s and doubles up to ``reconnect_timeout`` (5 minutes), so a pool
-    could wait minutes to refill after its database came back (psycopg #701, #1315). Capping
-    the delay keeps the refill within a second of the database's return, at the cost of one
-    connection attempt per missing connection per second while it is down.
-    """
-
-    INITIAL_DELAY = 0.1
-    MAX_DELAY = 1.0
-
-    def update_delay(self, now: float) -> None:
-        """Grow the delay as psycopg_pool does, but never past ``MAX_DELAY``."""
-        super().update_delay(now)
-        self.delay = min(self.delay, self.MAX_DELAY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,14 +216,15 @@ def has_pending_input(conn: psycopg.BaseConnection[Any]) -> bool:
     pool has already said so on the socket. A NOTIFY also makes the socket readable; the
     caller consumes input and looks again.
     """
-    poller = getattr(conn, "_dbr_poll", None)
+    # the pools' connections declare _dbr_poll; SQLAlchemy's are plain psycopg connections
+    poller: select.poll | None = getattr(conn, "_dbr_poll", None)
     if poller is None:
         try:
             poller = select.poll()
             poller.register(conn.pgconn.socket, select.POLLIN)
         except (OSError, ValueError, psycopg.OperationalError):
             return True
-        conn._dbr_poll = poller  # type: ignore[attr-defined]
+        setattr(conn, "_dbr_poll", poller)  # noqa: B010 - see above
     try:
         return bool(poller.poll(0))
     except (OSError, ValueError):
@@ -309,7 +292,7 @@ def now() -> float:
     return time.monotonic()
 
 
-class PoolBase:
+class PoolBase(Lifecycle):
     """The parts of :class:`Pool` and :class:`AsyncPool` that do no I/O.
 
     Settings, the retry policy with its breaker and budget, counters, the watchdog, the
@@ -390,7 +373,6 @@ class PoolBase:
         self._counters = PoolCounters()
         self._watchdog = Watchdog(config.name)
         self._conninfo = config.conninfo(conninfo)  # may hold a password: never shown
-        self._opened = False
         self._pool = self._core_pool()
 
     def _core_pool(self) -> Any:
@@ -423,10 +405,9 @@ class PoolBase:
         return self._policy.breaker
 
     def __repr__(self) -> str:
-        state = "open" if self._opened else "closed"
         return (
             f"{type(self).__name__}({self.name!r}, min_size={self._config.min_size}, "
-            f"max_size={self._config.max_size}, {state})"
+            f"max_size={self._config.max_size}, {self._state.value})"
         )
 
     def _open_failed(self) -> BaseException:
@@ -483,10 +464,10 @@ class PoolBase:
             f"couldn't get a connection from pool {self.name!r} after {wait:.2f} s"
         )
 
-    def _claims_generation(self, conn: Any) -> bool:
+    def _claims_generation(self, conn: PoolConnection | AsyncPoolConnection) -> bool:
         """True when a disconnect on *conn* should retire its whole generation (once)."""
         counters = self._counters
-        if getattr(conn, "_dbr_generation", counters.generation) != counters.generation:
+        if conn._dbr_generation != counters.generation:
             return False  # already retired with its generation
         counters.generation += 1
         return True

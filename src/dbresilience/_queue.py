@@ -18,6 +18,7 @@ from dbresilience._acompat import Signal, Worker, join_worker, spawn
 from dbresilience._errors import CircuitOpen
 from dbresilience._events import logger
 from dbresilience._journal import Record
+from dbresilience._lifecycle import ResourceState
 from dbresilience._queue_base import COPY_MIN_ROWS, QueueBase, copy_statement, is_bad_write, runs
 
 __all__ = ["WriteQueue"]
@@ -62,7 +63,7 @@ class WriteQueue(QueueBase):
     def open(self) -> WriteQueue:
         """Replay the journal (if any) and start the worker; returns self. Idempotent."""
         with self._cond:
-            if self._open:
+            if self._is_open:
                 return self
             self._start_state()
         self._worker = spawn(self._run, "dbr-write-queue")
@@ -102,7 +103,7 @@ class WriteQueue(QueueBase):
         opened on it) or, without a journal, are lost; either way they are logged.
         """
         with self._cond:
-            if not self._open:
+            if not self._is_open:
                 return
             self._closing = True
             self._drain_deadline = time.monotonic() + self.drain_timeout
@@ -111,7 +112,7 @@ class WriteQueue(QueueBase):
             logger.error("the write queue's worker did not stop in time")
         with self._cond:
             left = len(self._buffer) + self._spilled
-            self._open = False
+            self._state = ResourceState.CLOSED
             self._cond.notify_all()
         if left:
             where = "kept in the journal" if self._journal is not None else "LOST (no journal)"

@@ -13,6 +13,7 @@ from dbresilience._acompat import ASignal, AWorker, aspawn, await_worker
 from dbresilience._errors import CircuitOpen
 from dbresilience._events import logger
 from dbresilience._journal import Record
+from dbresilience._lifecycle import ResourceState
 from dbresilience._queue_base import (
     COPY_MIN_ROWS,
     QueueBase,
@@ -76,7 +77,7 @@ class AsyncWriteQueue(QueueBase):
     async def open(self) -> AsyncWriteQueue:
         """Replay the journal (if any) and start the worker; returns self. Idempotent."""
         with self._cond:
-            if self._open:
+            if self._is_open:
                 return self
             self._start_state()
         self._worker = aspawn(self._run, "dbr-write-queue")
@@ -116,7 +117,7 @@ class AsyncWriteQueue(QueueBase):
         opened on it) or, without a journal, are lost; either way they are logged.
         """
         with self._cond:
-            if not self._open:
+            if not self._is_open:
                 return
             self._closing = True
             self._drain_deadline = time.monotonic() + self.drain_timeout
@@ -128,7 +129,7 @@ class AsyncWriteQueue(QueueBase):
                     self._worker.cancel()
         with self._cond:
             left = len(self._buffer) + self._spilled
-            self._open = False
+            self._state = ResourceState.CLOSED
             self._cond.notify_all()
         if left:
             where = "kept in the journal" if self._journal is not None else "LOST (no journal)"

@@ -24,6 +24,7 @@ from dbresilience._classify import ErrorKind, classify
 from dbresilience._errors import QueueClosed, QueueFull
 from dbresilience._events import logger
 from dbresilience._journal import Journal, Record
+from dbresilience._lifecycle import Lifecycle, ResourceState
 from dbresilience._validate import (
     callable_or_none,
     instance_or_none,
@@ -115,7 +116,7 @@ def is_bad_write(exc: BaseException) -> bool:
     return classify(exc).kind not in _RETRY_KINDS
 
 
-class QueueBase:
+class QueueBase(Lifecycle):
     """Settings, buffer, journal and counters of a write queue (no database I/O)."""
 
     #: the worker's wake-up (``dbresilience._acompat.Signal`` / ``ASignal``), set by the twin
@@ -171,7 +172,6 @@ class QueueBase:
         self._done = 0  # every seq <= this is committed or set aside
         self._submitted_at: dict[int, float] = {}
         self._failed_writes: collections.deque[FailedWrite] = collections.deque(maxlen=1000)
-        self._open = False
         self._closing = False
         # spill mode: writes past max_pending live only in the journal, from this offset on
         self._spilled = 0
@@ -206,7 +206,7 @@ class QueueBase:
             raise TypeError(f"key must be a str or None, got {type(key).__name__}")
         params = list(params) if params is not None else []
         with self._cond:
-            if not self._open or self._closing:
+            if not self._is_open or self._closing:
                 raise QueueClosed("the write queue is not open")
             if self._spilled or len(self._buffer) >= self.max_pending:
                 if self.on_full == "spill":
@@ -270,7 +270,7 @@ class QueueBase:
         deadline = time.monotonic() + self.block_timeout
         while len(self._buffer) >= self.max_pending:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._open:
+            if left <= 0 or not self._is_open:
                 raise QueueFull(
                     f"{self.max_pending} writes still waiting after {self.block_timeout:.2f} s"
                 )
@@ -336,7 +336,7 @@ class QueueBase:
             self.counters["replayed"] += len(replay)
         else:
             self._done = self._seq
-        self._open = True
+        self._state = ResourceState.OPEN
         self._closing = False
         self._flushers = 0
         self._ledger_ready = False

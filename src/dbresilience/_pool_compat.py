@@ -1,0 +1,74 @@
+"""What the pools take from psycopg_pool beyond its public API, in one place.
+
+The pools use psycopg_pool's public hooks where there is one: ``connection_class`` (the
+connection classes below declare the attributes the pool keeps on each connection),
+``configure`` (warm-up SQL and one round trip per new connection), ``kwargs``, ``timeout``,
+``max_lifetime`` and ``reconnect_timeout``. Two needs have no public hook:
+
+- remembering why connecting failed, for the fail-fast decision: the core pools override
+  ``_connect(self, timeout=None)``;
+- refilling within a second of the database's return: psycopg_pool's reconnect backoff starts at
+  1 s and doubles up to ``reconnect_timeout`` (psycopg #701, #1315); the core pools override
+  ``_add_connection(self, attempt, growing=False)`` to start every attempt with
+  :class:`QuickReconnect`, a subclass of the private ``psycopg_pool.base.AttemptWithBackoff``.
+
+``check=`` and ``reset=`` are not used: psycopg_pool runs them without a deadline, and the pools'
+own idle check and release path are bounded by the call's deadline.
+
+:data:`PRIVATE_API` lists what is relied on; ``tests/test_pool_compat.py`` fails when a
+psycopg_pool release changes any of it (the dependency is also pinned below 3.4).
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+import psycopg
+from psycopg_pool.base import AttemptWithBackoff
+
+__all__ = ["PRIVATE_API", "AsyncPoolConnection", "PoolConnection", "QuickReconnect"]
+
+#: psycopg_pool's private names the pools rely on, with the parameters they are called with
+PRIVATE_API: dict[str, tuple[str, ...]] = {
+    "ConnectionPool._connect": ("self", "timeout"),
+    "ConnectionPool._add_connection": ("self", "attempt", "growing"),
+    "AsyncConnectionPool._connect": ("self", "timeout"),
+    "AsyncConnectionPool._add_connection": ("self", "attempt", "growing"),
+    "base.AttemptWithBackoff": ("self", "timeout"),
+    "base.AttemptWithBackoff.update_delay": ("self", "now"),
+}
+
+
+class PoolConnection(psycopg.Connection[Any]):
+    """The pool's connections: psycopg's, with the attributes the pool keeps on them."""
+
+    _dbr_generation: int = 0  # the pool generation it was opened in
+    _dbr_used_at: float = 0.0  # monotonic time it was last handed back
+    _dbr_poll: select.poll | None = None  # a poll object on its socket, made on first need
+
+
+class AsyncPoolConnection(psycopg.AsyncConnection[Any]):
+    """The asyncio pool's connections, with the same attributes as :class:`PoolConnection`."""
+
+    _dbr_generation: int = 0
+    _dbr_used_at: float = 0.0
+    _dbr_poll: select.poll | None = None
+
+
+class QuickReconnect(AttemptWithBackoff):
+    """psycopg_pool's reconnect backoff, started at 0.1 s and capped at 1 s.
+
+    psycopg_pool starts at 1 s and doubles up to ``reconnect_timeout`` (5 minutes), so a pool
+    could wait minutes to refill after its database came back (psycopg #701, #1315). Capping
+    the delay keeps the refill within a second of the database's return, at the cost of one
+    connection attempt per missing connection per second while it is down.
+    """
+
+    INITIAL_DELAY = 0.1
+    MAX_DELAY = 1.0
+
+    def update_delay(self, now: float) -> None:
+        """Grow the delay as psycopg_pool does, but never past ``MAX_DELAY``."""
+        super().update_delay(now)
+        self.delay = min(self.delay, self.MAX_DELAY)
