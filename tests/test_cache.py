@@ -115,7 +115,7 @@ def test_invalidate_is_seen_by_the_other_instance_within_a_second(
         b.get_or_load(7, load)
         sleep(0.3)  # both subscribed
         a.invalidate(7)
-        assert until(lambda: b.lookup("7") is None, 1.0) < 1.0
+        assert until(lambda: b._lookup("7") is None, 1.0) < 1.0
         assert b.get_or_load(7, load) == CREDS
         assert len(calls) == 2
 
@@ -133,7 +133,7 @@ def test_invalidate_several_keys_in_one_call(
             b.get_or_load(key, creds)
         sleep(0.3)  # both subscribed
         a.invalidate("x", "y", "z")
-        until(lambda: all(b.lookup(k) is None for k in "xyz"), 1.0)
+        until(lambda: all(b._lookup(k) is None for k in "xyz"), 1.0)
         assert all(store.get(f"{namespace}:v1:{k}") is None for k in "xyz")
         assert a.stats()["invalidations"] == 3
 
@@ -154,7 +154,7 @@ def test_a_slow_load_cannot_put_back_an_invalidated_value(
         started.wait()
         cache.invalidate(7)  # e.g. a credit deduction committed meanwhile
         assert gather(loading) == [{"credits": 10}]  # the caller still gets its value
-        assert cache.lookup("7") is None
+        assert cache._lookup("7") is None
         assert store.get(f"{namespace}:v1:7") is None
 
 
@@ -281,7 +281,7 @@ def test_redis_stopped_mid_run_then_restarted(redis_server: TemporaryRedis) -> N
         redis_server.start()
         until(lambda: cache.stats()["backend"] == "redis", 2.0)
         assert cache.stats()["flushes"] == flushes + 1
-        assert cache.lookup("1") is None  # flushed: it may have been invalidated meanwhile
+        assert cache._lookup("1") is None  # flushed: it may have been invalidated meanwhile
         cache.get_or_load(1, creds)
         assert client.get("dbr-stop:v1:1") is not None
     finally:

