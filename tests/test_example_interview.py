@@ -207,7 +207,7 @@ async def test_cached_credits_are_refreshed_after_the_deduction_commits(
         assert (await client.post("/api/realtime-session", headers=headers)).status_code == 200
         assert await app.state.service["queue"].flush(timeout=10)
         cache = app.state.service["cache"]
-        await wait_for(lambda: cache.lookup(p + "rich") is None)
+        await wait_for(lambda: cache._lookup(p + "rich") is None)
         assert (await client.post("/api/realtime-session", headers=headers)).status_code == 402
 
 

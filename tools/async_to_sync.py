@@ -42,6 +42,7 @@ PAIRS: list[tuple[str, str]] = [
     ("src/dbresilience/_cache_async.py", "src/dbresilience/_cache.py"),
     ("src/dbresilience/_breaker_redis_async.py", "src/dbresilience/_breaker_redis.py"),
     ("src/dbresilience/_retry_wrap_async.py", "src/dbresilience/_retry_wrap.py"),
+    ("src/dbresilience/_sqlalchemy_async.py", "src/dbresilience/_sqlalchemy.py"),
     # the tests: the async tests are the source of the sync ones, so both twins are tested alike
     ("tests/test_pool_async.py", "tests/test_pool.py"),
     ("tests/test_cache_async.py", "tests/test_cache.py"),
@@ -58,6 +59,8 @@ NAMES: dict[str, str] = {
     "_AFlight": "_Flight",
     "wrap_async": "wrap",
     "_retry_async": "_retry",
+    "create_async_engine": "create_engine",
+    "AsyncEngine": "Engine",
     # dbresilience._acompat pairs
     "AEvent": "Event",
     "ALock": "Lock",
@@ -90,6 +93,7 @@ NAMES: dict[str, str] = {
 }
 
 MODULES: dict[str, str] = {
+    "sqlalchemy.ext.asyncio": "sqlalchemy",
     "redis.asyncio": "redis",
     "redis.asyncio.retry": "redis.retry",
     "redis.asyncio.client": "redis.client",
