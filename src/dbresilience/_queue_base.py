@@ -37,6 +37,8 @@ from dbresilience._validate import (
 # QueueFull and QueueClosed are defined in _errors and still importable from here.
 __all__ = ["FailedWrite", "QueueBase", "QueueClosed", "QueueFull"]
 
+_OPEN = ResourceState.OPEN
+
 # Failures that say nothing about the write itself: the batch is retried, never set aside.
 _RETRY_KINDS = frozenset(
     {
@@ -162,6 +164,7 @@ class QueueBase(Lifecycle):
         self.batch_timeout = seconds("batch_timeout", batch_timeout)
         self.use_copy = bool(use_copy)
         self._journal = None if journal is None else Journal(journal, fsync)
+        self._state = ResourceState.UNOPENED  # in __init__: keeps the instance layout fixed
         self._on_failed = callable_or_none("on_failed", on_failed)
         self._on_commit = callable_or_none("on_commit", on_commit)
         schema, _, table = ledger_table.rpartition(".")
@@ -206,7 +209,7 @@ class QueueBase(Lifecycle):
             raise TypeError(f"key must be a str or None, got {type(key).__name__}")
         params = list(params) if params is not None else []
         with self._cond:
-            if not self._is_open or self._closing:
+            if self._state is not _OPEN or self._closing:  # not the property: a hot path
                 raise QueueClosed("the write queue is not open")
             if self._spilled or len(self._buffer) >= self.max_pending:
                 if self.on_full == "spill":
