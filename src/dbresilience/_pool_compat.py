@@ -13,7 +13,9 @@ connection classes below declare the attributes the pool keeps on each connectio
   :class:`QuickReconnect`, a subclass of the private ``psycopg_pool.base.AttemptWithBackoff``.
 
 ``check=`` and ``reset=`` are not used: psycopg_pool runs them without a deadline, and the pools'
-own idle check and release path are bounded by the call's deadline.
+own idle check and release path are bounded by the call's deadline. ``reconnect_failed=`` is
+never called: ``reconnect_timeout`` is a year, because a pool that gives up on its slots stays
+short of connections after the database returns.
 
 :data:`PRIVATE_API` lists what is relied on; ``tests/test_pool_compat.py`` fails when a
 psycopg_pool release changes any of it (the dependency is also pinned below 3.4).
