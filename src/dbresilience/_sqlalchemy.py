@@ -38,10 +38,10 @@ def create_engine(
     ``engine = create_engine("postgresql+psycopg://...")`` (the asyncio factory
     is a coroutine: warming is I/O). Opens and checks ``warm`` connections (default
     ``pool_size``) before returning: raises at once for errors waiting cannot fix (P1000,
-    P1003, TLS) and after ``connect_timeout`` for transient ones. Every statement is bounded by ``query_timeout`` (the
-    socket is shut down and :class:`dbresilience.QueryTimeout` raised). Other keyword arguments
-    go to SQLAlchemy's engine factory. Invalid arguments raise ``TypeError``/``ValueError``
-    naming them.
+    P1003, TLS) and after ``connect_timeout`` for transient ones. Every statement is bounded
+    by ``query_timeout`` (the socket is shut down and :class:`dbresilience.QueryTimeout`
+    raised). Other keyword arguments go to SQLAlchemy's engine factory. Invalid arguments
+    raise ``TypeError``/``ValueError`` naming them.
     """
     parsed, config, options, n_warm = prepare(
         url,
