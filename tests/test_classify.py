@@ -496,3 +496,149 @@ def test_plain_timeout_error_is_p1008_and_unknown_is_not_retryable() -> None:
     assert dbr.classify(TimeoutError()).code == "P1008"
     unknown = dbr.classify(ValueError("nope"))
     assert (unknown.code, unknown.retryable, unknown.http_status) == ("DBR9000", False, 500)
+
+
+# --- chains: a write whose fate is unknown anywhere in the chain wins ----------------------
+
+STARTING_UP = sql.SQL(
+    "do $$ begin raise exception 'the database system is starting up' using errcode = '57P03';"
+    " end $$"
+)
+
+
+def _lost_write(pg_dsn: str, admin: Conn) -> psycopg.OperationalError:
+    """A real write on a connection whose backend was terminated: 57P01, commit unknown."""
+    victim = psycopg.connect(pg_dsn, autocommit=True)
+    pid = victim.execute("select pg_backend_pid()").fetchone()
+    assert pid is not None
+    admin.execute("select pg_terminate_backend(%s)", (pid[0],))
+    time.sleep(0.05)
+    try:
+        exc = failure(lambda: victim.execute("create temporary table dbr_charge (id int)"))
+    finally:
+        victim.close()
+    assert isinstance(exc, psycopg.OperationalError)
+    return exc
+
+
+def test_commit_unknown_behind_a_later_sqlstate_wins(pg_dsn: str, pg_conn: Conn) -> None:
+    """A lost write hidden behind a later 57P03 (P1001) from the audit insert: commit unknown."""
+    try:
+        raise _lost_write(pg_dsn, pg_conn)
+    except psycopg.OperationalError:
+        audit = failure(lambda: pg_conn.execute(STARTING_UP))  # its __context__: the lost write
+    assert audit.__context__ is not None
+    c = dbr.classify(audit)
+    assert (c.code, c.sqlstate, c.retryable, c.commit_unknown) == ("P1001", "57P03", True, True)
+    assert "commit unknown" in c.reason
+
+
+def test_with_retry_does_not_charge_twice_behind_a_refused_audit_insert(
+    pg_dsn: str, pg_conn: Conn
+) -> None:
+    """with_retry(idempotent=False) runs a charge once when a pool's P1001 hides the lost write."""
+    audit_pool = dbr.Pool(
+        _dsn_with(pg_dsn, port=str(free_port())), min_size=0, connect_timeout=1, acquire_timeout=1
+    )
+    audit_pool.open(wait=False)
+    calls = 0
+
+    @dbr.with_retry(attempts=3, idempotent=False)
+    def charge() -> None:
+        nonlocal calls
+        calls += 1
+        try:
+            raise _lost_write(pg_dsn, pg_conn)
+        except psycopg.OperationalError:
+            audit_pool.execute("insert into audit values ('charge failed')")
+
+    try:
+        with dbr.testing(), pytest.raises(dbr.DatabaseUnavailable) as info:
+            charge()
+    finally:
+        audit_pool.close()
+    assert calls == 1
+    c = dbr.classify(info.value)
+    assert (c.code, c.commit_unknown) == ("P1001", True)
+
+
+def test_with_retry_idempotent_still_retries_such_a_chain(pg_dsn: str, pg_conn: Conn) -> None:
+    """The same chain is retried when the work is idempotent: commit unknown only guards writes."""
+    calls = 0
+
+    @dbr.with_retry(attempts=2, idempotent=True)
+    def upsert() -> None:
+        nonlocal calls
+        calls += 1
+        try:
+            raise _lost_write(pg_dsn, pg_conn)
+        except psycopg.OperationalError:
+            pg_conn.execute(STARTING_UP)
+
+    with dbr.testing(), pytest.raises(psycopg.OperationalError):
+        upsert()
+    assert calls == 2
+
+
+def test_commit_unknown_under_sqlalchemy_orig_wins(pg_dsn: str, pg_conn: Conn) -> None:
+    """A lost write wrapped by SQLAlchemy (.orig), then a 57P03 from the audit: commit unknown."""
+    engine = sa.create_engine(_sa_url(pg_dsn))
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(sa.text("select pg_backend_pid()")).scalar_one()
+            pg_conn.execute("select pg_terminate_backend(%s)", (pid,))
+            time.sleep(0.05)
+            lost = failure(lambda: conn.execute(sa.text("create temporary table t (id int)")))
+    finally:
+        engine.dispose()
+    assert isinstance(lost, sa.exc.DBAPIError)
+    try:
+        raise RuntimeError("could not record the charge") from lost
+    except RuntimeError:
+        audit = failure(lambda: pg_conn.execute(STARTING_UP))
+    c = dbr.classify(audit)
+    assert (c.code, c.commit_unknown) == ("P1001", True)
+
+
+def test_library_error_vouches_for_what_it_was_raised_from(pg_dsn: str, pg_conn: Conn) -> None:
+    """QueryTimeout(commit_unknown=False) from a lost connection keeps the pool's verdict."""
+    lost = _lost_write(pg_dsn, pg_conn)
+    try:
+        raise dbr.QueryTimeout("rolled back before COMMIT", commit_unknown=False) from lost
+    except dbr.QueryTimeout as exc:
+        timeout = exc
+    assert not dbr.classify(timeout).commit_unknown
+
+
+def test_library_error_does_not_vouch_for_an_earlier_failure(pg_dsn: str, pg_conn: Conn) -> None:
+    """A vouched-for cause whose own context is an earlier lost write: commit unknown wins."""
+    try:
+        raise _lost_write(pg_dsn, pg_conn)
+    except psycopg.OperationalError:
+        refused = failure(lambda: pg_conn.execute(STARTING_UP))  # __context__: the lost write
+        try:
+            raise dbr.QueryTimeout("deadline", commit_unknown=False) from refused
+        except dbr.QueryTimeout as exc:
+            timeout = exc
+    assert dbr.classify(timeout).commit_unknown
+
+
+class _WithSqlstate(Exception):
+    """A driver error carrying a SQLSTATE."""
+
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def test_deep_commit_unknown_link_wins_over_every_kind_of_evidence() -> None:
+    """Below an own, a SQLSTATE and a class verdict, a 57P01 link still makes it commit unknown."""
+    lost = _WithSqlstate("terminating connection due to administrator command", "57P01")
+    unique = _WithSqlstate("duplicate key", "23505")
+    unique.__context__ = lost
+    top = dbr.AcquireTimeout("no connection")
+    top.__context__ = unique
+    c = dbr.classify(top)
+    assert (c.code, c.commit_unknown, c.retryable) == ("P2024", True, True)
+    assert dbr.classify(unique).commit_unknown
+    assert not dbr.classify(_WithSqlstate("duplicate key", "23505")).commit_unknown

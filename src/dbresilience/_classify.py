@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import re
 import socket
-from collections.abc import Iterator
+from collections import deque
 from dataclasses import dataclass
 
 import psycopg
@@ -390,26 +390,83 @@ def _connection_broken(exc: BaseException) -> bool:
 # --- the walk ---------------------------------------------------------------------------------
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def _linked(exc: BaseException) -> list[tuple[BaseException, bool]]:
+    """What *exc* wraps, each with whether it was named explicitly (``.orig``, ``__cause__``)
+    rather than merely being handled when *exc* was raised (``__context__``)."""
+    links: list[tuple[BaseException, bool]] = []
+    for linked, explicit in (
+        (getattr(exc, "orig", None), True),
+        (exc.__cause__, True),
+        (exc.__context__, False),
+    ):
+        if isinstance(linked, BaseException) and all(linked is not seen for seen, _ in links):
+            links.append((linked, explicit))
+    return links
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
     """The exception, then what it wraps, breadth-first, each once, at most ``_MAX_CHAIN``."""
     seen: set[int] = set()
-    queue: list[BaseException] = [exc]
-    while queue and len(seen) < _MAX_CHAIN:
-        current = queue.pop(0)
+    chain: list[BaseException] = []
+    queue: deque[BaseException] = deque([exc])
+    while queue and len(chain) < _MAX_CHAIN:
+        current = queue.popleft()
         if id(current) in seen:
             continue
         seen.add(id(current))
-        yield current
-        for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
-            if isinstance(linked, BaseException) and id(linked) not in seen:
-                queue.append(linked)
+        chain.append(current)
+        queue.extend(linked for linked, _ in _linked(current) if id(linked) not in seen)
+    return chain
+
+
+def _vouched(chain: list[BaseException]) -> set[int]:
+    """The links a dbresilience error speaks for: what it was raised ``from`` (and what that
+    names explicitly in turn). Their commit-unknown verdict is the library's to make: it raised
+    knowing them (a ``QueryTimeout`` from a connection shut before COMMIT is no lost write).
+    What was merely being handled (``__context__``) is not vouched for: it may be an earlier,
+    unrelated failure, such as the write whose fate nobody knows."""
+    members = {id(link) for link in chain}
+    vouched: set[int] = set()
+    todo = [link for link in chain if isinstance(_own(link), Classification)]
+    while todo:
+        current = todo.pop()
+        for linked, explicit in _linked(current):
+            if explicit and id(linked) in members and id(linked) not in vouched:
+                vouched.add(id(linked))
+                todo.append(linked)
+    return vouched
+
+
+def _own(exc: BaseException) -> object:
+    return getattr(exc, "_dbr_classification", None)
+
+
+def _verdict(link: BaseException) -> tuple[int, Classification] | None:
+    """What *link* alone says, with the rank of its best evidence (0 = strongest): its own
+    classification, its SQLSTATE, its class, its message, its connection's state."""
+    own = _own(link)
+    if isinstance(own, Classification):
+        return 0, own
+    sqlstate = _sqlstate_of(link)
+    if sqlstate is not None:
+        return 1, _by_sqlstate(sqlstate, link)
+    kind = _by_class(link)
+    if kind is not None:
+        return 2, _make(kind, None, f"class {type(link).__name__}")
+    kind = _by_message(link)
+    if kind is not None:
+        return 3, _make(kind, None, f"message of {type(link).__name__}")
+    if _connection_broken(link):
+        return 4, _make(_K.CONNECTION_LOST, None, "connection state BAD")
+    return None
 
 
 def classify(exc: BaseException) -> Classification:
     """Classify *exc*: what went wrong, whether a retry can help, and the HTTP answer.
 
     Never raises, whatever *exc* is. A ``BaseException`` that is not an ``Exception``
-    (cancellation, ``KeyboardInterrupt``, ``SystemExit``) is never retryable. See
+    (cancellation, ``KeyboardInterrupt``, ``SystemExit``) is never retryable. When any link of
+    the chain says a write may have been applied, the result says ``commit_unknown`` too. See
     ``docs/classification.md`` for the whole table.
     """
     try:
@@ -421,24 +478,23 @@ def classify(exc: BaseException) -> Classification:
 def _classify(exc: BaseException) -> Classification:
     if not isinstance(exc, Exception):
         return _make(_K.CANCELLED, None, f"class {type(exc).__name__}")
-    chain = list(_chain(exc))
-    for link in chain:
-        own = getattr(link, "_dbr_classification", None)
-        if isinstance(own, Classification):
-            return own
-    for link in chain:
-        sqlstate = _sqlstate_of(link)
-        if sqlstate is not None:
-            return _by_sqlstate(sqlstate, link)
-    for link in chain:
-        kind = _by_class(link)
-        if kind is not None:
-            return _make(kind, None, f"class {type(link).__name__}")
-    for link in chain:
-        kind = _by_message(link)
-        if kind is not None:
-            return _make(kind, None, f"message of {type(link).__name__}")
-    for link in chain:
-        if _connection_broken(link):
-            return _make(_K.CONNECTION_LOST, None, "connection state BAD")
-    return _make(_K.UNKNOWN, None, f"class {type(exc).__name__}")
+    chain = _chain(exc)
+    verdicts = [_verdict(link) for link in chain]
+    # The strongest evidence decides; between equals, the link nearest the top.
+    found = [(v[0], n, v[1]) for n, v in enumerate(verdicts) if v is not None]
+    if not found:
+        return _make(_K.UNKNOWN, None, f"class {type(exc).__name__}")
+    result = min(found, key=lambda f: f[:2])[2]
+    if result.commit_unknown:
+        return result
+    # A write whose fate is unknown, anywhere in the chain, makes the whole failure so: an
+    # error raised while handling it (an audit insert refused) must not get it re-run.
+    vouched = _vouched(chain)
+    for link, verdict in zip(chain, verdicts, strict=True):
+        if verdict is not None and verdict[1].commit_unknown and id(link) not in vouched:
+            return dataclasses.replace(
+                result,
+                commit_unknown=True,
+                reason=f"{result.reason}; commit unknown: {verdict[1].reason} in the chain",
+            )
+    return result
