@@ -80,7 +80,7 @@ def run(quick: bool = False) -> None:
         finally:
             for t in tables:
                 admin.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(t)))
-            admin.execute("drop table if exists dbr_write_ledger")
+            admin.execute("drop table if exists dbr_queue_ledger")
     print_table(
         f"write queue: {n:,} rows (k int, v text) on loopback",
         ("writer", "submit p50 us", "rows/s (submit to committed)", "target"),

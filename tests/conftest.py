@@ -218,4 +218,4 @@ def events(pg_cluster: TemporaryPostgres) -> Iterator[psycopg.sql.Identifier]:
     if pg_cluster.running:
         with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
             conn.execute(psycopg.sql.SQL("drop table if exists {}").format(name))
-            conn.execute("drop table if exists dbr_write_ledger")
+            conn.execute("drop table if exists dbr_queue_ledger")

@@ -51,3 +51,65 @@ async def main():
     os._exit(0)
 asyncio.run(main())
 """
+
+
+#: a process that owns a journal until it is killed; format with journal
+OWNER_CHILD = """
+import time
+from dbresilience._journal import Journal
+Journal({journal!r}).open()
+print("owner", flush=True)
+time.sleep(60)
+"""
+
+#: a process whose journal hits a file-size limit mid-run (RLIMIT_FSIZE, as a full disk would):
+#: writes already journaled commit although their watermark cannot be written, submit refuses
+#: what it cannot journal, the worker lives on; then the limit goes and the journal records
+#: progress again. Prints one JSON line.
+FULL_DISK_CHILD = """
+import json, os, resource, signal
+import dbresilience as dbr
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+pool = dbr.Pool({dsn!r}, min_size=1)
+pool.open()
+queue = dbr.WriteQueue(pool, journal={journal!r}, batch_size=10_000, flush_interval=60).open()
+acked = []
+def submit(i, v):
+    queue.submit({insert!r}, (i, v), key=f"disk-{{i}}")
+    acked.append(i)
+for i in range(40):
+    submit(i, "before")
+assert queue.flush(timeout=30)
+for i in range(40, 80):
+    submit(i, "journaled")
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize({journal!r}), hard))  # no room left
+assert queue.flush(timeout=30)  # committed; the watermark cannot be written
+refused = 0
+for i in range(80, 120):
+    try:
+        submit(i, "full")
+    except OSError:
+        refused += 1
+during = queue.stats()
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+submit(1000, "after")
+assert queue.flush(timeout=30)
+after = queue.stats()
+queue.close()
+again = dbr.WriteQueue(pool, journal={journal!r}).open()
+replayed = again.stats()["replayed"]
+again.close()
+pool.close()
+print(json.dumps({{"acked": acked, "refused": refused, "during": during, "after": after,
+                  "replayed": replayed}}))
+"""
+
+#: a process that tries to open a journal another queue owns; format with journal
+LOCKED_CHILD = """
+import dbresilience as dbr
+try:
+    dbr.WriteQueue(object(), journal={journal!r}).open()
+except dbr.JournalLocked as exc:
+    print("locked:", exc)
+"""

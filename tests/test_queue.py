@@ -10,6 +10,8 @@ threaded queue only (the state machine, SIGTERM) live in ``test_queue_model.py``
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,8 +26,16 @@ from psycopg import sql
 import dbresilience as dbr
 from dbresilience.faults import FaultProxy, TemporaryPostgres, terminate_backends
 
-from .acompat import sleep
-from .queue_support import CRASH_CHILD, Ident, insert, rows
+from .acompat import gather, sleep, spawn
+from .queue_support import (
+    CRASH_CHILD,
+    FULL_DISK_CHILD,
+    LOCKED_CHILD,
+    OWNER_CHILD,
+    Ident,
+    insert,
+    rows,
+)
 
 
 def test_kill_storm_keyed_writes_land_exactly_once(
@@ -54,7 +64,8 @@ def test_kill_storm_keyed_writes_land_exactly_once(
             stats = queue.stats()
     assert submit_time < 5.0
     assert rows(pg_cluster.dsn, events) == 10000
-    assert stats["written"] == 10000
+    assert stats["written"] + stats["duplicates"] == 10000  # a retried commit-unknown batch
+    assert stats["failed"] == 0  # finds its keys applied: duplicates, not writes
     assert stats["retried"] > 0  # the storm did hit batches
 
 
@@ -79,7 +90,10 @@ def test_a_bad_write_is_set_aside_while_the_others_commit(
     assert stats["failed"] == 2
     assert sorted(f.code for f in seen) == ["P2002", "P2022"]
     assert "duplicate key" in seen[0].error or "duplicate key" in seen[1].error
-    assert stats["written"] + stats["pending"] + stats["failed"] == stats["submitted"]
+    assert (
+        stats["written"] + stats["duplicates"] + stats["pending"] + stats["failed"]
+        == stats["submitted"]
+    )
     pg_conn.execute(sql.SQL("drop table if exists {}").format(Ident(f"{table_name}_ledger")))
 
 
@@ -296,4 +310,216 @@ def test_spill_keeps_memory_bounded_and_loses_nothing(
     finally:
         with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("drop table if exists {}").format(table))
-            conn.execute("drop table if exists dbr_write_ledger")
+            conn.execute("drop table if exists dbr_queue_ledger")
+
+
+def test_a_journal_has_one_owner(pg_dsn: str, tmp_path: Path) -> None:
+    """A second queue on an open journal is refused with JournalLocked, in this process and in
+    another; once the owner closes, or is killed with SIGKILL, the journal opens again."""
+    journal = str(tmp_path / "owned.journal")
+    with dbr.Pool(pg_dsn, min_size=1) as pool:
+        first = dbr.WriteQueue(pool, journal=journal).open()
+        with pytest.raises(dbr.JournalLocked, match="one owner"):
+            dbr.WriteQueue(pool, journal=journal).open()
+        other = subprocess.run(
+            [sys.executable, "-c", LOCKED_CHILD.format(journal=journal)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert other.stdout.startswith("locked:"), other.stdout + other.stderr
+        assert str(os.getpid()) in other.stdout  # the message names the owner
+        first.close()
+        second = dbr.WriteQueue(pool, journal=journal).open()
+        second.close()
+        with subprocess.Popen(
+            [sys.executable, "-c", OWNER_CHILD.format(journal=journal)],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as owner:
+            assert owner.stdout is not None
+            assert owner.stdout.readline().strip() == "owner"
+            with pytest.raises(dbr.JournalLocked):
+                dbr.WriteQueue(pool, journal=journal).open()
+            owner.send_signal(signal.SIGKILL)
+            owner.wait(10)
+        third = dbr.WriteQueue(pool, journal=journal).open()
+        third.close()
+
+
+def test_closing_the_pool_first_sets_nothing_aside(
+    pg_cluster: TemporaryPostgres, events: Ident, tmp_path: Path
+) -> None:
+    """The pool closed before the queue: pending writes stay pending (PoolClosed is no verdict
+    on them), are kept in the journal, and a queue opened on it later applies every one."""
+    journal = str(tmp_path / "order.journal")
+    pool = dbr.Pool(pg_cluster.dsn, min_size=1).open()
+    queue = dbr.WriteQueue(
+        pool, journal=journal, flush_interval=60, batch_size=10000, drain_timeout=1.0
+    ).open()
+    for i in range(200):
+        queue.submit(insert(events), (i, "order"), key=f"order-{i}")
+    pool.close()  # the wrong order of shutdown
+    queue.close()
+    stats = queue.stats()
+    assert stats["failed"] == 0
+    assert stats["pending"] == 200
+    assert rows(pg_cluster.dsn, events) == 0
+    with (
+        dbr.Pool(pg_cluster.dsn, min_size=1) as pool2,
+        dbr.WriteQueue(pool2, journal=journal) as again,
+    ):
+        assert again.stats()["replayed"] == 200
+        assert again.flush(timeout=30)
+    assert rows(pg_cluster.dsn, events) == 200
+
+
+def test_instances_starting_together_share_one_ledger(
+    pg_cluster: TemporaryPostgres, events: Ident
+) -> None:
+    """Eight queues write their first (lone) write at the same moment on a ledger table nobody
+    created yet: the creations race (two CREATE TABLE IF NOT EXISTS collide with 23505 on
+    pg_type), and that must not set the write aside; every keyed write lands once."""
+    ledger = f"dbr_ledger_{time.monotonic_ns()}"
+    pools = [dbr.Pool(pg_cluster.dsn, min_size=1).open() for _ in range(8)]
+    queues = [dbr.WriteQueue(pool, ledger_table=ledger, flush_interval=60).open() for pool in pools]
+    # Hold the ledger's row type uncommitted: every CREATE TABLE IF NOT EXISTS then waits on
+    # pg_type's unique index, and when this rolls back they all go at once, as instances do
+    # when they start together (without it the window is a few microseconds wide).
+    blocker = psycopg.connect(pg_cluster.dsn)
+    blocker.execute(sql.SQL("create type {} as (x int)").format(Ident(ledger)))
+    try:
+        for n, queue in enumerate(queues):  # one write each: a lone first write
+            queue.submit(insert(events), (n, "race"), key=f"race-{n}")
+        flushes = [spawn(queue.flush, 30) for queue in queues]
+        sleep(0.5)  # every worker is in its first batch, creating the ledger
+        blocker.rollback()
+        assert all(gather(*flushes))
+        assert [queue.stats()["failed"] for queue in queues] == [0] * 8
+        assert rows(pg_cluster.dsn, events) == 8
+    finally:
+        blocker.close()
+        for queue, pool in zip(queues, pools, strict=True):
+            queue.close()
+            pool.close()
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop table if exists {}").format(Ident(ledger)))
+
+
+def test_a_key_protects_one_statement_and_reuse_is_never_silent(
+    pg_cluster: TemporaryPostgres, events: Ident
+) -> None:
+    """The same key on another statement is another write (applied); the same statement and key
+    again is a duplicate (skipped, counted as such, not as written); the same statement and key
+    with other parameters is set aside with KeyReused, never dropped in silence."""
+    other = f"insert into {events.as_string()} (k, v) values (%s, %s || '!')"
+    seen: list[dbr.FailedWrite] = []
+    with (
+        dbr.Pool(pg_cluster.dsn, min_size=1) as pool,
+        dbr.WriteQueue(pool, on_failed=seen.append) as queue,
+    ):
+        queue.submit(insert(events), (1, "a"), key="req-1")
+        queue.submit(other, (1, "a"), key="req-1")  # another statement: its own write
+        assert queue.flush(timeout=30)
+        queue.submit(insert(events), (1, "a"), key="req-1")  # a retry of the first
+        queue.submit(insert(events), (2, "b"), key="req-1")  # the key reused
+        assert queue.flush(timeout=30)
+        stats = queue.stats()
+    assert rows(pg_cluster.dsn, events) == 2
+    assert (stats["written"], stats["duplicates"], stats["failed"]) == (2, 1, 1)
+    assert stats["written"] + stats["duplicates"] + stats["failed"] == stats["submitted"]
+    assert len(seen) == 1
+    assert seen[0].params == [2, "b"]
+    assert "KeyReused" in seen[0].error
+
+
+def test_batch_size_never_changes_what_is_stored(pg_cluster: TemporaryPostgres) -> None:
+    """The same 100 writes, one per batch and all in one batch, store the same values and set
+    aside the same writes: a bool into a text column, a float into numeric(6,2), an int into a
+    boolean column (which INSERT refuses), whatever the size of the batch."""
+    tables = [Ident(f"dbr_same_{n}_{time.monotonic_ns()}") for n in (1, 500)]
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        for t in tables:
+            conn.execute(
+                sql.SQL("create table {} (id int, t text, n numeric(6,2), b boolean)").format(t)
+            )
+    try:
+        outcomes = []
+        for t, size in zip(tables, (1, 500), strict=True):
+            statement = f"insert into {t.as_string()} (id, t, n, b) values (%s, %s, %s, %s)"
+            with (
+                dbr.Pool(pg_cluster.dsn, min_size=1) as pool,
+                dbr.WriteQueue(pool, batch_size=size, flush_interval=60) as queue,
+            ):
+                for i in range(100):
+                    flag: object = 1 if i == 50 else i % 2 == 0  # one int into the boolean
+                    queue.submit(statement, (i, i % 3 == 0, i / 7, flag))
+                assert queue.flush(timeout=60)
+                failed = [f.params[0] for f in queue.failed_writes()]
+            with psycopg.connect(pg_cluster.dsn) as conn:
+                stored = conn.execute(
+                    sql.SQL("select id, t, n, b from {} order by id").format(t)
+                ).fetchall()
+            outcomes.append((stored, failed))
+        assert outcomes[0] == outcomes[1]
+        assert outcomes[0][1] == [50]
+        assert outcomes[0][0][1][1] == "false"  # a Python bool into text, as INSERT stores it
+    finally:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            for t in tables:
+                conn.execute(sql.SQL("drop table if exists {}").format(t))
+
+
+def test_a_write_that_keeps_timing_out_is_isolated(
+    pg_cluster: TemporaryPostgres, events: Ident
+) -> None:
+    """A write waiting on a lock that is never released (55P03 every time) is set aside after a
+    few tries, once the database answers a probe; the writes around it commit."""
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as setup:
+        setup.execute(sql.SQL("insert into {} (k, v) values (0, 'locked')").format(events))
+    holder = psycopg.connect(pg_cluster.dsn)
+    try:
+        holder.execute(sql.SQL("select * from {} where k = 0 for update").format(events))
+        update = f"update {events.as_string()} set v = %s where k = %s"
+        with (
+            dbr.Pool(pg_cluster.dsn, min_size=1, lock_timeout=0.2) as pool,
+            dbr.WriteQueue(pool, batch_size=10) as queue,
+        ):
+            for i in range(1, 6):
+                queue.submit(insert(events), (i, "before"))
+            queue.submit(update, ("changed", 0))
+            for i in range(6, 11):
+                queue.submit(insert(events), (i, "after"))
+            assert queue.flush(timeout=60)
+            stats = queue.stats()
+            failed = queue.failed_writes()
+        assert stats["failed"] == 1
+        assert failed[0].sql == update
+        assert rows(pg_cluster.dsn, events) == 11  # the locked row and the ten inserts
+    finally:
+        holder.close()
+
+
+def test_a_full_journal_never_kills_the_worker(
+    pg_cluster: TemporaryPostgres, events: Ident, tmp_path: Path
+) -> None:
+    """The journal hits a file-size limit (as on a full disk): submit refuses what it cannot
+    journal, the worker keeps committing and says so in stats(); every acknowledged write lands
+    exactly once, and when the limit goes the journal records progress again."""
+    journal = str(tmp_path / "full.journal")
+    child = FULL_DISK_CHILD.format(dsn=pg_cluster.dsn, journal=journal, insert=insert(events))
+    out = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["refused"] == 40  # the limit was really hit: nothing more was accepted
+    assert result["during"]["journal_error"] is not None  # and it says so
+    assert result["during"]["worker_restarts"] == 0
+    assert result["during"]["pending"] == 0  # the journaled writes committed regardless
+    assert result["after"]["journal_error"] is None
+    assert result["replayed"] == 0  # the watermark caught up: nothing replayed twice
+    with psycopg.connect(pg_cluster.dsn) as conn:
+        ks = sorted(r[0] for r in conn.execute(sql.SQL("select k from {}").format(events)))
+    assert ks == sorted(result["acked"])  # every acknowledged write, once

@@ -55,7 +55,7 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def counts_add_up(self) -> None:
         s = self.queue.stats()
-        assert s["written"] + s["pending"] + s["failed"] == s["submitted"]
+        assert s["written"] + s["duplicates"] + s["pending"] + s["failed"] == s["submitted"]
 
     def teardown(self) -> None:
         self.queue.close()
@@ -77,7 +77,7 @@ def test_counts_always_add_up(pg_dsn: str) -> None:
             )
         finally:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
-                conn.execute("drop table if exists dbr_write_ledger")
+                conn.execute("drop table if exists dbr_queue_ledger")
 
 
 def test_sigterm_drains_the_queue_before_exit(

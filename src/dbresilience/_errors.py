@@ -11,6 +11,10 @@ catches the library's error)::
     ├── CommitUnknown                    [psycopg.OperationalError] lost during COMMIT (P1017)
     ├── QueueFull                        [queue.Full] a write queue has no room
     ├── QueueClosed                      [RuntimeError] a write queue is not open
+    ├── QueueStalled                     [RuntimeError] a write queue's worker keeps failing
+    ├── JournalLocked                    [RuntimeError] another queue owns the journal
+    ├── KeyReused                        [ValueError] an idempotency key reused for another write
+    ├── LedgerUnavailable                the write ledger could not be set up (retried)
     ├── UpstreamTimeout                  [TimeoutError] an upstream service timed out (HTTP 504)
     └── UpstreamError                    an upstream service failed (HTTP 502)
 
@@ -36,9 +40,13 @@ __all__ = [
     "CommitUnknown",
     "DBResilienceError",
     "DatabaseUnavailable",
+    "JournalLocked",
+    "KeyReused",
+    "LedgerUnavailable",
     "QueryTimeout",
     "QueueClosed",
     "QueueFull",
+    "QueueStalled",
     "UpstreamError",
     "UpstreamTimeout",
 ]
@@ -158,3 +166,31 @@ class UpstreamTimeout(DBResilienceError, TimeoutError):
 class UpstreamError(DBResilienceError):
     """A call to an upstream service (not the database) failed: HTTP 502 under
     :func:`dbresilience.web.install`."""
+
+
+class QueueStalled(DBResilienceError, RuntimeError):
+    """``submit`` on a queue whose worker failed several times in a row without committing
+    anything: the write would only pile up. ``stats()["worker_error"]`` says what failed; the
+    worker keeps restarting, and ``submit`` accepts writes again once a batch commits."""
+
+
+class JournalLocked(DBResilienceError, RuntimeError):
+    """Another write queue (in this process or another) has the journal open.
+
+    A journal has one owner: two queues appending to one file would collide on sequence numbers
+    and mark each other's writes done. Give each process its own journal path (for example with
+    the process id in it), or share a Redis stream instead.
+    """
+
+
+class KeyReused(DBResilienceError, ValueError):
+    """An idempotency key already applied by the same statement with other parameters: the
+    write is set aside with this error, never applied and never silently dropped."""
+
+
+class LedgerUnavailable(DBResilienceError):
+    """The write queue could not create or reach its ledger table; the batch is retried.
+
+    Never a verdict on a write: a race between instances creating the table, for instance,
+    answers 23505 on ``pg_type``, which must not be taken for the write's own unique violation.
+    """

@@ -11,16 +11,25 @@ prefix: a line ``{"w": seq}`` records that every write up to ``seq`` is done. On
 everything after the last watermark is returned for replay. A torn last line (the process died
 mid-write) is dropped: that write's ``submit`` never returned. Compaction rewrites the file with
 the pending writes only and renames it over the old one (atomic).
+
+A journal has one owner. ``open`` takes an exclusive ``flock`` on ``<path>.lock`` (a file of its
+own: compaction replaces the journal file, which would drop a lock held on it) and raises
+:class:`dbresilience.JournalLocked` when another queue holds it, in this process or another. The
+lock goes with the process, however it ends (SIGKILL included), so a crashed owner never blocks
+the next one.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from dbresilience._errors import JournalLocked
 from dbresilience._validate import one_of
 
 __all__ = ["Journal", "Record"]
@@ -48,12 +57,46 @@ class Journal:
         self.fsync = one_of("fsync", fsync, _FSYNC_POLICIES)
         self.path = Path(path)
         self._fd: int | None = None
+        self._owner_fd: int | None = None  # the flock on <path>.lock
         self._lock = threading.Lock()
         self.bytes = 0
         self.torn = 0  # torn lines dropped on open
 
     def open(self) -> tuple[list[Record], int]:
-        """Open (creating) the file; return the writes not yet done and the highest seq seen."""
+        """Open (creating) the file; return the writes not yet done and the highest seq seen.
+
+        Raises :class:`dbresilience.JournalLocked` when another queue has it open.
+        """
+        self._take_ownership()
+        try:
+            return self._open()
+        except BaseException:
+            self._release_ownership()
+            raise
+
+    def _take_ownership(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise JournalLocked(
+                f"journal {self.path} is open in another write queue (process {owner}); "
+                "one journal has one owner: give each process its own path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._owner_fd = fd
+
+    def _release_ownership(self) -> None:
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)  # closing the descriptor drops the flock
+            self._owner_fd = None
+
+    def _open(self) -> tuple[list[Record], int]:
         pending: dict[int, Record] = {}
         done = 0
         top = 0
@@ -126,11 +169,20 @@ class Journal:
             os.fsync(self._fd)
 
     def _write(self, data: bytes, sync: bool) -> None:
+        """Append *data* whole, or not at all: a short write (a full disk, a file-size limit)
+        is cut off again, so that no torn line ends up between two whole ones."""
         with self._lock:
             if self._fd is None:
                 raise ValueError("the journal is not open")
-            os.write(self._fd, data)
-            self.bytes += len(data)
+            try:
+                written = os.write(self._fd, data)
+            except OSError:
+                os.ftruncate(self._fd, self.bytes)
+                raise
+            if written != len(data):
+                os.ftruncate(self._fd, self.bytes)
+                raise OSError(errno.ENOSPC, f"journal {self.path}: short write, nothing kept")
+            self.bytes += written
             if sync:
                 os.fsync(self._fd)
 
@@ -156,8 +208,9 @@ class Journal:
         os.replace(tmp, self.path)
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
+        """Close the file and give up ownership (idempotent)."""
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            self._release_ownership()

@@ -9,17 +9,24 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+
 from dbresilience._acompat import ASignal, AWorker, aspawn, await_worker
 from dbresilience._breaker import Permit
-from dbresilience._errors import CircuitOpen
+from dbresilience._classify import classify
+from dbresilience._errors import CircuitOpen, KeyReused, LedgerUnavailable
 from dbresilience._events import logger
 from dbresilience._journal import Record
 from dbresilience._lifecycle import ResourceState
 from dbresilience._queue_base import (
     COPY_MIN_ROWS,
+    POISON_AFTER,
+    FailedWrite,
+    LedgerSQL,
     QueueBase,
     copy_statement,
     is_bad_write,
+    is_timeout,
     runs,
 )
 
@@ -33,6 +40,7 @@ else:
 __all__ = ["AsyncWriteQueue"]
 
 _COMPACT_BYTES = 16 * 1024 * 1024
+_LEDGER_LOCK = 0x64627251  # pg_advisory_xact_lock key serialising the ledger's creation
 
 
 class AsyncWriteQueue(QueueBase):
@@ -81,7 +89,7 @@ class AsyncWriteQueue(QueueBase):
             if self._is_open:
                 return self
             self._start_state()
-        self._worker = aspawn(self._run, "dbr-write-queue")
+        self._worker = aspawn(self._supervise, "dbr-write-queue")
         return self
 
     async def __aenter__(self) -> AsyncWriteQueue:
@@ -159,6 +167,30 @@ class AsyncWriteQueue(QueueBase):
 
     # --- the worker -----------------------------------------------------------------------------
 
+    async def _supervise(self) -> None:
+        """Run the worker; when it fails outside a batch's own triage (a bug, a journal that
+        cannot be read back), log it, count it and start it again, with backoff."""
+        delay = 0.1
+        while True:
+            try:
+                await self._run()
+                return
+            except Exception as exc:
+                with self._cond:
+                    self._note_worker_failure(exc)
+                    closing = self._closing
+                logger.error(
+                    "write queue worker failed (%s); restarting it in %.1f s",
+                    type(exc).__name__,
+                    delay,
+                    exc_info=True,
+                )
+                if closing and time.monotonic() + delay > self._drain_deadline:
+                    return
+                seen = self._wakeup.count
+                await self._wakeup.wait(seen, delay)
+                delay = min(delay * 2, 5.0)
+
     async def _run(self) -> None:
         while True:
             seen = self._wakeup.count
@@ -177,19 +209,23 @@ class AsyncWriteQueue(QueueBase):
                 return  # closing, and the drain deadline passed while retrying
 
     async def _process(self, batch: list[Record]) -> bool:
-        """Commit *batch*, retrying transient failures and bisecting permanent ones."""
+        """Commit *batch*: retry what says nothing about the writes, bisect to set aside a write
+        the database refuses, and isolate one that keeps timing out while the database answers.
+        False when closing and the drain deadline passed."""
         delay = 0.05
+        timeouts = 0
         while True:
             try:
-                written, duplicates = await self._attempt(batch)
+                written, duplicates, reused = await self._attempt(batch)
             except Exception as exc:
-                if is_bad_write(exc):
+                bad = is_bad_write(exc)
+                if not bad and is_timeout(exc):
+                    timeouts += 1
+                    if timeouts >= POISON_AFTER:
+                        bad = len(batch) > 1 or await self._database_answers()
+                if bad:
                     if len(batch) == 1:
-                        failed = self._set_aside(batch[0], exc)
-                        self._done_with(batch, 0, 0)
-                        logger.error("write set aside (%s): %s", failed.code, failed.error)
-                        if self._on_failed is not None:
-                            self._call_hook(self._on_failed, failed)
+                        self._done_with(batch, 0, 0, [(batch[0], exc)])
                         return True
                     middle = len(batch) // 2
                     return await self._process(batch[:middle]) and await self._process(
@@ -203,42 +239,90 @@ class AsyncWriteQueue(QueueBase):
                 await self._wakeup.wait(seen, wait)  # closing cuts the backoff short
                 delay = min(delay * 2, 2.0)
                 continue
-            self._done_with(batch, written, duplicates)
+            self._done_with(batch, written, duplicates, [(r, _reused(r)) for r in reused])
             if self._on_commit is not None:
                 self._call_hook(self._on_commit, batch)
             return True
 
-    def _done_with(self, batch: Sequence[Record], written: int, duplicates: int) -> None:
+    async def _database_answers(self) -> bool:
+        """Whether the database answers a trivial query now: then a write that keeps timing out
+        is the write's own problem (a lock never granted, a pathological trigger)."""
+        try:
+            await self.pool.fetchone("select 1", timeout=min(5.0, self.batch_timeout))
+        except Exception:
+            return False
+        return True
+
+    def _done_with(
+        self,
+        batch: Sequence[Record],
+        written: int,
+        duplicates: int,
+        set_aside: Sequence[tuple[Record, BaseException]] = (),
+    ) -> None:
+        """*batch* (the head of the buffer) is committed, or its one write set aside."""
+        failed: list[FailedWrite] = []
         with self._cond:
+            for record, exc in set_aside:
+                failed.append(self._set_aside(record, exc))
             self._finish(batch, written, duplicates)
             if self._journal is not None:
-                self._journal.mark_done(batch[-1].seq)
-                if self._journal.bytes > _COMPACT_BYTES and not self._spilled:
-                    self._journal.compact(list(self._buffer), self._done)
+                try:
+                    self._journal.mark_done(batch[-1].seq)
+                    if self._journal.bytes > _COMPACT_BYTES and not self._spilled:
+                        self._journal.compact(list(self._buffer), self._done)
+                    self._journal_error = None
+                except OSError as exc:
+                    self._note_journal_error(exc)
         self._progress.notify()
+        if self._on_failed is not None:
+            for item in failed:
+                self._call_hook(self._on_failed, item)
 
-    async def _attempt(self, batch: list[Record]) -> tuple[int, int]:
-        """One transaction for *batch* through the pool's breaker; returns (applied, skipped as
-        already applied)."""
+    async def _attempt(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
+        """One transaction for *batch* through the pool's breaker: ``(applied, skipped as
+        already applied, key reused for another write)``."""
         with Permit(getattr(self.pool, "breaker", None)):
             return await self._transaction(batch)
 
-    async def _transaction(self, batch: list[Record]) -> tuple[int, int]:
-        create, claim, prune = self._ledger_sql()
+    async def _ensure_ledger(self, conn: Any, ledger: LedgerSQL) -> None:
+        """Create the ledger table once, serialised between instances starting together (two
+        concurrent CREATE TABLE IF NOT EXISTS collide on pg_type with a 23505)."""
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEDGER_LOCK,))
+                await conn.execute(ledger.create)
+        except psycopg.Error as exc:
+            raise LedgerUnavailable(
+                f"could not create the write ledger ({classify(exc).code})"
+            ) from exc
+        self._ledger_ready = True
+
+    async def _transaction(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
+        ledger = self._ledger_sql()
         async with self.pool.connection(timeout=self.batch_timeout) as conn:
             if not self._ledger_ready:
-                await conn.execute(create)
-                self._ledger_ready = True
+                await self._ensure_ledger(conn, ledger)
             if time.monotonic() - self._last_prune > 600:
-                await conn.execute(prune, (self.ledger_retention,))
+                await conn.execute(ledger.prune, (self.ledger_retention,))
                 self._last_prune = time.monotonic()
             async with conn.transaction():
                 todo, duplicates = batch, 0
-                keys = list(dict.fromkeys(r.key for r in batch if r.key is not None))
-                if keys:
-                    cur = await conn.execute(claim, (keys,))
-                    fresh = {row[0] for row in await cur.fetchall()}
-                    todo, duplicates = self._dedupe(batch, fresh)
+                reused: list[Record] = []
+                claims = self._claims(batch)
+                if claims:
+                    scopes = [scope for scope, _ in claims]
+                    keys = [key for _, key in claims]
+                    cur = await conn.execute(ledger.claim, (scopes, keys, list(claims.values())))
+                    fresh = {(row[0], row[1]) for row in await cur.fetchall()}
+                    applied: dict[tuple[str, str], str] = {}
+                    if len(fresh) < len(claims):
+                        taken = [ident for ident in claims if ident not in fresh]
+                        cur = await conn.execute(
+                            ledger.applied, ([s for s, _ in taken], [k for _, k in taken])
+                        )
+                        applied = {(row[0], row[1]): row[2] for row in await cur.fetchall()}
+                    todo, duplicates, reused = self._dedupe(batch, claims, fresh, applied)
                 cur = conn.cursor()
                 for statement, params in runs(todo):
                     copy = (
@@ -253,4 +337,10 @@ class AsyncWriteQueue(QueueBase):
                     else:
                         await cur.executemany(statement, params)  # the caller's SQL
         self.counters["batches"] += 1
-        return len(todo), duplicates
+        return len(todo), duplicates, reused
+
+
+def _reused(record: Record) -> KeyReused:
+    return KeyReused(
+        f"key {record.key!r} was already applied by this statement with other parameters"
+    )

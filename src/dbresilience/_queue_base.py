@@ -8,7 +8,10 @@ write), the ledger's SQL and the counters of ``stats()``.
 from __future__ import annotations
 
 import collections
+import functools
+import hashlib
 import itertools
+import json
 import os
 import re
 import threading
@@ -16,12 +19,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+import psycopg
 from psycopg import sql
 
 from dbresilience._classify import ErrorKind, classify
-from dbresilience._errors import QueueClosed, QueueFull
+from dbresilience._errors import DBResilienceError, QueueClosed, QueueFull, QueueStalled
 from dbresilience._events import logger
 from dbresilience._journal import Journal, Record
 from dbresilience._lifecycle import Lifecycle, ResourceState
@@ -39,29 +43,32 @@ __all__ = ["FailedWrite", "QueueBase", "QueueClosed", "QueueFull"]
 
 _OPEN = ResourceState.OPEN
 
-# Failures that say nothing about the write itself: the batch is retried, never set aside.
-_RETRY_KINDS = frozenset(
-    {
-        ErrorKind.UNREACHABLE,
-        ErrorKind.CONNECT_TIMEOUT,
-        ErrorKind.AUTH_FAILED,
-        ErrorKind.DATABASE_MISSING,
-        ErrorKind.TLS_ERROR,
-        ErrorKind.TOO_MANY_CONNECTIONS,
-        ErrorKind.CONNECTION_LOST,
-        ErrorKind.CONNECTION_CLOSED,
-        ErrorKind.IDLE_TIMEOUT,
-        ErrorKind.READ_ONLY,
-        ErrorKind.POOL_TIMEOUT,
-        ErrorKind.QUERY_TIMEOUT,
-        ErrorKind.SERIALIZATION_FAILURE,
-        ErrorKind.DEADLOCK,
-        ErrorKind.LOCK_NOT_AVAILABLE,
-        ErrorKind.COMPLETION_UNKNOWN,
-        ErrorKind.INSUFFICIENT_RESOURCES,
-        ErrorKind.CIRCUIT_OPEN,
-    }
+# SQLSTATE classes in which the database judges the write itself: cardinality (21), data (22),
+# integrity constraints (23), triggered data change (27), routine and external-routine
+# exceptions (2F, 38, 39: a trigger or function refused it), syntax or access rule (42), WITH
+# CHECK OPTION (44), program limits (54), feature not supported (0A), PL/pgSQL RAISE (P0). Only
+# these set a write aside; anything else (the database unavailable, a lost connection, a timeout,
+# the pool closed, the library's own errors, an error nobody classified) retries the batch.
+_VERDICT_CLASSES = frozenset(
+    {"0A", "21", "22", "23", "27", "2F", "38", "39", "42", "44", "54", "P0"}
 )
+
+# Failures that may be the write's own fault or the database's: a statement timeout (57014) or a
+# lock never granted (55P03). Retried; after POISON_AFTER in a row, the batch is bisected and a
+# single write that still fails this way while the database answers a probe is set aside.
+_TIMEOUT_KINDS = frozenset({ErrorKind.QUERY_TIMEOUT, ErrorKind.LOCK_NOT_AVAILABLE})
+POISON_AFTER = 3
+_STALLED_AFTER = 3  # worker failures in a row, without a batch done, before submit refuses
+
+
+class LedgerSQL(NamedTuple):
+    """The ledger's statements, composed once per queue."""
+
+    create: sql.Composed
+    claim: sql.Composed
+    applied: sql.Composed
+    prune: sql.Composed
+
 
 # INSERT INTO table (a, b) VALUES (%s, %s) and nothing else: COPY gives the same result.
 _PLAIN_INSERT = re.compile(
@@ -111,11 +118,35 @@ def runs(batch: Sequence[Record]) -> Iterator[tuple[str, list[Any]]]:
 
 
 def is_bad_write(exc: BaseException) -> bool:
-    """True when *exc* condemns the write itself (bad SQL or data, a constraint), not the
-    database's availability: such a write is found by bisection and set aside."""
-    if not isinstance(exc, Exception):
+    """True when *exc* is the database's (or the driver's) verdict on the write itself: bad SQL
+    or data, a constraint, a trigger's refusal. Such a write is found by bisection and set
+    aside; nothing else ever condemns a write (see ``_VERDICT_CLASSES``)."""
+    if not isinstance(exc, Exception) or isinstance(exc, DBResilienceError):
         return False
-    return classify(exc).kind not in _RETRY_KINDS
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate[:2] in _VERDICT_CLASSES
+    # psycopg refusing the parameters before sending anything (cannot adapt a value, wrong
+    # number of placeholders): the same write fails the same way every time
+    return isinstance(exc, psycopg.ProgrammingError | psycopg.DataError)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """True for a statement timeout or a lock not granted: maybe the write, maybe the load."""
+    return isinstance(exc, Exception) and classify(exc).kind in _TIMEOUT_KINDS
+
+
+@functools.lru_cache(maxsize=1024)
+def scope_of(statement: str) -> str:
+    """The ledger scope of a keyed write: its statement (a key protects one statement's
+    effect; another statement reusing the key is another write)."""
+    return hashlib.sha256(statement.encode()).hexdigest()[:16]
+
+
+def digest_of(params: Any) -> str:
+    """A digest of a write's parameters, to tell a retry of a write from a reused key."""
+    text = json.dumps(params, default=str, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class QueueBase(Lifecycle):
@@ -136,12 +167,12 @@ class QueueBase(Lifecycle):
         on_full: str = "block",
         block_timeout: float | timedelta = 5.0,
         drain_timeout: float | timedelta = 10.0,
-        ledger_table: str = "dbr_write_ledger",
+        ledger_table: str = "dbr_queue_ledger",
         ledger_retention: float | timedelta = 7 * 24 * 3600.0,
         batch_timeout: float | timedelta = 30.0,
         on_failed: Callable[[FailedWrite], None] | None = None,
         on_commit: Callable[[Sequence[Record]], None] | None = None,
-        use_copy: bool = True,
+        use_copy: bool = False,
     ) -> None:
         """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O."""
         self.pool = pool
@@ -176,6 +207,9 @@ class QueueBase(Lifecycle):
         self._submitted_at: dict[int, float] = {}
         self._failed_writes: collections.deque[FailedWrite] = collections.deque(maxlen=1000)
         self._closing = False
+        self._worker_failures = 0  # worker failures since the last batch was done
+        self._worker_error: str | None = None
+        self._journal_error: str | None = None
         # spill mode: writes past max_pending live only in the journal, from this offset on
         self._spilled = 0
         self._spill_offset = 0
@@ -189,6 +223,7 @@ class QueueBase(Lifecycle):
             "batches": 0,
             "replayed": 0,
             "spilled": 0,
+            "worker_restarts": 0,
         }
 
     # --- submitting (thread-safe, never does database I/O) --------------------------------------
@@ -211,6 +246,11 @@ class QueueBase(Lifecycle):
         with self._cond:
             if self._state is not _OPEN or self._closing:  # not the property: a hot path
                 raise QueueClosed("the write queue is not open")
+            if self._worker_failures >= _STALLED_AFTER:
+                raise QueueStalled(
+                    f"the write queue's worker failed {self._worker_failures} times in a row "
+                    f"({self._worker_error}); see stats()"
+                )
             if self._spilled or len(self._buffer) >= self.max_pending:
                 if self.on_full == "spill":
                     self._spill(statement, params, key)  # in order: once spilling, keep spilling
@@ -226,6 +266,9 @@ class QueueBase(Lifecycle):
                     raise TypeError(
                         f"params must be JSON-serialisable with a journal: {exc}"
                     ) from None
+                except BaseException:  # OSError (a full disk): not accepted, not numbered
+                    self._seq -= 1
+                    raise
             self._buffer.append(record)
             self._submitted_at[record.seq] = time.monotonic()
             self.counters["submitted"] += 1
@@ -244,6 +287,9 @@ class QueueBase(Lifecycle):
         except (TypeError, ValueError) as exc:
             self._seq -= 1
             raise TypeError(f"params must be JSON-serialisable with a journal: {exc}") from None
+        except BaseException:
+            self._seq -= 1
+            raise
         if not self._spilled:
             self._spill_offset, self._spill_seq = offset, record.seq
         self._spilled += 1
@@ -312,18 +358,42 @@ class QueueBase(Lifecycle):
             record = self._buffer.popleft()
             self._submitted_at.pop(record.seq, None)
         self._done = batch[-1].seq
-        self.counters["written"] += written + duplicates
+        self._worker_failures = 0
+        self.counters["written"] += written
         self.counters["duplicates"] += duplicates
         self._cond.notify_all()
 
     def _set_aside(self, record: Record, exc: BaseException) -> FailedWrite:
+        """Under the condition: keep *record* with its error in ``failed_writes()``; log it by
+        its classification only (the database's message may quote the row: personal data)."""
         c = classify(exc)
         failed = FailedWrite(
             record.sql, record.params, record.key, f"{type(exc).__name__}: {exc}", c.code
         )
         self._failed_writes.append(failed)
         self.counters["failed"] += 1
+        logger.error(
+            "write set aside: %s (%s, SQLSTATE %s); see failed_writes()",
+            c.code,
+            type(exc).__name__,
+            c.sqlstate or "-",
+        )
         return failed
+
+    def _note_worker_failure(self, exc: BaseException) -> None:
+        """Under the condition: the worker failed outside any batch's own triage."""
+        self.counters["worker_restarts"] += 1
+        self._worker_failures += 1
+        self._worker_error = f"{type(exc).__name__} ({classify(exc).code})"
+
+    def _note_journal_error(self, exc: OSError) -> None:
+        """Under the condition: the journal could not record progress (a full disk, a file
+        size limit). Committed writes stay committed; the watermark is written by the next
+        batch that can, and until then a reopened queue replays (keyed writes are skipped by
+        the ledger; unkeyed ones are at least once)."""
+        if self._journal_error is None:
+            logger.error("write queue journal cannot record progress: %s", exc.strerror or exc)
+        self._journal_error = f"{type(exc).__name__}: {exc.strerror or exc}"
 
     def _start_state(self) -> None:
         """Under the condition, on open: replay the journal first, reset the worker's state."""
@@ -342,6 +412,7 @@ class QueueBase(Lifecycle):
         self._state = ResourceState.OPEN
         self._closing = False
         self._flushers = 0
+        self._worker_failures = 0
         self._ledger_ready = False
         self._last_prune = 0.0
 
@@ -357,38 +428,77 @@ class QueueBase(Lifecycle):
         """The last (up to 1000) writes set aside, with their errors."""
         return list(self._failed_writes)
 
-    def _ledger_sql(self) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
-        create = sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, "
-            "applied_at timestamptz NOT NULL DEFAULT now())"
-        ).format(self._ledger)
-        claim = sql.SQL(
-            "INSERT INTO {} (key) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING RETURNING key"
-        ).format(self._ledger)
-        prune = sql.SQL(
-            "DELETE FROM {} WHERE applied_at < now() - %s * interval '1 second'"
-        ).format(self._ledger)
-        return create, claim, prune
+    def _ledger_sql(self) -> LedgerSQL:
+        return LedgerSQL(
+            create=sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (scope text NOT NULL, key text NOT NULL, "
+                "digest text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (scope, key))"
+            ).format(self._ledger),
+            claim=sql.SQL(
+                "INSERT INTO {} (scope, key, digest) "
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) "
+                "ON CONFLICT DO NOTHING RETURNING scope, key"
+            ).format(self._ledger),
+            applied=sql.SQL(
+                "SELECT scope, key, digest FROM {} "
+                "WHERE (scope, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+            ).format(self._ledger),
+            prune=sql.SQL(
+                "DELETE FROM {} WHERE applied_at < now() - %s * interval '1 second'"
+            ).format(self._ledger),
+        )
 
     @staticmethod
-    def _dedupe(batch: Sequence[Record], fresh: set[str]) -> tuple[list[Record], int]:
-        """The writes to apply: unkeyed ones, and the first write of each key not yet applied."""
+    def _claims(batch: Sequence[Record]) -> dict[tuple[str, str], str]:
+        """The ledger identities ``(scope, key)`` of the keyed writes in *batch*, each with the
+        parameter digest of its first write in the batch."""
+        claims: dict[tuple[str, str], str] = {}
+        for record in batch:
+            if record.key is not None:
+                claims.setdefault((scope_of(record.sql), record.key), digest_of(record.params))
+        return claims
+
+    @staticmethod
+    def _dedupe(
+        batch: Sequence[Record],
+        claims: dict[tuple[str, str], str],
+        fresh: set[tuple[str, str]],
+        applied: dict[tuple[str, str], str],
+    ) -> tuple[list[Record], int, list[Record]]:
+        """What to do with each write: ``(apply, skipped as already applied, key reused)``.
+
+        Unkeyed writes are applied. The first write of a freshly claimed key is applied; a
+        write whose key was applied before (or earlier in the batch) with the same parameters
+        is a duplicate; with other parameters, the key was reused for another write.
+        """
         todo: list[Record] = []
-        seen: set[str] = set()
+        duplicates = 0
+        reused: list[Record] = []
+        taken: set[tuple[str, str]] = set()
         for record in batch:
             if record.key is None:
                 todo.append(record)
-            elif record.key in fresh and record.key not in seen:
-                seen.add(record.key)
+                continue
+            ident = (scope_of(record.sql), record.key)
+            if ident in fresh and ident not in taken:
+                taken.add(ident)
                 todo.append(record)
-        return todo, len(batch) - len(todo)
+                continue
+            prior = claims[ident] if ident in taken else applied.get(ident)
+            if prior == digest_of(record.params):
+                duplicates += 1
+            else:
+                reused.append(record)
+        return todo, duplicates, reused
 
     def stats(self) -> dict[str, Any]:
-        """``submitted``, ``written`` (applied, or skipped as a duplicate key), ``pending``,
-        ``failed`` (set aside), ``retried``, ``duplicates``, ``batches``, ``replayed`` (from the
-        journal), ``spilled`` (kept in the journal only, ``on_full="spill"``),
-        ``oldest_pending_age`` (s) and ``journal_bytes``. Always
-        ``written + pending + failed == submitted + replayed``."""
+        """``submitted``, ``written`` (applied), ``duplicates`` (skipped: their key was already
+        applied with the same parameters), ``failed`` (set aside), ``pending``, ``retried``,
+        ``batches``, ``replayed`` (from the journal), ``spilled`` (kept in the journal only,
+        ``on_full="spill"``), ``worker_restarts``, ``worker_error`` and ``journal_error`` (the
+        last failure, or None), ``oldest_pending_age`` (s) and ``journal_bytes``. Always
+        ``written + duplicates + failed + pending == submitted + replayed``."""
         with self._cond:
             pending = len(self._buffer) + self._spilled
             oldest = (
@@ -401,4 +511,6 @@ class QueueBase(Lifecycle):
             "pending": pending,
             "oldest_pending_age": oldest,
             "journal_bytes": self._journal.bytes if self._journal is not None else 0,
+            "worker_error": self._worker_error,
+            "journal_error": self._journal_error,
         }
