@@ -13,6 +13,7 @@ catches the library's error)::
     ├── QueueClosed                      [RuntimeError] a write queue is not open
     ├── QueueStalled                     [RuntimeError] a write queue's worker keeps failing
     ├── JournalLocked                    [RuntimeError] another queue owns the journal
+    ├── JournalCorrupt                   [ValueError] a journal line is not one the queue wrote
     ├── KeyReused                        [ValueError] an idempotency key reused for another write
     ├── LedgerUnavailable                the write ledger could not be set up (retried)
     ├── UpstreamTimeout                  [TimeoutError] an upstream service timed out (HTTP 504)
@@ -40,6 +41,7 @@ __all__ = [
     "CommitUnknown",
     "DBResilienceError",
     "DatabaseUnavailable",
+    "JournalCorrupt",
     "JournalLocked",
     "KeyReused",
     "LedgerUnavailable",
@@ -194,3 +196,10 @@ class LedgerUnavailable(DBResilienceError):
     Never a verdict on a write: a race between instances creating the table, for instance,
     answers 23505 on ``pg_type``, which must not be taken for the write's own unique violation.
     """
+
+
+class JournalCorrupt(DBResilienceError, ValueError):
+    """A journal line in the middle of the file is not one a write queue wrote (a torn last
+    line is expected after a crash and dropped; this is not that). The queue refuses to open
+    rather than guess which writes were acknowledged: move the file aside to start afresh."""
+

@@ -29,10 +29,10 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dbresilience._errors import JournalLocked
+from dbresilience._errors import JournalCorrupt, JournalLocked
 from dbresilience._validate import one_of
 
-__all__ = ["Journal", "Record"]
+__all__ = ["Journal", "Record", "parse_line"]
 
 _FSYNC_POLICIES = ("always", "batch", "never")
 
@@ -48,6 +48,32 @@ class Record(NamedTuple):
     sql: str
     params: Any
     key: str | None
+
+
+def parse_line(line: bytes) -> Record | int:
+    """One journal line: a :class:`Record`, or a watermark (an int). Anything else, whatever
+    the bytes (the file is input like any other), raises ``ValueError`` saying why."""
+    try:
+        item = json.loads(line)
+    except (ValueError, RecursionError):  # bad UTF-8, bad JSON, absurdly deep JSON
+        raise ValueError("not a JSON line") from None
+    if not isinstance(item, dict):
+        raise ValueError("not a JSON object")
+    if "w" in item:
+        mark = item["w"]
+        if type(mark) is not int or mark < 0:
+            raise ValueError("a watermark that is not a sequence number")
+        return mark
+    seq, statement, params, key = item.get("s"), item.get("q"), item.get("p"), item.get("k")
+    if type(seq) is not int or seq < 1:
+        raise ValueError("a record without a sequence number")
+    if not isinstance(statement, str):
+        raise ValueError("a record without a statement")
+    if params is not None and not isinstance(params, list | dict):
+        raise ValueError("a record whose parameters are neither a list nor an object")
+    if key is not None and not isinstance(key, str):
+        raise ValueError("a record whose key is not a string")
+    return Record(seq, statement, params, key)
 
 
 class Journal:
@@ -107,18 +133,20 @@ class Journal:
                 if not line:
                     continue
                 try:
-                    item = json.loads(line)
-                except ValueError:
+                    item = parse_line(line)
+                except ValueError as exc:
                     if n == len(lines) - 1:  # the last line, cut short by a crash
                         self.torn += 1
                         continue
-                    raise ValueError(f"journal {self.path} is corrupt at line {n + 1}") from None
-                if "w" in item:
-                    done = max(done, int(item["w"]))
+                    raise JournalCorrupt(
+                        f"journal {self.path} is corrupt at line {n + 1} ({exc}); "
+                        "move it aside to start afresh"
+                    ) from None
+                if isinstance(item, int):
+                    done = max(done, item)
                 else:
-                    record = Record(int(item["s"]), item["q"], item.get("p"), item.get("k"))
-                    pending[record.seq] = record
-                    top = max(top, record.seq)
+                    pending[item.seq] = item
+                    top = max(top, item.seq)
             top = max(top, done)
         replay = [pending[s] for s in sorted(pending) if s > done]
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,9 +182,12 @@ class Journal:
                 if not line.endswith(b"\n"):
                     break
                 offset += len(line)
-                item = json.loads(line)
-                if "s" in item and int(item["s"]) >= min_seq:
-                    records.append(Record(int(item["s"]), item["q"], item.get("p"), item.get("k")))
+                try:
+                    item = parse_line(line.rstrip(b"\n"))
+                except ValueError as exc:
+                    raise JournalCorrupt(f"journal {self.path} is corrupt ({exc})") from None
+                if isinstance(item, Record) and item.seq >= min_seq:
+                    records.append(item)
         return records, offset
 
     def mark_done(self, seq: int) -> None:
