@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck bench bench-instructions install clean generate
+.PHONY: demo test lint typecheck bench bench-instructions chaos install clean generate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# a soak under real faults (default 10 minutes; CI runs a 60 s one in the test suite)
+CHAOS_SECONDS ?= 600
+chaos: $(STAMP)
+	$(BIN)/dbresilience chaos --seconds $(CHAOS_SECONDS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
