@@ -5,6 +5,13 @@ the SQLSTATE anywhere in the chain, then the exception class, then the message t
 state of the connection the error came from. The chain is the exception, SQLAlchemy's ``.orig``,
 ``__cause__`` and ``__context__``, walked breadth-first and cycle-safe.
 
+Everything read here is untrusted: a message may be a megabyte long and built to make a regular
+expression backtrack, a ``__str__`` or a property may raise anything (``KeyboardInterrupt``
+included), a chain may loop or run ten thousand links deep. So the walk is bounded
+(``_MAX_CHAIN`` links), only the head of each message is read (``_SCAN_CHARS``), texts are
+matched as plain substrings (linear) plus one pattern whose quantifier is bounded and cannot
+backtrack past a quote, and every attribute or ``str()`` of a foreign object is guarded.
+
 Nothing here imports an optional dependency: SQLAlchemy and redis-py exceptions are recognised by
 module and class name, so classifying costs no import and works whichever versions are installed.
 """
@@ -24,6 +31,9 @@ import psycopg_pool
 __all__ = ["Classification", "ErrorKind", "classify"]
 
 _MAX_CHAIN = 16
+# libpq puts what happened first ("connection to server at … failed: FATAL: …"); a multi-host
+# connection string lists one such line per host. What follows the head is not read.
+_SCAN_CHARS = 4096
 
 
 class ErrorKind(enum.Enum):
@@ -238,10 +248,18 @@ _PGBOUNCER_08P01: tuple[tuple[str, ErrorKind], ...] = (
 _SQLSTATE_RE = re.compile(r"^[0-9A-Z]{5}$")
 
 
+def _attr(obj: object, name: str) -> object:
+    """``getattr(obj, name, None)``, or None when a property or ``__getattr__`` raises."""
+    try:
+        return getattr(obj, name, None)
+    except BaseException:  # even KeyboardInterrupt from foreign code: classify never raises
+        return None
+
+
 def _sqlstate_of(exc: BaseException) -> str | None:
     # psycopg 3 and asyncpg: .sqlstate; psycopg2: .pgcode
     for attr in ("sqlstate", "pgcode"):
-        value = getattr(exc, attr, None)
+        value = _attr(exc, attr)
         if isinstance(value, str) and _SQLSTATE_RE.match(value):
             return value
     return None
@@ -250,7 +268,7 @@ def _sqlstate_of(exc: BaseException) -> str | None:
 def _by_sqlstate(sqlstate: str, exc: BaseException) -> Classification:
     reason = f"sqlstate {sqlstate}"
     if sqlstate == "08P01":
-        text = _message_of(exc).lower()
+        text = _message_of(exc)
         for needle, kind in _PGBOUNCER_08P01:
             if needle in text:
                 return _make(kind, sqlstate, f"{reason} ({needle})")
@@ -261,8 +279,13 @@ def _by_sqlstate(sqlstate: str, exc: BaseException) -> Classification:
 # --- exception classes ------------------------------------------------------------------------
 
 
+def _module(cls: type) -> str:
+    module = _attr(cls, "__module__")
+    return module if isinstance(module, str) else ""
+
+
 def _mro_names(exc: BaseException, module_prefix: str) -> list[str]:
-    return [c.__name__ for c in type(exc).__mro__ if c.__module__.startswith(module_prefix)]
+    return [c.__name__ for c in type(exc).__mro__ if _module(c).startswith(module_prefix)]
 
 
 def _by_class(exc: BaseException) -> ErrorKind | None:
@@ -272,12 +295,12 @@ def _by_class(exc: BaseException) -> ErrorKind | None:
         return _K.CONNECT_TIMEOUT
     if isinstance(exc, psycopg.errors.CancellationTimeout):
         return _K.QUERY_TIMEOUT
-    module = type(exc).__module__
+    module = _module(type(exc))
     if module.startswith("sqlalchemy"):
         names = _mro_names(exc, "sqlalchemy")
         if "TimeoutError" in names:  # QueuePool limit reached
             return _K.POOL_TIMEOUT
-        if "DisconnectionError" in names or getattr(exc, "connection_invalidated", False):
+        if "DisconnectionError" in names or _attr(exc, "connection_invalidated") is True:
             return _K.CONNECTION_LOST
         return None
     if module.startswith("redis"):
@@ -300,76 +323,136 @@ def _by_class(exc: BaseException) -> ErrorKind | None:
 
 # --- message text -----------------------------------------------------------------------------
 
-# Order matters: the first pattern that matches decides. Connect-time failures carry no SQLSTATE
+# Order matters: the first row with a match decides. Connect-time failures carry no SQLSTATE
 # in psycopg (libpq reports them as text), so these texts are the only evidence there is.
-_MESSAGES: tuple[tuple[re.Pattern[str], ErrorKind], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), kind)
-    for pattern, kind in (
+# Plain lower-case substrings, looked for with ``in`` in the lower-cased head of the message:
+# linear in its length, with no pattern that can backtrack.
+_MESSAGES: tuple[tuple[ErrorKind, tuple[str, ...]], ...] = (
+    (
+        _K.AUTH_FAILED,
         (
-            r"password authentication failed|role \".*\" does not exist|no pg_hba\.conf entry"
-            r"|authentication failed|peer authentication",
-            _K.AUTH_FAILED,
+            "password authentication failed",
+            "no pg_hba.conf entry",
+            "authentication failed",
+            "peer authentication",
         ),
-        (r"database \".*\" does not exist", _K.DATABASE_MISSING),
-        (r"permission denied", _K.ACCESS_DENIED),
+    ),
+    (_K.DATABASE_MISSING, ()),  # 'database "…" does not exist': see _QUOTED_NAME
+    (_K.ACCESS_DENIED, ("permission denied",)),
+    (
+        _K.CONNECTION_LOST,
         (
-            r"SSL SYSCALL error|EOF detected|unexpected eof|bad record mac"
-            r"|SSL connection has been closed unexpectedly",
-            _K.CONNECTION_LOST,
+            "ssl syscall error",
+            "eof detected",
+            "unexpected eof",
+            "bad record mac",
+            "ssl connection has been closed unexpectedly",
         ),
+    ),
+    (
+        _K.TLS_ERROR,
         (
-            r"server does not support SSL|certificate verify failed|SSL certificate"
-            r"|root certificate|sslmode|tlsv1 alert|handshake failure|wrong version number",
-            _K.TLS_ERROR,
+            "server does not support ssl",
+            "certificate verify failed",
+            "ssl certificate",
+            "root certificate",
+            "sslmode",
+            "tlsv1 alert",
+            "handshake failure",
+            "wrong version number",
         ),
+    ),
+    (
+        _K.TOO_MANY_CONNECTIONS,
         (
-            r"too many connections|remaining connection slots are reserved"
-            r"|no more connections allowed|sorry, too many clients",
-            _K.TOO_MANY_CONNECTIONS,
+            "too many connections",
+            "remaining connection slots are reserved",
+            "no more connections allowed",
+            "sorry, too many clients",
         ),
-        (r"query_wait_timeout", _K.POOL_TIMEOUT),
+    ),
+    (_K.POOL_TIMEOUT, ("query_wait_timeout",)),
+    (
+        _K.UNREACHABLE,
         (
-            r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)"
-            r"|not yet accepting connections",
-            _K.UNREACHABLE,
+            "the database system is starting up",
+            "the database system is shutting down",
+            "the database system is in recovery mode",
+            "the database system is not yet accepting",
+            "not yet accepting connections",
+            "connection refused",
+            "could not translate host name",
+            "failed to resolve host",
+            "name or service not known",
+            "temporary failure in name resolution",
+            "no route to host",
+            "network is unreachable",
+            "could not connect to server",
+            "is the server running",
         ),
+    ),
+    (_K.CONNECT_TIMEOUT, ("timeout expired", "connection timeout", "connection timed out")),
+    (_K.CONNECTION_CLOSED, ("the connection is closed", "connection already closed")),
+    (
+        _K.CONNECTION_LOST,
         (
-            r"connection refused|could not translate host name|failed to resolve host"
-            r"|name or service not known|temporary failure in name resolution|no route to host"
-            r"|network is unreachable|could not connect to server|is the server running",
-            _K.UNREACHABLE,
+            "server closed the connection",
+            "consuming input failed",
+            "sending query failed",
+            "could not receive data from server",
+            "could not send data to server",
+            "connection to server was lost",
+            "connection to server lost",
+            "lost synchronization with server",
+            "the connection is lost",
+            "no connection to the server",
+            "terminating connection",
+            "connection reset",
+            "broken pipe",
+            "connection is bad",
+            "server conn crashed",
+            "server_idle_timeout",
+            "client_idle_timeout",
         ),
-        (r"timeout expired|connection timeout|connection timed out", _K.CONNECT_TIMEOUT),
-        (r"the connection is closed|connection already closed", _K.CONNECTION_CLOSED),
-        (
-            r"server closed the connection|consuming input failed|sending query failed"
-            r"|could not receive data from server|could not send data to server"
-            r"|connection to server .* lost|the connection is lost|no connection to the server"
-            r"|terminating connection|connection reset|broken pipe|connection is bad"
-            r"|server conn crashed|server_idle_timeout|client_idle_timeout",
-            _K.CONNECTION_LOST,
-        ),
-        (r"canceling statement due to (statement|user request)", _K.QUERY_TIMEOUT),
-        (r"could not serialize access", _K.SERIALIZATION_FAILURE),
-        (r"deadlock detected", _K.DEADLOCK),
-        (r"in a read-only transaction", _K.READ_ONLY),
-    )
+    ),
+    (
+        _K.QUERY_TIMEOUT,
+        ("canceling statement due to statement", "canceling statement due to user request"),
+    ),
+    (_K.SERIALIZATION_FAILURE, ("could not serialize access",)),
+    (_K.DEADLOCK, ("deadlock detected",)),
+    (_K.READ_ONLY, ("in a read-only transaction",)),
 )
+
+# 'role "…" does not exist' (AUTH_FAILED), 'database "…" does not exist' (DATABASE_MISSING).
+# The name cannot hold a quote and is at most 128 characters (PostgreSQL's are at most 63
+# bytes), so a failed try at one position costs at most 128 steps, and tries at different
+# positions read different characters: linear, where ``".*"`` was quadratic.
+_QUOTED_NAME = re.compile(r'(role|database) "[^"\n]{0,128}" does not exist')
+_QUOTED_KIND = {"role": _K.AUTH_FAILED, "database": _K.DATABASE_MISSING}
 
 
 def _message_of(exc: BaseException) -> str:
+    """The lower-cased head of ``str(exc)`` (at most ``_SCAN_CHARS``), or ``""`` when there is
+    none: a ``__str__`` that raises anything, even ``KeyboardInterrupt``, or returns no str."""
     try:
-        return str(exc)
-    except Exception:  # a broken __str__ must not break classification
+        text = str(exc)
+    except BaseException:  # foreign code: classify never raises
         return ""
+    return text[:_SCAN_CHARS].lower()
 
 
 def _by_message(exc: BaseException) -> ErrorKind | None:
     text = _message_of(exc)
     if not text:
         return None
-    for pattern, kind in _MESSAGES:
-        if pattern.search(text):
+    quoted = (
+        {_QUOTED_KIND[m.group(1)] for m in _QUOTED_NAME.finditer(text)}
+        if '" does not exist' in text
+        else set()
+    )
+    for kind, needles in _MESSAGES:
+        if kind in quoted or any(needle in text for needle in needles):
             return kind
     return None
 
@@ -378,12 +461,12 @@ def _connection_broken(exc: BaseException) -> bool:
     """True when a psycopg error came from a connection that is no longer usable."""
     if not isinstance(exc, psycopg.OperationalError):
         return False
-    pgconn = getattr(exc, "pgconn", None)
+    pgconn = _attr(exc, "pgconn")
     if pgconn is None:
         return False
     try:
-        return bool(pgconn.status == psycopg.pq.ConnStatus.BAD)
-    except Exception:
+        return bool(_attr(pgconn, "status") == psycopg.pq.ConnStatus.BAD)
+    except BaseException:  # a foreign __eq__: no evidence
         return False
 
 
@@ -395,9 +478,9 @@ def _linked(exc: BaseException) -> list[tuple[BaseException, bool]]:
     rather than merely being handled when *exc* was raised (``__context__``)."""
     links: list[tuple[BaseException, bool]] = []
     for linked, explicit in (
-        (getattr(exc, "orig", None), True),
-        (exc.__cause__, True),
-        (exc.__context__, False),
+        (_attr(exc, "orig"), True),
+        (_attr(exc, "__cause__"), True),
+        (_attr(exc, "__context__"), False),
     ):
         if isinstance(linked, BaseException) and all(linked is not seen for seen, _ in links):
             links.append((linked, explicit))
@@ -438,7 +521,7 @@ def _vouched(chain: list[BaseException]) -> set[int]:
 
 
 def _own(exc: BaseException) -> object:
-    return getattr(exc, "_dbr_classification", None)
+    return _attr(exc, "_dbr_classification")
 
 
 def _verdict(link: BaseException) -> tuple[int, Classification] | None:
@@ -464,14 +547,16 @@ def _verdict(link: BaseException) -> tuple[int, Classification] | None:
 def classify(exc: BaseException) -> Classification:
     """Classify *exc*: what went wrong, whether a retry can help, and the HTTP answer.
 
-    Never raises, whatever *exc* is. A ``BaseException`` that is not an ``Exception``
-    (cancellation, ``KeyboardInterrupt``, ``SystemExit``) is never retryable. When any link of
-    the chain says a write may have been applied, the result says ``commit_unknown`` too. See
-    ``docs/classification.md`` for the whole table.
+    Never raises, whatever *exc* is: a ``__str__`` or property raising ``KeyboardInterrupt``,
+    a looping or 10,000-link chain, a megabyte of text built to make a pattern backtrack (only
+    the first 16 links and the first 4 KiB of each message are read). A ``BaseException``
+    that is not an ``Exception`` (cancellation, ``KeyboardInterrupt``, ``SystemExit``) is
+    never retryable. When any link of the chain says a write may have been applied, the
+    result says ``commit_unknown`` too. See ``docs/classification.md`` for the whole table.
     """
     try:
         return _classify(exc)
-    except Exception:  # pragma: no cover - defensive: classification must never raise
+    except BaseException:  # pragma: no cover - defensive: classification must never raise
         return _make(_K.UNKNOWN, None, "classification failed")
 
 
