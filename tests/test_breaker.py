@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -204,6 +206,73 @@ def test_bad_breaker_arguments(kwargs: dict[str, float], name: str) -> None:
     """Invalid breaker configuration fails at construction, naming the argument."""
     with pytest.raises(ValueError, match=name):
         dbr.CircuitBreaker(**kwargs)  # type: ignore[arg-type]
+
+
+GARBAGE_SECONDS = [math.inf, -math.inf, math.nan, 1e300, 10**400, -3.0, 7200.0]
+GARBAGE_IDS = ["inf", "-inf", "nan", "1e300", "10**400", "-3", "7200"]
+
+
+@pytest.mark.parametrize("seconds", GARBAGE_SECONDS, ids=GARBAGE_IDS)
+def test_circuit_open_retry_after_is_always_finite_and_bounded(seconds: float) -> None:
+    """Whatever CircuitOpen is given, its retry_after (and its classification's) is a finite
+    number of seconds in [0, 3600]."""
+    exc = dbr.CircuitOpen("db", seconds, "test")
+    assert math.isfinite(exc.retry_after)
+    assert 0.0 <= exc.retry_after <= 3600.0
+    c = dbr.classify(exc)
+    assert c.retry_after is not None
+    assert math.isfinite(c.retry_after)
+    assert 0.0 < c.retry_after <= 3600.0
+    assert "inf" not in str(exc)
+    assert "nan" not in str(exc)
+
+
+class ForeverState:
+    """A shared state that reports whatever it was given as "open until" (a buggy or hostile
+    implementation of the SharedState protocol)."""
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+
+    def attach(self, breaker: str) -> None:
+        """Nothing to follow."""
+
+    def open_until(self, breaker: str) -> float:
+        """The value it was given."""
+        return self.until
+
+    def publish(self, breaker: str, open_for: float) -> None:
+        """Nothing to publish."""
+
+
+@pytest.mark.parametrize("until", [math.inf, 1e300, 1000.0 + 10**6], ids=["inf", "1e300", "1e6"])
+def test_others_word_never_holds_a_caller_longer_than_open_for(until: float) -> None:
+    """A shared state saying "open until forever": CircuitOpen with retry_after <= open_for."""
+    breaker = make(Clock(), shared=ForeverState(until))
+    with pytest.raises(dbr.CircuitOpen) as info:
+        breaker.acquire()
+    assert info.value.retry_after == pytest.approx(5.0)
+
+
+def test_a_shared_state_saying_nan_is_ignored() -> None:
+    """NaN from a shared state is no opening: the call goes through."""
+    breaker = make(Clock(), shared=ForeverState(math.nan))
+    succeed(breaker)
+
+
+@pytest.mark.parametrize("seconds", [*GARBAGE_SECONDS, None], ids=[*GARBAGE_IDS, "None"])
+def test_web_renders_any_retry_after(seconds: float | None) -> None:
+    """dbresilience.web answers 503 with a Retry-After of 1 to 3600 whole seconds, whatever
+    the classification holds (infinity, NaN, huge, negative, None)."""
+    from dbresilience.web import error_response
+
+    exc = dbr.CircuitOpen("db", 1.0, "test")
+    exc._dbr_classification = dataclasses.replace(  # type: ignore[attr-defined]
+        dbr.classify(exc), retry_after=seconds
+    )
+    response = error_response(exc)
+    assert response.status_code == 503
+    assert 1 <= int(response.headers["Retry-After"]) <= 3600
 
 
 ALLOWED = {

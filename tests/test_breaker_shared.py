@@ -175,3 +175,29 @@ def test_bad_shared_state_arguments() -> None:
         dbr.RedisBreakerState("redis://x", refresh=0)
     state = dbr.RedisBreakerState("redis://:hunter2@cache:6379/0")
     assert "hunter2" not in repr(state)
+
+
+def test_garbage_in_the_shared_set_never_holds_callers_forever(
+    redis_url: str, namespace: str
+) -> None:
+    """Whoever can write the breaker's key: infinite, huge and bad-UTF-8 entries are ignored
+    (no infinite wait), and the poller lives on to see honest openings."""
+    client = redis.Redis.from_url(redis_url)
+    state = dbr.RedisBreakerState(redis_url, namespace=namespace, quorum=2, refresh=0.05).open()
+    try:
+        breaker = dbr.CircuitBreaker("db", open_for=5.0, shared=state)
+        key = state.key("db")
+        client.zadd(key, {b"forever-1": "inf", b"forever-2": "inf", b"\xff\xfe-huge": 1e300})
+        time.sleep(0.3)
+        assert state.open_until("db") == 0.0  # none of them is a signal an instance writes
+        breaker.acquire()
+        client.delete(key)
+        now_ms = int(time.time() * 1000)
+        client.zadd(key, {b"peer-1": now_ms + 3000, b"peer-2": now_ms + 3000})
+        wait_until(lambda: state.open_until("db") > time.monotonic(), 2.0)
+        with pytest.raises(dbr.CircuitOpen) as info:
+            breaker.acquire()
+        assert 0 < info.value.retry_after <= 3.5
+    finally:
+        state.close()
+        client.close()

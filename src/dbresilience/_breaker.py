@@ -50,7 +50,8 @@ class SharedState(Protocol):
         """Start following *breaker*'s signals."""
 
     def open_until(self, breaker: str) -> float:
-        """Monotonic time until which enough other instances report *breaker* open."""
+        """Monotonic time until which enough other instances report *breaker* open (0.0: not
+        open). The breaker waits no longer than its own ``open_for`` on it."""
 
     def publish(self, breaker: str, open_for: float) -> None:
         """Announce this instance's *breaker* open for *open_for* seconds (0: closed)."""
@@ -187,9 +188,13 @@ class CircuitBreaker:
         until = self._shared.open_until(self.name)
         if until:
             now = self._clock()
-            if until > now:
+            if until > now:  # NaN compares false: no opening
                 self._rejected += 1
-                raise CircuitOpen(self.name, until - now, "open on other instances")
+                # others' word never holds a caller longer than this breaker's own opening:
+                # the shared view is refreshed meanwhile (and an "until" of infinity from a
+                # hostile or broken state must not become the caller's Retry-After)
+                wait = min(until - now, self.open_for)
+                raise CircuitOpen(self.name, wait, "open on other instances")
         return self._epoch
 
     def _acquire_slow(self) -> int:

@@ -12,7 +12,7 @@ import collections
 import contextlib
 
 from dbresilience._acompat import Signal, Worker, join_worker, spawn
-from dbresilience._breaker_redis_base import POLL, PUBLISH, SharedStateBase
+from dbresilience._breaker_redis_base import MAX_OPEN_MS, POLL, PUBLISH, SharedStateBase
 from dbresilience._events import logger
 from dbresilience._lifecycle import ResourceState
 
@@ -94,7 +94,7 @@ class RedisBreakerState(SharedStateBase):
         never blocks; dropped while the state is not open."""
         if not self._is_open:
             return
-        self._outbox.append((breaker, int(open_for * 1000)))
+        self._outbox.append((breaker, self._open_ms(open_for)))
         self._wakeup.notify()
 
     # --- the workers ----------------------------------------------------------------------------
@@ -105,7 +105,9 @@ class RedisBreakerState(SharedStateBase):
             while self._outbox:
                 breaker, open_ms = self._outbox.popleft()
                 try:
-                    self._publish(keys=[self.key(breaker)], args=[self.instance, open_ms])
+                    self._publish(
+                        keys=[self.key(breaker)], args=[self.instance, open_ms, MAX_OPEN_MS]
+                    )
                 except Exception as exc:
                     self._failed(exc)
             if not self._running(epoch):
@@ -122,7 +124,9 @@ class RedisBreakerState(SharedStateBase):
                 return
             for breaker in list(self._breakers):
                 try:
-                    reply = self._poll(keys=[self.key(breaker)])
+                    reply = self._poll(
+                        keys=[self.key(breaker)], args=[MAX_OPEN_MS, self.quorum + 1]
+                    )
                 except Exception as exc:
                     self._failed(exc)
                     self._views[breaker] = 0.0

@@ -10,7 +10,7 @@ import collections
 import contextlib
 
 from dbresilience._acompat import ASignal, AWorker, aspawn, await_worker
-from dbresilience._breaker_redis_base import POLL, PUBLISH, SharedStateBase
+from dbresilience._breaker_redis_base import MAX_OPEN_MS, POLL, PUBLISH, SharedStateBase
 from dbresilience._events import logger
 from dbresilience._lifecycle import ResourceState
 
@@ -97,7 +97,7 @@ class AsyncRedisBreakerState(SharedStateBase):
         never blocks; dropped while the state is not open."""
         if not self._is_open:
             return
-        self._outbox.append((breaker, int(open_for * 1000)))
+        self._outbox.append((breaker, self._open_ms(open_for)))
         self._wakeup.notify()
 
     # --- the workers ----------------------------------------------------------------------------
@@ -108,7 +108,9 @@ class AsyncRedisBreakerState(SharedStateBase):
             while self._outbox:
                 breaker, open_ms = self._outbox.popleft()
                 try:
-                    await self._publish(keys=[self.key(breaker)], args=[self.instance, open_ms])
+                    await self._publish(
+                        keys=[self.key(breaker)], args=[self.instance, open_ms, MAX_OPEN_MS]
+                    )
                 except Exception as exc:
                     self._failed(exc)
             if not self._running(epoch):
@@ -125,7 +127,9 @@ class AsyncRedisBreakerState(SharedStateBase):
                 return
             for breaker in list(self._breakers):
                 try:
-                    reply = await self._poll(keys=[self.key(breaker)])
+                    reply = await self._poll(
+                        keys=[self.key(breaker)], args=[MAX_OPEN_MS, self.quorum + 1]
+                    )
                 except Exception as exc:
                     self._failed(exc)
                     self._views[breaker] = 0.0

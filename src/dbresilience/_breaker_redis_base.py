@@ -17,6 +17,8 @@ error ever reaches a caller. Needs the ``redis`` extra; ``redis`` is imported on
 
 from __future__ import annotations
 
+import heapq
+import math
 import os
 import socket
 import time
@@ -28,13 +30,23 @@ from dbresilience._events import logger
 from dbresilience._lifecycle import Lifecycle
 from dbresilience._validate import non_empty_str, positive_int, seconds, str_or_none
 
-__all__ = ["POLL", "PUBLISH", "SharedStateBase"]
+__all__ = ["MAX_OPEN", "MAX_OPEN_MS", "POLL", "PUBLISH", "SharedStateBase"]
 
-# KEYS[1] the breaker's sorted set; ARGV: instance, open_for_ms (0 = closed)
+#: No instance publishes an opening longer than this (seconds); an entry further ahead was not
+#: written by one of ours, and is dropped. CircuitOpen never asks for a longer wait either.
+MAX_OPEN = 3600.0
+MAX_OPEN_MS = int(MAX_OPEN * 1000)
+
+# KEYS[1] the breaker's sorted set; ARGV: instance, open_for_ms (0 = closed), MAX_OPEN_MS.
+# Whatever else is in the key is cleaned up on the way: a key of another type is replaced,
+# entries in the past or further ahead than MAX_OPEN_MS (infinity included) are removed.
 PUBLISH = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. (now + tonumber(ARGV[3])), '+inf')
 local open_for = tonumber(ARGV[2])
 if open_for > 0 then
   redis.call('ZADD', KEYS[1], now + open_for, ARGV[1])
@@ -45,11 +57,15 @@ end
 return now
 """
 
-# KEYS[1] the breaker's sorted set; returns {now_ms, member, until_ms, member, until_ms, ...}
+# KEYS[1] the breaker's sorted set; ARGV: MAX_OPEN_MS, how many entries (quorum + 1: one may
+# be ours). Returns {now_ms, member, until_ms, ...}: the latest live entries, at most MAX_OPEN_MS
+# ahead, so a set stuffed with members costs one bounded reply; a key of another type: {now_ms}.
 POLL = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return {now} end
+local live = redis.call('ZREVRANGEBYSCORE', KEYS[1], now + tonumber(ARGV[1]), '(' .. now,
+  'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 table.insert(live, 1, now)
 return live
 """
@@ -82,6 +98,7 @@ class SharedStateBase(Lifecycle):
         self.timeout = seconds("timeout", timeout, maximum=10.0)
         str_or_none("instance", instance)
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._instance_bytes = self.instance.encode()  # how our own member comes back
         self.available = False
         self.errors = 0
         self._warned = False
@@ -109,24 +126,38 @@ class SharedStateBase(Lifecycle):
         """The Redis key of *breaker*'s signals: ``{namespace}:breaker:{name}``."""
         return f"{self.namespace}:breaker:{breaker}"
 
-    def _absorb(self, reply: list[Any]) -> float:
+    def _open_ms(self, open_for: float) -> int:
+        """*open_for* seconds as the milliseconds to publish: 0 (closed) to ``MAX_OPEN``."""
+        if not open_for > 0:  # NaN too
+            return 0
+        return int(min(open_for, MAX_OPEN) * 1000)
+
+    def _absorb(self, reply: object) -> float:
         """A poll reply as the monotonic time until which ``quorum`` *other* instances say
-        "open" (0.0: not enough of them)."""
-        now_ms = float(reply[0])
-        mono = time.monotonic()
-        untils = sorted(
-            (
-                float(reply[i + 1])
-                for i in range(1, len(reply) - 1, 2)
-                if _text(reply[i]) != self.instance
-            ),
-            reverse=True,
-        )
+        "open" (0.0: not enough of them); never more than ``MAX_OPEN`` ahead. Never raises.
+
+        The entries are whatever anyone who can write the key put there: untrusted input. A
+        reply of another shape is "nothing open"; an entry whose score is not a finite number,
+        or is in the past or more than ``MAX_OPEN`` ahead, is ignored; a member is compared as
+        it came (bytes that are not UTF-8 are just another instance's name).
+        """
         self.available = True
         self._warned = False
-        if len(untils) >= self.quorum:
-            return mono + (untils[self.quorum - 1] - now_ms) / 1000.0
-        return 0.0
+        if not isinstance(reply, list) or not reply:
+            return 0.0
+        now_ms = _finite(reply[0])
+        if now_ms is None:
+            return 0.0
+        horizon = now_ms + MAX_OPEN_MS
+        mine = (self.instance, self._instance_bytes)
+        untils = []
+        for i in range(1, len(reply) - 1, 2):
+            until = _finite(reply[i + 1])
+            if until is not None and now_ms < until <= horizon and reply[i] not in mine:
+                untils.append(until)
+        if len(untils) < self.quorum:
+            return 0.0
+        return time.monotonic() + (heapq.nlargest(self.quorum, untils)[-1] - now_ms) / 1000.0
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
@@ -150,5 +181,13 @@ class SharedStateBase(Lifecycle):
         )
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _finite(value: object) -> float | None:
+    """*value* (an integer or a string of digits, as Redis sends numbers) as a finite float;
+    None for anything else: NaN, infinity, a huge number, text, a list, ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | bytes | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None

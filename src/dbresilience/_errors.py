@@ -28,6 +28,7 @@ Imports only :mod:`dbresilience._classify` (below it) and the drivers' exception
 from __future__ import annotations
 
 import dataclasses
+import math
 import queue
 
 import psycopg
@@ -64,17 +65,40 @@ class DBResilienceError(Exception):
     """
 
 
+#: The longest wait a :class:`CircuitOpen` ever asks for, in seconds: an hour.
+MAX_RETRY_AFTER = 3600.0
+
+
+def bounded_wait(seconds: object) -> float:
+    """*seconds* as a wait a caller can sleep on: a float in ``[0, MAX_RETRY_AFTER]``.
+
+    Whatever it is given (a breaker's arithmetic on a shared state, a classification someone
+    built): negative is 0, infinity or anything past an hour is an hour, and NaN, ``None`` or a
+    non-number (no answer at all) is 1 s. Never raises.
+    """
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        seconds = max(0, min(seconds, int(MAX_RETRY_AFTER)))  # float() of a huge int overflows
+    try:
+        value = float(seconds)  # type: ignore[arg-type]  # anything else is caught below
+    except (TypeError, ValueError):
+        return 1.0
+    if math.isnan(value):
+        return 1.0
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
+
+
 class CircuitOpen(DBResilienceError):
     """A circuit breaker is open: the call was not made. Classified DBR4001, HTTP 503.
 
-    ``retry_after`` is the number of seconds until the breaker lets a probe through; ``breaker``
-    its name. Never retried inside the call: retrying against an open circuit is what it is
-    there to stop.
+    ``retry_after`` is the number of seconds until the breaker lets a probe through, always
+    finite and at most an hour (:func:`bounded_wait`: a web answer's ``Retry-After`` and a
+    queue worker's sleep are built from it); ``breaker`` its name. Never retried inside the
+    call: retrying against an open circuit is what it is there to stop.
     """
 
     def __init__(self, breaker: str, retry_after: float, detail: str) -> None:
         self.breaker = breaker
-        self.retry_after = max(0.0, retry_after)
+        self.retry_after = bounded_wait(retry_after)
         super().__init__(
             f"circuit {breaker!r} is open ({detail}); next probe in {self.retry_after:.2f} s"
         )
@@ -202,4 +226,3 @@ class JournalCorrupt(DBResilienceError, ValueError):
     """A journal line in the middle of the file is not one a write queue wrote (a torn last
     line is expected after a crash and dropped; this is not that). The queue refuses to open
     rather than guess which writes were acknowledged: move the file aside to start afresh."""
-

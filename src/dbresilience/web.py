@@ -32,7 +32,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dbresilience._classify import classify
-from dbresilience._errors import DBResilienceError, UpstreamError, UpstreamTimeout
+from dbresilience._errors import (
+    DBResilienceError,
+    UpstreamError,
+    UpstreamTimeout,
+    bounded_wait,
+)
 
 # UpstreamError and UpstreamTimeout are defined in _errors (also dbr.UpstreamError, ...).
 __all__ = [
@@ -148,7 +153,9 @@ def error_response(exc: BaseException) -> JSONResponse:
         c = classify(exc)
         status, code = c.http_status, c.code
         if status == 503:
-            headers["Retry-After"] = str(max(1, math.ceil(c.retry_after or 1.0)))
+            # whole seconds from 1 to 3600, whatever the classification holds (an error
+            # built from a shared breaker state in Redis once carried infinity here)
+            headers["Retry-After"] = str(max(1, math.ceil(bounded_wait(c.retry_after))))
     body = {
         "code": code,
         "message": _MESSAGES.get(status, _MESSAGES[500]),
