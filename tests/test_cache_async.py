@@ -158,6 +158,85 @@ async def test_a_slow_load_cannot_put_back_an_invalidated_value(
         assert store.get(f"{namespace}:v1:7") is None
 
 
+async def test_a_redis_hit_invalidated_before_it_is_kept_is_not_served_again(
+    redis_url: str, namespace: str
+) -> None:
+    """An invalidation arriving between a Redis hit's GET and its keeping in memory wins: the
+    value is returned that once, not kept (the generation guard that loads use)."""
+    async with (
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as a,
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as b,
+    ):
+        await a.get_or_load(7, creds)  # in Redis now
+        await asleep(0.3)  # both subscribed
+        received: list[object] = []
+        real_received, real_get = b._received, b._client.get
+
+        def spy(data: bytes | str) -> None:
+            real_received(data)
+            received.append(data)
+
+        async def get_then_invalidated(name: str) -> object:
+            raw = await real_get(name)
+            if not received:  # the first GET only: the invalidation lands right after it
+                await a.invalidate(7)
+                await until(lambda: bool(received), 1.0)
+            return raw
+
+        b._received = spy  # type: ignore[method-assign]
+        b._client.get = get_then_invalidated
+        assert await b.get_or_load(7, creds) == CREDS
+        assert b.stats()["redis_hits"] == 1
+        assert b._lookup("7") is None
+
+
+@pytest.mark.parametrize("failure", ["loader raises", "value not JSON", "stale served"])
+async def test_a_failed_lease_holder_gives_the_lease_back(
+    redis_url: str, namespace: str, store: redis.Redis, failure: str
+) -> None:
+    """With lease=True, a load that stores nothing releases its lease: the next instance loads
+    at once instead of waiting out lease_ttl."""
+
+    async def broken() -> object:
+        if failure == "value not JSON":
+            return {"roles": {"admin"}}
+        raise psycopg.OperationalError("connection refused")  # transient
+
+    async with (
+        dbr.AsyncCredentialCache(
+            redis_url, namespace=namespace, lease=True, ttl=0.1, jitter=0, stale_ttl=30
+        ) as a,
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace, lease=True, lease_ttl=5) as b,
+    ):
+        if failure == "stale served":
+            await a.get_or_load(7, creds)
+            await asleep(0.15)  # expired here and in Redis; still servable stale
+            assert await a.get_or_load(7, broken) == CREDS
+        else:
+            with pytest.raises((psycopg.OperationalError, TypeError)):
+                await a.get_or_load(7, broken)
+        assert store.get(f"{namespace}:lease:7") is None
+        start = time.monotonic()
+        assert await b.get_or_load(7, creds) == CREDS
+        assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_values_must_be_json_with_or_without_redis(
+    redis_url: str, namespace: str, backend: str
+) -> None:
+    """A value JSON cannot encode is the caller's TypeError, memory-only as with Redis, and is
+    never kept: the next call loads (and fails) again."""
+    calls, load = counting({"roles": {"admin"}})
+    url = redis_url if backend == "redis" else None
+    async with dbr.AsyncCredentialCache(url, namespace=namespace) as cache:
+        for _ in range(2):
+            with pytest.raises(TypeError, match="JSON"):
+                await cache.get_or_load(7, load)
+        assert len(calls) == 2
+        assert cache._lookup("7") is None
+
+
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_single_flight_for_32_callers(redis_url: str, namespace: str, backend: str) -> None:
     """A stampede of 32 concurrent callers on a cold key calls the loader once."""

@@ -43,3 +43,34 @@ def test_bad_cache_arguments(cls: type[CacheBase], kwargs: dict[str, object], na
     """Invalid configuration fails at construction, on either twin, naming the argument."""
     with pytest.raises(ValueError, match=name):
         cls(None, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_read_in_flight_across_a_flush_is_not_kept() -> None:
+    """The generation guard survives emptying its record: a value read before flush_memory(),
+    or before the invalidation record overflowed and was emptied, is not kept."""
+    cache = CacheBase(None, maxsize=1)
+    since = cache._since()
+    cache.flush_memory()
+    cache._remember("7", 1, since)
+    assert cache._lookup("7") is None
+    since = cache._since()
+    for key in "abcde":  # more than 4 * maxsize invalidations: the record is emptied
+        cache._forget(key)
+    cache._remember("7", 1, since)
+    assert cache._lookup("7") is None
+    cache._remember("7", 1, cache._since())
+    assert cache._lookup("7") is not None
+
+
+@pytest.mark.parametrize("signing_key", [None, b"k" * 32])
+def test_values_that_are_not_json_are_a_type_error(signing_key: bytes | None) -> None:
+    """Sets, objects, circular and too-deep values: TypeError naming JSON, signed or not."""
+    cache = CacheBase(None, signing_key=signing_key)
+    circular: list[object] = []
+    circular.append(circular)
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for value in ({1, 2}, object(), circular, deep):
+        with pytest.raises(TypeError, match="JSON"):
+            cache._encode("7", value)

@@ -19,6 +19,7 @@ from dbresilience._acompat import Event, sleep, spawn
 from dbresilience._cache_base import (
     INVALIDATE,
     NOT_FOUND,
+    RELEASE_LEASE,
     SET_IF_VERSION,
     CacheBase,
     Entry,
@@ -81,6 +82,7 @@ class CredentialCache(CacheBase):
         self._flights: dict[str, _Flight] = {}
         self._set_if_version: Any = None
         self._invalidate: Any = None
+        self._release: Any = None
 
     def _start(self) -> None:
         """Open: from unopened (explicitly or on first use) or again after a close."""
@@ -109,6 +111,7 @@ class CredentialCache(CacheBase):
         )
         self._set_if_version = self._client.register_script(SET_IF_VERSION)
         self._invalidate = self._client.register_script(INVALIDATE)
+        self._release = self._client.register_script(RELEASE_LEASE)
         self._spawn(lambda: self._subscriber(epoch), "dbr-cache-invalidations")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -186,24 +189,25 @@ class CredentialCache(CacheBase):
             return entry.value
         if self._state is ResourceState.UNOPENED:
             self._start()
-        version = ""
+        version = b""
         if self._client is not None and (not self.degraded):
+            since = self._since()  # before the GET: an invalidation arriving after it wins
             try:
                 ok, value = self._decode(k, self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
-                    self._remember(k, value)
+                    self._remember(k, value, since)
                     return self._public(value)
                 # a miss: the version the load's write-back must still find (read before
-                # loading, so an invalidation during the load makes the write-back a no-op)
-                seen = self._client.get(self.version_key(k))
-                version = seen.decode() if seen else ""
+                # loading, so an invalidation during the load makes the write-back a no-op);
+                # handed back as it came: whatever bytes are there, the script compares them
+                version = self._client.get(self.version_key(k)) or b""
             except Exception as exc:
                 self._degrade(exc)
         self.counters["misses"] += 1
         return self._load(k, loader, version, entry)
 
-    def _load(self, k: str, loader: Callable[[], Any], version: str, stale: Entry | None) -> Any:
+    def _load(self, k: str, loader: Callable[[], Any], version: bytes, stale: Entry | None) -> Any:
         with self._lock:
             flight = self._flights.get(k)
             leader = flight is None
@@ -211,14 +215,16 @@ class CredentialCache(CacheBase):
                 flight = self._flights[k] = _Flight()
             elif flight.done is None:
                 flight.done = Event()
-            generation = self._generation.get(k, 0)
+            since = self._since()
         if not leader:
             return self._public(flight.wait())
+        lease = None
         try:
-            shared = self._wait_for_other_instance(k) if self.lease else None
-            if shared is not None:
-                flight.result = shared
-                return self._public(shared)
+            if self.lease:
+                found, shared, lease = self._lease_or_wait(k, since)
+                if found:
+                    flight.result = shared
+                    return self._public(shared)
             try:
                 value = self._stored(loader())
             except Exception as exc:
@@ -229,8 +235,12 @@ class CredentialCache(CacheBase):
                 flight.result = old
                 return self._public(old)
             self.counters["loads"] += 1
-            self._remember(k, value, generation)
-            self._share(k, value, version)
+            # JSON only, with Redis or without (memory-only mode must not accept what
+            # production refuses): a value it cannot encode is the caller's TypeError, and is
+            # neither kept nor shared. Encoded once, on the load: a hit never pays for it.
+            payload = self._encode(k, value)
+            self._remember(k, value, since)
+            self._share(k, value, payload, version)
             flight.result = value
             return self._public(value)
         except BaseException as exc:
@@ -242,46 +252,55 @@ class CredentialCache(CacheBase):
                 done = flight.done  # waiters made it under this lock, before the pop
             if done is not None:
                 done.set()
+            if lease is not None:  # stored or not: the next instance need not wait it out
+                self._release_lease(k, lease)
 
-    def _share(self, k: str, value: Any, version: str) -> None:
+    def _share(self, k: str, value: Any, payload: bytes, version: bytes) -> None:
         """Put a fresh value in Redis unless someone invalidated the key meanwhile."""
         if self._client is None or self.degraded:
             return
         ttl_ms = max(1, int(self._ttl_for(value) * 1000))
-        payload = self._encode(k, value)  # a value it cannot encode is the caller's TypeError
         try:
             self._set_if_version(
                 keys=[self.redis_key(k), self.version_key(k)], args=[payload, ttl_ms, version]
             )
-            if self.lease:
-                self._client.delete(self.lease_key(k))
         except Exception as exc:
             self._degrade(exc)
 
-    def _wait_for_other_instance(self, k: str) -> Any:
-        """With ``lease=True``: load only if we hold the lease, else wait for the holder's value.
+    def _lease_or_wait(self, k: str, since: int) -> tuple[bool, Any, str | None]:
+        """With ``lease=True``: take the lease and load, or wait for the holder's value.
 
-        Returns the value another instance stored, or None when we should load ourselves
-        (we took the lease, Redis is unavailable, or the holder took too long).
+        Returns ``(True, value, None)`` when another instance stored the value meanwhile;
+        otherwise ``(False, None, token)``: we load, holding the lease when *token* is not
+        None (released by the caller however the load ends) and without it when Redis is
+        unavailable or the holder took longer than ``lease_ttl``.
         """
         if self._client is None or self.degraded:
-            return None
+            return (False, None, None)
+        token = secrets.token_hex(8)
         try:
-            if self._client.set(
-                self.lease_key(k), secrets.token_hex(8), nx=True, px=int(self.lease_ttl * 1000)
-            ):
-                return None
+            if self._client.set(self.lease_key(k), token, nx=True, px=int(self.lease_ttl * 1000)):
+                return (False, None, token)
             deadline = _monotonic() + self.lease_ttl
             while _monotonic() < deadline:
                 sleep(0.02)
                 ok, value = self._decode(k, self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
-                    self._remember(k, value)
-                    return value
+                    self._remember(k, value, since)
+                    return (True, value, None)
         except Exception as exc:
             self._degrade(exc)
-        return None
+        return (False, None, None)
+
+    def _release_lease(self, k: str, token: str) -> None:
+        """Give back the lease taken with *token*, if it is still ours (else it expires)."""
+        if self._client is None or self.degraded:
+            return
+        try:
+            self._release(keys=[self.lease_key(k)], args=[token])
+        except Exception as exc:
+            self._degrade(exc)
 
     # --- invalidation and lifecycle -------------------------------------------------------------
 

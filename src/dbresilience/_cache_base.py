@@ -34,6 +34,9 @@ from dbresilience._validate import (
 __all__ = ["CacheBase", "Entry", "escape_key", "memory_key", "unescape_key"]
 
 FORMAT = 1
+#: compact and canonical (the MAC is computed over it); made once: json.dumps with options
+#: builds a new encoder per call, a third of the cost of encoding a small value
+_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 #: what a loader's None is remembered as (for ``negative_ttl``); callers see None
 NOT_FOUND: Any = object()
 
@@ -107,7 +110,14 @@ class CacheBase(Lifecycle):
             maxsize, ttu=_entry_expiry, timer=time.monotonic
         )
         self._lock = threading.Lock()
-        self._generation: dict[str, int] = {}  # bumped by every invalidation of a key
+        # The generation guard: a value read (from the loader or from Redis) is kept in memory
+        # only if no invalidation of its key arrived after the read began. _tick counts
+        # invalidations and flushes, _generation holds each key's last one, and a key that is
+        # not there (never invalidated, or forgotten when the dict was emptied) counts as
+        # invalidated at _floor, the tick of that emptying.
+        self._tick = 0
+        self._floor = 0
+        self._generation: dict[str, int] = {}
         self.degraded = False  # True while Redis fails: memory only, short TTLs
         self.instance = f"{id(self):x}{random.getrandbits(32):08x}"  # to skip our own echoes
         self.counters = {
@@ -148,34 +158,52 @@ class CacheBase(Lifecycle):
         return f"{self.namespace}:invalidate"
 
     def _encode(self, key: str | int, value: Any) -> bytes:
-        """*value* as the JSON stored in Redis (``TypeError`` if it is not JSON-serialisable)."""
+        """*value* as the JSON stored in Redis.
+
+        Raises ``TypeError`` if it is not JSON-serialisable (circular or too deep included).
+        Called on every load, with Redis or without: a value memory-only mode kept would be
+        refused in production.
+        """
         payload: dict[str, Any] = {"f": FORMAT, "d": None if value is NOT_FOUND else value}
         if value is NOT_FOUND:
             payload["nf"] = 1
-        if self._signing_key is not None:
-            payload["m"] = self._mac(key, payload)
-        return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        try:
+            if self._signing_key is not None:
+                payload["m"] = self._mac(key, payload)
+            return _JSON.encode(payload).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise TypeError(f"a cached value must be JSON-serialisable: {exc}") from exc
 
     def _decode(self, key: str | int, raw: bytes | str | None) -> tuple[bool, Any]:
         """``(True, value)`` for a valid payload; ``(False, None)`` for anything else — a
-        missing, foreign, unsigned, badly signed or unknown-format value is a miss."""
+        missing, foreign, unsigned, badly signed or unknown-format value is a miss.
+
+        *raw* is untrusted (anyone who can write the key chose it): bytes that are not UTF-8,
+        truncated or too deeply nested JSON, another shape or format version (``f`` must be
+        the integer 1, not ``true`` or ``1.0``), a ``nf`` other than 1, an unknown field, a
+        MAC that is not a hex string: each is a miss, never an error.
+        """
         if raw is None:
             return False, None
         try:
             payload = json.loads(raw)
-        except (ValueError, TypeError):
-            return False, None
-        if not isinstance(payload, dict) or payload.get("f") != FORMAT or "d" not in payload:
-            return False, None
-        if self._signing_key is not None:
-            mac = payload.pop("m", None)
-            if not isinstance(mac, str) or not hmac.compare_digest(mac, self._mac(key, payload)):
+            if not _well_formed(payload):
                 return False, None
-        return True, NOT_FOUND if payload.get("nf") else payload["d"]
+            if self._signing_key is not None:
+                mac = payload.pop("m", None)
+                if not (
+                    isinstance(mac, str)
+                    and mac.isascii()  # compare_digest refuses other text
+                    and hmac.compare_digest(mac, self._mac(key, payload))
+                ):
+                    return False, None
+        except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return False, None
+        return True, NOT_FOUND if "nf" in payload else payload["d"]
 
     def _mac(self, key: str | int, payload: dict[str, Any]) -> str:
         assert self._signing_key is not None
-        body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        body = _JSON.encode(payload)
         message = f"{self.namespace}\x00{escape_key(key)}\x00{body}".encode()
         return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
 
@@ -187,14 +215,20 @@ class CacheBase(Lifecycle):
             base = min(base, self.degraded_ttl)  # invalidations cannot reach us now
         return base * random.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else base
 
-    def _remember(self, key: str, value: Any, generation: int | None = None) -> None:
-        """Keep *value* in memory unless *key* was invalidated since *generation* was read."""
+    def _since(self) -> int:
+        """A token for :meth:`_remember`, taken before a value is read (loaded or fetched)."""
+        return self._tick
+
+    def _remember(self, key: str, value: Any, since: int) -> None:
+        """Keep *value* in memory unless an invalidation of *key* (or a flush) arrived after
+        *since* was taken: a slow load, or a Redis hit whose key was invalidated between the
+        GET and here, must not put back a value that is no longer valid."""
         now = time.monotonic()
         fresh = now + self._ttl_for(value)
         entry = Entry(value, fresh, fresh + self.stale_ttl)
         with self._lock:
-            if generation is not None and self._generation.get(key, 0) != generation:
-                return  # a slow load finished after an invalidation: do not put it back
+            if self._generation.get(key, self._floor) > since:
+                return
             self._memory[key] = entry
 
     def _lookup(self, key: str) -> Entry | None:
@@ -203,18 +237,23 @@ class CacheBase(Lifecycle):
             return self._memory.get(key)
 
     def _forget(self, key: str) -> None:
-        """Drop *key* from memory and bump its generation (an invalidation arrived)."""
+        """Drop *key* from memory and record its invalidation (one arrived)."""
         with self._lock:
             self._memory.pop(key, None)
-            self._generation[key] = self._generation.get(key, 0) + 1
-            if len(self._generation) > 4 * self.maxsize:  # bounded: old generations expire
-                self._generation.clear()
+            self._tick += 1
+            self._generation[key] = self._tick
+            if len(self._generation) > 4 * self.maxsize:  # bounded: every key counts as
+                self._generation.clear()  # invalidated now, so no read in flight is kept
+                self._floor = self._tick
 
     def flush_memory(self) -> None:
-        """Empty the memory tier (Redis came back: what we kept may be stale)."""
+        """Empty the memory tier (Redis came back: what we kept may be stale); reads in flight
+        are not kept either."""
         with self._lock:
             self._memory.clear()
             self._generation.clear()
+            self._tick += 1
+            self._floor = self._tick
         self.counters["flushes"] += 1
 
     def _stale_value(self, entry: Entry | None, exc: BaseException) -> tuple[bool, Any]:
@@ -230,9 +269,13 @@ class CacheBase(Lifecycle):
         """What goes on the channel: who invalidated, and the escaped key."""
         return f"{self.instance}|{urllib.parse.quote(key, safe='')}"
 
-    def _received(self, data: bytes | str) -> None:
-        """An invalidation arrived on the channel: drop the key here (unless it is our echo)."""
-        text = data.decode() if isinstance(data, bytes) else data
+    def _received(self, data: object) -> None:
+        """An invalidation arrived on the channel: drop the key here (unless it is our echo).
+
+        Anyone may publish there: a message that is not ours in form drops at most some key
+        from memory (a miss), and never raises.
+        """
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
         origin, _, escaped = text.partition("|")
         if origin != self.instance and escaped:
             self._forget(unescape_key(escaped))
@@ -279,6 +322,13 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS: lease key. ARGV: the token it was taken with. Deletes the lease only while it is still
+# ours (it may have expired and been taken by another instance meanwhile).
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: value key, version key. ARGV: channel, escaped key.
 INVALIDATE = """
 redis.call('INCR', KEYS[2])
@@ -286,6 +336,24 @@ redis.call('PEXPIRE', KEYS[2], 86400000)
 redis.call('DEL', KEYS[1])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])
 """
+
+
+_FIELDS = frozenset({"f", "d", "nf", "m"})
+
+
+def _well_formed(payload: object) -> bool:
+    """*payload* has exactly the outline :meth:`CacheBase._encode` writes (MAC not checked)."""
+    return (
+        isinstance(payload, dict)
+        and "d" in payload
+        and _is_int(payload.get("f"), FORMAT)
+        and ("nf" not in payload or _is_int(payload["nf"], 1))
+        and payload.keys() <= _FIELDS
+    )
+
+
+def _is_int(value: object, expected: int) -> bool:
+    return type(value) is int and value == expected
 
 
 def unescape_key(escaped: str) -> str:
