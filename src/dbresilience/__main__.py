@@ -9,8 +9,10 @@ import time
 from collections.abc import Sequence
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from dbresilience._classify import classify
+from dbresilience._redact import redact_text, secrets_of
 
 _TIMEOUT_SETTINGS = (
     "statement_timeout",
@@ -25,8 +27,19 @@ _TIMEOUT_SETTINGS = (
 def check(dsn: str, *, connect_timeout: float = 5.0) -> int:
     """Connect once to *dsn*; print latency, server version and timeouts, or the classification.
 
-    Returns 0 when the database answered, 1 otherwise. The DSN itself is never printed.
+    Returns 0 when the database answered, 1 otherwise. Neither the DSN nor its password is ever
+    printed: a DSN that does not parse is reported without psycopg's message (which quotes it),
+    and an error's text has every password of the DSN and of ``PGPASSWORD`` masked.
     """
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        print(
+            "failed: the DSN is not a valid libpq connection string or URL "
+            "(not shown: it may hold a password)"
+        )
+        return 1
+    secrets = [*secrets_of(dsn), os.environ.get("PGPASSWORD", "")]
     start = time.perf_counter()
     try:
         with psycopg.connect(dsn, connect_timeout=max(2, round(connect_timeout))) as conn:
@@ -53,7 +66,8 @@ def check(dsn: str, *, connect_timeout: float = 5.0) -> int:
         )
         print(f"  retryable {c.retryable}, HTTP {c.http_status}", end="")
         print(f", Retry-After {c.retry_after:g} s" if c.retry_after else "")
-        print(f"  {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        lines = str(exc).splitlines()
+        print(f"  {type(exc).__name__}: {redact_text(lines[0] if lines else '', secrets)}")
         return 1
 
 

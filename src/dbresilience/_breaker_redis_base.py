@@ -175,8 +175,10 @@ class SharedStateBase(Lifecycle):
         return f"redis://…@{tail}" if sep else self.url
 
     def __repr__(self) -> str:
+        from dbresilience._redact import redact_url
+
         return (
-            f"{type(self).__name__}({self._redact()!r}, namespace={self.namespace!r}, "
+            f"{type(self).__name__}({redact_url(self.url)!r}, namespace={self.namespace!r}, "
             f"quorum={self.quorum}, available={self.available})"
         )
 

@@ -310,7 +310,10 @@ class CacheBase(Lifecycle):
         return f"redis://…@{tail}" if sep else self.redis_url
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._redact()!r}, namespace={self.namespace!r})"
+        from dbresilience._redact import redact_url
+
+        where = "memory" if self.redis_url is None else redact_url(self.redis_url)
+        return f"{type(self).__name__}({where!r}, namespace={self.namespace!r})"
 
 
 # KEYS: value key, version key. ARGV: payload, ttl ms, version seen before loading ("" = none).

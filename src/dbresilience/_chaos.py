@@ -223,7 +223,12 @@ def _faults(
 
 
 def run_chaos(
-    *, seconds: float = 600.0, workers: int = 3, phase: float = 3.0, out: Callable[[str], None]
+    *,
+    seconds: float = 600.0,
+    workers: int = 3,
+    phase: float = 3.0,
+    keep: bool = False,
+    out: Callable[[str], None],
 ) -> int:
     """Run the soak for *seconds*; 0 when nothing was lost, doubled, overrun or leaked."""
     from dbresilience._demo import _seed
@@ -232,7 +237,11 @@ def run_chaos(
 
     out(f"dbresilience chaos: {workers} worker processes, {seconds:g} s of faults\n")
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dbr-chaos-")))
+        if keep:
+            workdir = Path(tempfile.mkdtemp(prefix="dbr-chaos-"))
+            out(f"  keeping journals, logs and acks in {workdir}")
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dbr-chaos-")))
         cluster = stack.enter_context(TemporaryPostgres(prefer_embedded=True))
         redis: TemporaryRedis | None = None
         with contextlib.suppress(FileNotFoundError, RuntimeError, OSError):

@@ -104,6 +104,15 @@ class PoolConfig:
     max_lifetime: float
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """Every setting, with the values of secret-looking ``kwargs`` (``password``,
+        ``sslpassword`` …) masked: the dataclass repr showed them."""
+        from dbresilience._redact import redact_params
+
+        shown = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        shown["extra"] = redact_params(self.extra)
+        return f"PoolConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     @classmethod
     def build(
         cls,
