@@ -24,9 +24,9 @@ def test_sixty_seconds_of_chaos_lose_nothing() -> None:
     )
     out = result.stdout
     assert result.returncode == 0, (out + result.stderr)[-4000:]
-    row = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$", out, re.MULTILINE)
+    row = re.search(r"^\s*(\d+)" + r"\s+(\d+)" * 6 + r"\s*$", out, re.MULTILINE)
     assert row is not None, out
-    acknowledged, lost, doubled, overruns, secrets, killed = map(int, row.groups())
+    acknowledged, lost, doubled, overruns, secrets, killed, _ = map(int, row.groups())
     assert acknowledged > 1000
     assert (lost, doubled, overruns, secrets) == (0, 0, 0, 0)
     assert killed >= 1  # the schedule did kill a worker
