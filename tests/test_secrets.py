@@ -409,6 +409,29 @@ def test_cli_check_of_a_malformed_dsn_shows_no_password(dsn: str) -> None:
     assert_hidden(done.stdout + done.stderr, "the output of check (malformed DSN)")
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["host=127.0.0.1", f"password={PW}"],  # a DSN with a space, not quoted
+        [f"--password={PW}"],
+        ["host=127.0.0.1", "--connect-timeout", "2", f"postgresql://u:{PW}@h/db"],
+    ],
+    ids=["unquoted-space", "option-like", "two-dsns"],
+)
+def test_cli_usage_errors_show_no_password(argv: list[str]) -> None:
+    """Arguments check cannot use are refused (exit 2) without being echoed back."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dbresilience", "check", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "unrecognized" in done.stderr
+    assert_hidden(done.stdout + done.stderr, "a usage error of check")
+
+
 def test_cli_check_on_the_real_server_shows_no_password(pg_dsn: str) -> None:
     """check of a DSN holding a password, on the real server: the report never shows it."""
     done = run_check(real_form("url", pg_dsn).conninfo)

@@ -95,7 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = sub.add_parser("check", help="probe a database and classify any failure")
     probe.add_argument("dsn", nargs="?", default=os.environ.get("DATABASE_URL"))
     probe.add_argument("--connect-timeout", type=float, default=5.0)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would echo them, and a DSN with a space splits into two of them
+        parser.error(
+            f"unrecognized arguments ({len(unknown)}, not shown: they may hold a password; "
+            "quote a DSN that has spaces)"
+        )
     if args.command == "chaos":
         from dbresilience._chaos import run_chaos
 
