@@ -28,6 +28,7 @@ from typing import Any
 
 from dbresilience._events import logger
 from dbresilience._lifecycle import Lifecycle
+from dbresilience._redact import check_redis_url, redact_url
 from dbresilience._validate import non_empty_str, positive_int, seconds, str_or_none
 
 __all__ = ["MAX_OPEN", "MAX_OPEN_MS", "POLL", "PUBLISH", "SharedStateBase"]
@@ -89,7 +90,7 @@ class SharedStateBase(Lifecycle):
         ``quorum``: an int ``>= 1``; ``refresh``: seconds in ``(0, 60]``; ``timeout``: seconds
         in ``(0, 10]``; ``namespace``: a non-empty prefix not ending in ``:``.
         """
-        self.url = non_empty_str("url", url)
+        self.url = check_redis_url("url", non_empty_str("url", url))
         self.namespace = non_empty_str("namespace", namespace)
         if namespace.endswith(":"):
             raise ValueError(f"namespace must be a prefix not ending in ':', got {namespace!r}")
@@ -169,14 +170,7 @@ class SharedStateBase(Lifecycle):
                 type(exc).__name__,
             )
 
-    def _redact(self) -> str:
-        """The URL without credentials, for reprs."""
-        _, sep, tail = self.url.rpartition("@")
-        return f"redis://…@{tail}" if sep else self.url
-
     def __repr__(self) -> str:
-        from dbresilience._redact import redact_url
-
         return (
             f"{type(self).__name__}({redact_url(self.url)!r}, namespace={self.namespace!r}, "
             f"quorum={self.quorum}, available={self.available})"

@@ -22,6 +22,7 @@ import cachetools
 
 from dbresilience._classify import classify
 from dbresilience._lifecycle import Lifecycle
+from dbresilience._redact import check_redis_url, redact_url
 from dbresilience._validate import (
     bytes_or_none,
     fraction,
@@ -91,6 +92,8 @@ class CacheBase(Lifecycle):
     ) -> None:
         """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O."""
         self.redis_url = str_or_none("redis_url", redis_url)
+        if self.redis_url is not None:
+            check_redis_url("redis_url", self.redis_url)
         self.ttl = seconds("ttl", ttl)
         self.namespace = non_empty_str("namespace", namespace)
         self.maxsize = positive_int("maxsize", maxsize)
@@ -303,15 +306,7 @@ class CacheBase(Lifecycle):
             backend = "degraded" if self.degraded else "redis"
         return {**counters, "size": len(self._memory), "backend": backend}
 
-    def _redact(self) -> str:
-        if self.redis_url is None:
-            return "memory"
-        _, sep, tail = self.redis_url.rpartition("@")
-        return f"redis://…@{tail}" if sep else self.redis_url
-
     def __repr__(self) -> str:
-        from dbresilience._redact import redact_url
-
         where = "memory" if self.redis_url is None else redact_url(self.redis_url)
         return f"{type(self).__name__}({where!r}, namespace={self.namespace!r})"
 

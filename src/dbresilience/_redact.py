@@ -24,7 +24,15 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["MASK", "looks_secret", "redact_params", "redact_text", "redact_url", "secrets_of"]
+__all__ = [
+    "MASK",
+    "check_redis_url",
+    "looks_secret",
+    "redact_params",
+    "redact_text",
+    "redact_url",
+    "secrets_of",
+]
 
 MASK = "***"
 
@@ -123,3 +131,24 @@ def secrets_of(dsn: str) -> list[str]:
             found.append(match.group(3).strip("'\""))
     decoded = [urllib.parse.unquote(s) for s in found]
     return [s for s in dict.fromkeys(found + decoded) if s]
+
+
+def check_redis_url(name: str, url: str) -> str:
+    """*url* if redis-py can parse it (when redis-py is installed), else ``ValueError`` naming
+    *name* and never quoting the URL: redis-py's own message may hold part of the password
+    (``Port could not be cast to integer value as '…'`` for a password with ``#`` in it)."""
+    try:
+        from redis.connection import parse_url
+    except ImportError:  # the redis extra is missing: the first use says so
+        return url
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py ships it untyped
+        valid = True
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:  # raised outside the except block: nothing of redis-py's message is chained
+        raise ValueError(
+            f"{name} is not a Redis URL redis-py can use ({redact_url(url)}); "
+            "percent-encode special characters in the password"
+        )
+    return url
