@@ -27,6 +27,7 @@ from dbresilience._pool_base import (
     PoolBase,
     PoolCounters,
     Query,
+    cleanup_deadline,
     connection_is_dead,
     has_pending_input,
     lost_in_commit,
@@ -119,6 +120,9 @@ class Pool(PoolBase):
         """
         if self._is_open:
             return self
+        if self._state is ResourceState.CLOSED:
+            # a closed psycopg_pool cannot be opened again; calls still in flight keep theirs
+            self._pool = self._core_pool()
         deadline_at = now() + self._config.connect_timeout
         self._watchdog.start()
         try:
@@ -164,13 +168,19 @@ class Pool(PoolBase):
         conn.execute("select 1").fetchone()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close every connection (waiting up to *timeout* for those in use). Idempotent."""
+        """Close the pool: idle connections at once, those in use when their call ends.
+
+        Calls in flight are not waited for: each still ends by its own deadline (the watchdog
+        keeps watching them) and gives its connection back to the closed pool, which closes
+        it. Waiting for a connection, and any call made after, raises
+        ``psycopg_pool.PoolClosed``. *timeout* bounds the wait for psycopg_pool's background
+        workers. Idempotent.
+        """
         if not self._is_open:
             return
         self._state = ResourceState.CLOSED
         self._pool.close(timeout=timeout)
-        self._pool = self._core_pool()  # so that open() works again
-        self._watchdog.stop()
+        self._watchdog.stop()  # the thread ends once no call is watched
 
     def __enter__(self) -> Pool:
         return self.open(wait=True)
@@ -180,8 +190,9 @@ class Pool(PoolBase):
 
     # --- connections ------------------------------------------------------------------------
 
-    def _acquire(self, deadline_at: float) -> Conn:
-        """A healthy connection before *deadline_at*, or AcquireTimeout / DatabaseUnavailable."""
+    def _acquire(self, pool: _CorePool, deadline_at: float) -> Conn:
+        """A healthy connection from *pool* (``self._pool`` when the call started: the one it
+        goes back to) before *deadline_at*, or AcquireTimeout / DatabaseUnavailable."""
         counters, idle_check_after = (self._counters, self._config.idle_check_after)
         while True:
             if counters.last_connect_error is None:
@@ -191,16 +202,16 @@ class Pool(PoolBase):
             else:
                 wait = self._acquire_wait(deadline_at)
             try:
-                conn = self._pool.getconn(timeout=wait)
+                conn = pool.getconn(timeout=wait)
             except psycopg_pool.PoolTimeout:
                 raise self._acquire_timed_out(wait) from None
             if has_pending_input(conn) and connection_is_dead(conn):
                 # the server hung up on it while it sat idle: nothing was sent, try another
-                self._discard(conn)
+                self._discard(pool, conn)
                 continue
             idle = _monotonic() - conn._dbr_used_at
             if idle > idle_check_after and (not self._ping(conn, deadline_at)):
-                self._discard(conn)
+                self._discard(pool, conn)
                 continue
             return conn
 
@@ -216,30 +227,47 @@ class Pool(PoolBase):
             if self._watchdog.done(entry):
                 conn.close()
 
-    def _discard(self, conn: Conn) -> None:
+    def _discard(self, pool: _CorePool, conn: Conn) -> None:
         """Drop a connection found dead before use, and with it its whole generation."""
         self._counters.discarded += 1
-        self._new_generation(conn)
+        self._new_generation(pool, conn)
         conn.close()
-        self._pool.putconn(conn)
+        pool.putconn(conn)
 
-    def _new_generation(self, conn: Conn) -> None:
+    def _new_generation(self, pool: _CorePool, conn: Conn) -> None:
         """A confirmed disconnect: retire every older idle connection without probing each."""
-        if self._claims_generation(conn):
-            self._pool.drain()
+        if self._claims_generation(conn) and (not pool.closed):
+            pool.drain()
 
-    def _release(self, conn: Conn, error: BaseException | None) -> None:
+    def _release(
+        self, pool: _CorePool, conn: Conn, error: BaseException | None, deadline_at: float | None
+    ) -> None:
+        """Give *conn* back to *pool*, the one it came from (which may have been closed, and
+        the pool opened again, meanwhile), after rolling back what the caller left open."""
         conn._dbr_used_at = _monotonic()
         if error is not None and starts_new_generation(error):
-            self._new_generation(conn)
-        if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
-            self._counters.discarded += 1
-        elif conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            try:
-                conn.rollback()
-            except psycopg.Error:
+            self._new_generation(pool, conn)
+        try:
+            if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+                self._counters.discarded += 1
+            elif conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self._rollback(conn, deadline_at)
+        finally:  # even when cancelled meanwhile: psycopg_pool closes a connection left busy
+            pool.putconn(conn)
+
+    def _rollback(self, conn: Conn, deadline_at: float | None) -> None:
+        """Roll back a transaction the caller left open, under the watchdog: by the call's
+        deadline, given at least 50 ms and at most 1 s (see :func:`cleanup_deadline`). A
+        server that cannot answer in time costs the connection (closed, never reused), not
+        the caller's time."""
+        entry = self._watchdog.watch(conn.pgconn.socket, cleanup_deadline(deadline_at))
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            conn.close()
+        finally:
+            if self._watchdog.done(entry):
                 conn.close()
-        self._pool.putconn(conn)
 
     @contextlib.contextmanager
     def connection(self, timeout: float | timedelta | None = None) -> Iterator[Conn]:
@@ -247,23 +275,30 @@ class Pool(PoolBase):
 
         Waiting for it is bounded by ``acquire_timeout``; with *timeout*, the whole block is
         bounded too (the socket is shut down when it passes and :class:`QueryTimeout` raised).
-        A transaction left open by the block is rolled back; a broken connection is discarded.
+        A transaction left open by the block is rolled back, by the deadline but given at least
+        50 ms and at most 1 s, else the connection is closed; a broken one is discarded.
         """
         start = now()
         limit = None if timeout is None else seconds("timeout", timeout)
-        conn = self._acquire(start + (limit if limit is not None else self._config.acquire_timeout))
+        deadline_at = None if limit is None else start + limit
+        pool = self._pool
+        conn = self._acquire(
+            pool, start + (limit if limit is not None else self._config.acquire_timeout)
+        )
         entry = None if limit is None else self._watchdog.watch(conn.pgconn.socket, start + limit)
         try:
             yield conn
         except BaseException as exc:
             fired = entry is not None and self._watchdog.done(entry)
-            self._release(conn, exc)
+            if fired:
+                conn.close()
+            self._release(pool, conn, exc, deadline_at)
             if fired and isinstance(exc, Exception):
                 raise self._timed_out("a connection block", commit_unknown=True) from exc
             raise
         if entry is not None and self._watchdog.done(entry):
             conn.close()
-        self._release(conn, None)
+        self._release(pool, conn, None, deadline_at)
 
     # --- calls ------------------------------------------------------------------------------
 
@@ -306,7 +341,8 @@ class Pool(PoolBase):
         prepare: bool | None,
         write: bool,
     ) -> T:
-        conn = self._acquire(deadline_at)
+        pool = self._pool
+        conn = self._acquire(pool, deadline_at)
         watchdog = self._watchdog
         entry = watchdog.watch(conn.pgconn.socket, deadline_at)
         try:
@@ -315,13 +351,15 @@ class Pool(PoolBase):
             result = fetch(cur)
         except BaseException as exc:
             fired = watchdog.done(entry)
-            self._release(conn, exc)
+            if fired:
+                conn.close()
+            self._release(pool, conn, exc, deadline_at)
             if fired and isinstance(exc, Exception):
                 raise self._timed_out("a query", commit_unknown=write) from exc
             raise
         if watchdog.done(entry):
             conn.close()  # the answer came, but the socket is already shut
-        self._release(conn, None)
+        self._release(pool, conn, None, deadline_at)
         return result
 
     @overload
@@ -462,7 +500,8 @@ class Pool(PoolBase):
         self, deadline_at: float, fn: Callable[[Conn], T], phase: list[str]
     ) -> T:
         phase[0] = "begin"
-        conn = self._acquire(deadline_at)
+        pool = self._pool
+        conn = self._acquire(pool, deadline_at)
         watchdog = self._watchdog
         entry = watchdog.watch(conn.pgconn.socket, deadline_at)
         try:
@@ -474,7 +513,9 @@ class Pool(PoolBase):
             phase[0] = "done"
         except BaseException as exc:
             fired = watchdog.done(entry)
-            self._release(conn, exc)
+            if fired:
+                conn.close()
+            self._release(pool, conn, exc, deadline_at)
             if not isinstance(exc, Exception):
                 raise
             if phase[0] == "commit" and lost_in_commit(exc, fired):
@@ -484,7 +525,7 @@ class Pool(PoolBase):
             raise
         if watchdog.done(entry):
             conn.close()
-        self._release(conn, None)
+        self._release(pool, conn, None, deadline_at)
         return result
 
 

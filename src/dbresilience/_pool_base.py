@@ -301,6 +301,24 @@ def now() -> float:
     return time.monotonic()
 
 
+# Rolling back what a call left open is given at least this long, even past the call's deadline
+# (a rollback takes well under a millisecond on a live server) ...
+CLEANUP_AT_LEAST = 0.05
+# ... and at most this long, even before it (a server that cannot roll back in a second is
+# better left: closing the connection rolls the transaction back on the server's side).
+CLEANUP_AT_MOST = 1.0
+
+
+def cleanup_deadline(deadline_at: float | None) -> float:
+    """When the clean-up after a call (a rollback) must be over: the call's deadline, moved
+    into ``[now + CLEANUP_AT_LEAST, now + CLEANUP_AT_MOST]``; ``now + CLEANUP_AT_MOST`` for a
+    call without one (``connection()`` without ``timeout=``)."""
+    t = now()
+    if deadline_at is None:
+        return t + CLEANUP_AT_MOST
+    return min(t + CLEANUP_AT_MOST, max(deadline_at, t + CLEANUP_AT_LEAST))
+
+
 class PoolBase(Lifecycle):
     """The parts of :class:`Pool` and :class:`AsyncPool` that do no I/O.
 
