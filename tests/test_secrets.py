@@ -242,12 +242,6 @@ def test_malformed_dsn_error_message_shows_no_password(dsn: str) -> None:
         assert_hidden("".join(traceback.format_exception(info.value)), "the printed traceback")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PoolConfig.build raises its ValueError inside the except block: `from None` hides "
-    "the parse error from tracebacks but keeps it in __context__ (fix belongs to _pool_base.py "
-    "outside __repr__)",
-)
 @pytest.mark.parametrize("dsn", MALFORMED, ids=["percent", "ipv6", "no-equals", "query-percent"])
 def test_malformed_dsn_error_chain_shows_no_password(dsn: str) -> None:
     """A DSN that does not parse: nothing in the error's chain (__context__ included) leaks."""

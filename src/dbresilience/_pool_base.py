@@ -144,9 +144,13 @@ class PoolConfig:
         name = str_or_none("name", name)
         try:
             conninfo_to_dict(conninfo)
+            valid = True
         except psycopg.ProgrammingError:
-            # psycopg's message quotes the bad part, which may be the password: do not chain it
-            raise ValueError("conninfo is not a valid libpq connection string or URL") from None
+            valid = False
+        if not valid:
+            # raised outside the except block: psycopg's message quotes the bad part, which may
+            # be the password, and would stay reachable as __context__ even with "from None"
+            raise ValueError("conninfo is not a valid libpq connection string or URL")
         return cls(
             min_size=min_size,
             max_size=max_size,
