@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -544,3 +545,40 @@ async def test_a_full_journal_never_kills_the_worker(
     with psycopg.connect(pg_cluster.dsn) as conn:
         ks = sorted(r[0] for r in conn.execute(sql.SQL("select k from {}").format(events)))
     assert ks == sorted(result["acked"])  # every acknowledged write, once
+
+
+async def test_flush_takes_any_timeout_and_keeps_it(
+    pg_cluster: TemporaryPostgres,
+    events: Ident,
+    make_proxy: Callable[[str, int], FaultProxy],
+) -> None:
+    """flush() with the database frozen behind the proxy: 1 ms and 0 return False at once,
+    a timedelta works, and timedelta.max (or 1e10) waits until the writes land once the
+    network thaws, instead of failing on the size of the number."""
+    proxy = make_proxy("127.0.0.1", pg_cluster.port)
+    async with (
+        dbr.AsyncPool(proxy.dsn(pg_cluster.dsn), min_size=1, breaker=None) as pool,
+        dbr.AsyncWriteQueue(pool, batch_timeout=1.0) as queue,
+    ):
+        proxy.freeze()
+        queue.submit(insert(events), (1, "frozen"), key="flush-1")
+        for timeout in (0.001, 0, timedelta(milliseconds=1)):
+            start = time.monotonic()
+            assert not await queue.flush(timeout=timeout)
+            assert time.monotonic() - start < 0.25
+        with pytest.raises(ValueError, match="timeout"):
+            await queue.flush(timeout=-1)
+        with pytest.raises(TypeError, match="timeout"):
+            await queue.flush(timeout="soon")  # type: ignore[arg-type]
+        for huge in (timedelta.max, 1e10):
+            thaw = threading.Timer(0.5, proxy.restore)
+            thaw.start()
+            try:
+                assert await queue.flush(timeout=huge)
+            finally:
+                thaw.cancel()
+            proxy.freeze()
+            queue.submit(insert(events), (2, "again"), key=f"flush-{huge}")
+        proxy.restore()
+        assert await queue.flush(timeout=30)
+    assert rows(pg_cluster.dsn, events) == 3

@@ -11,6 +11,7 @@ import atexit
 import signal
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
@@ -34,6 +35,7 @@ from dbresilience._queue_base import (
     is_timeout,
     runs,
 )
+from dbresilience._validate import seconds
 
 __all__ = ["WriteQueue"]
 
@@ -90,10 +92,11 @@ class WriteQueue(QueueBase):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def flush(self, timeout: float = 5.0) -> bool:
+    def flush(self, timeout: float | timedelta = 5.0) -> bool:
         """True once everything submitted so far is committed (or set aside); False if that
-        did not happen within *timeout* seconds."""
-        deadline = time.monotonic() + timeout
+        did not happen within *timeout* (seconds or a ``timedelta``; anything up to
+        ``timedelta.max`` is accepted and capped at a year)."""
+        deadline = time.monotonic() + seconds("timeout", timeout, allow_zero=True)
         with self._cond:
             target = self._seq
             self._flushers += 1

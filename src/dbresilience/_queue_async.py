@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -29,6 +30,7 @@ from dbresilience._queue_base import (
     is_timeout,
     runs,
 )
+from dbresilience._validate import seconds
 
 if True:  # ASYNC
     pass
@@ -98,10 +100,11 @@ class AsyncWriteQueue(QueueBase):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def flush(self, timeout: float = 5.0) -> bool:
+    async def flush(self, timeout: float | timedelta = 5.0) -> bool:
         """True once everything submitted so far is committed (or set aside); False if that
-        did not happen within *timeout* seconds."""
-        deadline = time.monotonic() + timeout
+        did not happen within *timeout* (seconds or a ``timedelta``; anything up to
+        ``timedelta.max`` is accepted and capped at a year)."""
+        deadline = time.monotonic() + seconds("timeout", timeout, allow_zero=True)
         with self._cond:
             target = self._seq
             self._flushers += 1
