@@ -63,8 +63,6 @@ NAMES: dict[str, str] = {
     "AsyncEngine": "Engine",
     # dbresilience._acompat pairs
     "AEvent": "Event",
-    "ALock": "Lock",
-    "ACondition": "Condition",
     "AWorker": "Worker",
     "ASignal": "Signal",
     "asleep": "sleep",

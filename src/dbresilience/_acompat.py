@@ -17,14 +17,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 __all__ = [
-    "ACondition",
     "AEvent",
-    "ALock",
     "ASignal",
     "AWorker",
-    "Condition",
     "Event",
-    "Lock",
     "Signal",
     "Worker",
     "asleep",
@@ -37,10 +33,6 @@ __all__ = [
 
 Event = threading.Event
 AEvent = asyncio.Event
-Lock = threading.Lock
-ALock = asyncio.Lock
-Condition = threading.Condition
-ACondition = asyncio.Condition
 
 #: a background worker: a daemon thread, or a task the owner keeps a strong reference to
 Worker = threading.Thread

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from dbresilience._errors import JournalCorrupt, JournalLocked
 from dbresilience._validate import one_of
 
-__all__ = ["Journal", "Record", "parse_line"]
+__all__ = ["Journal", "Record", "format_line", "parse_line"]
 
 _FSYNC_POLICIES = ("always", "batch", "never")
 
@@ -48,6 +48,12 @@ class Record(NamedTuple):
     sql: str
     params: Any
     key: str | None
+
+
+def format_line(record: Record) -> bytes:
+    """*record* as one journal line (what :func:`parse_line` reads back), newline included."""
+    line = {"s": record.seq, "q": record.sql, "p": record.params, "k": record.key}
+    return json.dumps(line, separators=(",", ":")).encode() + b"\n"
 
 
 def parse_line(line: bytes) -> Record | int:
@@ -158,11 +164,7 @@ class Journal:
 
     def append(self, record: Record) -> None:
         """Write *record* to the OS (and to disk with ``fsync="always"``); raises on failure."""
-        line = json.dumps(
-            {"s": record.seq, "q": record.sql, "p": record.params, "k": record.key},
-            separators=(",", ":"),
-        ).encode()
-        self._write(line + b"\n", self.fsync == "always")
+        self._write(format_line(record), self.fsync == "always")
 
     def append_at(self, record: Record) -> int:
         """Like :meth:`append`, returning the byte offset where the record's line starts."""
@@ -231,9 +233,7 @@ class Journal:
         with open(tmp, "wb") as f:
             f.write(b'{"w":%d}\n' % done)
             for r in pending:
-                f.write(
-                    json.dumps({"s": r.seq, "q": r.sql, "p": r.params, "k": r.key}).encode() + b"\n"
-                )
+                f.write(format_line(r))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
