@@ -219,3 +219,20 @@ def events(pg_cluster: TemporaryPostgres) -> Iterator[psycopg.sql.Identifier]:
         with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
             conn.execute(psycopg.sql.SQL("drop table if exists {}").format(name))
             conn.execute("drop table if exists dbr_queue_ledger")
+
+
+@pytest.fixture
+def victim_dsn(pg_dsn: str) -> Iterator[str]:
+    """A database of its own on the shared server, dropped after the test."""
+    name = f"dbr_victim_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("create database {}").format(psycopg.sql.Identifier(name)))
+    try:
+        yield psycopg.conninfo.make_conninfo(pg_dsn, dbname=name)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("drop database if exists {} with (force)").format(
+                    psycopg.sql.Identifier(name)
+                )
+            )

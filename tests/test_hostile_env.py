@@ -2,8 +2,8 @@
 
 Each test runs a real interpreter in an unfriendly environment: the PostgreSQL binaries inside a
 private folder (mode 0700, as ``/root`` and many container homes are) whose name holds a space,
-``TMPDIR`` pointing into that folder, no ``XDG_RUNTIME_DIR``, a read-only ``HOME`` and no
-``DATABASE_URL``. As root the server runs as another account, which can reach none of that.
+``TMPDIR`` pointing into that folder, no ``XDG_RUNTIME_DIR`` and a read-only ``HOME``. As root
+the server runs as another account, which can reach none of that.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from dbresilience.faults import find_pg_bindir
 from dbresilience.faults._postgres import _library_dirs
+from tests.test_demo_safety import tables_of
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -109,18 +111,24 @@ def test_throwaway_cluster_starts_from_a_private_folder(hostile_env: dict[str, s
 
 
 @pytest.mark.slow
-def test_short_demo_runs_from_a_private_folder(hostile_env: dict[str, str]) -> None:
+def test_short_demo_runs_from_a_private_folder(
+    hostile_env: dict[str, str], victim_dsn: str
+) -> None:
     """The short demo, run as `dbresilience demo` would be from a clone in a 0700 folder:
     it prints its table, the naive service fails requests and dbresilience loses and doubles
-    nothing (the command's exit status says so)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "dbresilience", "demo", "--profile", "short"],
-        env=hostile_env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    nothing (the command's exit status says so). ``DATABASE_URL`` names a real database: the
+    demo leaves it untouched (a session held open there survives; no table appears)."""
+    with psycopg.connect(victim_dsn, autocommit=True) as held:
+        result = subprocess.run(
+            [sys.executable, "-m", "dbresilience", "demo", "--profile", "short"],
+            env={**hostile_env, "DATABASE_URL": victim_dsn},
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert held.execute("select 1").fetchone() == (1,)  # never terminated
+    assert tables_of(victim_dsn) == []
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     rows = {
         line.split()[0]: line.split()

@@ -1,7 +1,7 @@
 """``dbresilience demo``: the interview service under real faults, naive versus dbresilience.
 
-It starts an embedded PostgreSQL (the ``pgserver`` package's server, else the installed one)
-unless a DSN is given, puts the fault proxy in front of it, starts a throwaway Redis when
+It starts an embedded PostgreSQL (the ``pgserver`` package's server, else the installed one),
+puts the fault proxy in front of it, starts a throwaway Redis when
 ``redis-server`` is installed, creates the schema and a few dozen users, and runs the same
 script twice: virtual users calling ``POST /api/realtime-session`` in-process while the demo
 breaks things for real, in turn — a backend kill storm, a server restart (a network outage on a
@@ -9,6 +9,11 @@ database it did not start), frozen backends (SIGSTOP; a frozen network otherwise
 outage. First against the seeds' naive code, then against the service built on dbresilience
 (whose users retry 503s with the same request id, as the seeds' client did). Then it counts, in
 the database, what each run's successful requests left behind.
+
+It never touches a database it did not start unless given one explicitly *and* told it may break
+it (``--dsn DSN --yes-break-this-database``): there it creates the example's tables (``"User"``,
+``"UsageEvent"``, ``"CreditLedger"``, ...), inserts rows, and terminates every client backend of
+that database again and again. ``$DATABASE_URL`` is ignored.
 """
 
 from __future__ import annotations
@@ -343,10 +348,28 @@ async def _main(dsn: str | None, profile: Profile, out: Callable[[str], None]) -
 
 
 def run_demo(
-    *, profile: str = "default", dsn: str | None = None, out: Callable[[str], None] = print
+    *,
+    profile: str = "default",
+    dsn: str | None = None,
+    break_this_database: bool = False,
+    out: Callable[[str], None] = print,
 ) -> int:
-    """Run the demo; 0 when dbresilience lost and doubled nothing, 1 otherwise."""
+    """Run the demo; 0 when dbresilience lost and doubled nothing, 1 otherwise.
+
+    Without *dsn* it uses only servers it starts itself (``$DATABASE_URL`` is ignored). A *dsn*
+    is used only with ``break_this_database=True``: the demo creates tables and rows there and
+    terminates that database's client backends; otherwise it raises ``ValueError`` and touches
+    nothing.
+    """
     one_of("profile", profile, PROFILES)
+    if dsn is not None and not break_this_database:
+        raise ValueError(
+            "dsn: the demo creates tables in the given database and terminates every client "
+            "backend of it, again and again; pass break_this_database=True "
+            "(--yes-break-this-database) if that database may be broken"
+        )
     if sys.platform == "win32":  # pragma: no cover - SIGSTOP and the server binaries
         raise SystemExit("the demo needs a POSIX system")
-    return asyncio.run(_main(dsn or os.environ.get("DATABASE_URL") or None, PROFILES[profile], out))
+    if dsn is None and os.environ.get("DATABASE_URL"):
+        out("  (DATABASE_URL is set and ignored: the demo breaks only what it starts)")
+    return asyncio.run(_main(dsn, PROFILES[profile], out))
