@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import queue
 import selectors
 import socket
@@ -14,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+
+logger = logging.getLogger("dbresilience.faults")
 
 _CHUNK = 65536
 _MAX_BUFFER = 4 * 1024 * 1024
@@ -33,6 +36,15 @@ class ProxyMode(enum.Enum):
     DOWN = "down"  # nothing listens: new connections are refused, live ones were reset
     SILENT = "silent"  # new connections are accepted and never answered; live ones flow
     FROZEN = "frozen"  # nothing moves on any connection, new or live (a partition)
+
+
+@dataclass(eq=False)
+class _Command:
+    """A mode switch for the loop thread; the caller waits on *done* and re-raises *error*."""
+
+    fn: Callable[[], None]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
 
 @dataclass(eq=False)
@@ -78,9 +90,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
-        self._commands: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
-            queue.SimpleQueue()
-        )
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -156,7 +166,7 @@ class FaultProxy:
 
     def silent(self) -> None:
         """Accept new connections but never forward or answer them; live ones keep flowing."""
-        self._call(lambda: setattr(self, "mode", ProxyMode.SILENT))
+        self._call(self._do_silent)
 
     def freeze(self) -> None:
         """Stop forwarding on every connection, live and new, without closing anything."""
@@ -175,11 +185,16 @@ class FaultProxy:
     def _call(self, fn: Callable[[], None]) -> None:
         if self._thread is None or self._wake_w is None:
             raise RuntimeError("the proxy is not started")
-        done = threading.Event()
-        self._commands.put((fn, done))
-        self._wake_w.send(b"x")
-        if not done.wait(5):
+        if not self._thread.is_alive():
+            raise RuntimeError("the fault proxy's thread has stopped")
+        command = _Command(fn)
+        self._commands.put(command)
+        with contextlib.suppress(BlockingIOError):  # a full wake buffer already wakes it
+            self._wake_w.send(b"x")
+        if not command.done.wait(5):
             raise RuntimeError("the fault proxy did not answer within 5 s")
+        if command.error is not None:
+            raise command.error
 
     def _open_listener(self) -> None:
         assert self._selector is not None
@@ -215,6 +230,13 @@ class FaultProxy:
         self._close_listener()
         self._reset_all()
 
+    def _do_silent(self) -> None:
+        self.mode = ProxyMode.SILENT
+        for link in self._links:  # live connections flow (a frozen one thaws); new ones wait
+            if link.held and link.upstream is not None:
+                link.held = False
+                self._update(link)
+
     def _do_freeze(self) -> None:
         self.mode = ProxyMode.FROZEN
         for link in self._links:
@@ -227,35 +249,61 @@ class FaultProxy:
             self.resets += 1
 
     def _run(self) -> None:
+        """The loop: nothing but close() ends it (one bad event resets one connection).
+
+        Events of one ``select`` round are handled in order, and an earlier one may change
+        what a later one refers to: a command (``down()``) closes the listener whose accept
+        event is next, a freeze holds a link whose read event is next, a closed socket's
+        number is reused by a new one. So every event is checked against the current state
+        before it is acted on.
+        """
         assert self._selector is not None
         selector = self._selector
         while not self._stopping:
             timeout = 0.5
-            if self.delay:
-                now = time.monotonic()
-                dues = [link.delayed[0][0] for link in self._links if link.delayed]
-                if dues:
-                    timeout = max(0.0, min(min(dues) - now, timeout))
-            for key, mask in selector.select(timeout):
-                tag = key.data
-                if tag == "wake":
-                    self._drain_commands()
-                elif tag == "listen":
-                    self._accept()
-                else:
-                    link, sock = tag
-                    if link.closed:
-                        continue
-                    if mask & selectors.EVENT_READ:
-                        self._read(link, sock)
-                    if mask & selectors.EVENT_WRITE and not link.closed:
-                        self._write(link, sock)
-            self._release_delayed()
+            dues = [link.delayed[0][0] for link in self._links if link.delayed and not link.held]
+            if dues:
+                timeout = max(0.0, min(min(dues) - time.monotonic(), timeout))
+            try:
+                events = selector.select(timeout)
+            except InterruptedError:
+                continue
+            for key, mask in events:
+                try:
+                    self._handle(key, mask)
+                except Exception:
+                    logger.exception("fault proxy: an event failed; its connection is reset")
+                    tag = key.data
+                    if isinstance(tag, tuple):
+                        with contextlib.suppress(Exception):
+                            self._close_link(tag[0], reset=True)
+            try:
+                self._release_delayed()
+            except Exception:
+                logger.exception("fault proxy: releasing delayed data failed")
             self._links = [link for link in self._links if not link.closed]
         for link in list(self._links):
-            self._close_link(link, reset=True)
-        self._close_listener()
+            with contextlib.suppress(Exception):
+                self._close_link(link, reset=True)
+        with contextlib.suppress(Exception):
+            self._close_listener()
         selector.close()
+
+    def _handle(self, key: selectors.SelectorKey, mask: int) -> None:
+        tag = key.data
+        if tag == "wake":
+            self._drain_commands()
+        elif tag == "listen":
+            if key.fileobj is self._listener:  # not closed (down) by a command this round
+                self._accept()
+        else:
+            link, sock = tag
+            if link.closed or link.held:  # reset, or frozen, by an earlier event this round
+                return
+            if mask & selectors.EVENT_READ:
+                self._read(link, sock)
+            if mask & selectors.EVENT_WRITE and not link.closed and not link.held:
+                self._write(link, sock)
 
     def _drain_commands(self) -> None:
         assert self._wake_r is not None
@@ -264,25 +312,33 @@ class FaultProxy:
                 pass
         while True:
             try:
-                fn, done = self._commands.get_nowait()
+                command = self._commands.get_nowait()
             except queue.Empty:
                 return
             try:
-                fn()
+                command.fn()
+            except Exception as exc:  # the caller raises it; the loop goes on
+                command.error = exc
             finally:
-                done.set()
+                command.done.set()
 
     def _accept(self) -> None:
-        assert self._listener is not None
+        listener = self._listener
+        if listener is None:
+            return
         while True:
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
-            client.setblocking(False)
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                client.setblocking(False)
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # the client reset it already
+                client.close()
+                continue
             self.accepted += 1
             link = _Link(client=client, held=self.mode in (ProxyMode.SILENT, ProxyMode.FROZEN))
             link.out[client] = bytearray()
@@ -298,8 +354,13 @@ class FaultProxy:
             # what a client of a proxy sees when the server behind it is gone
             self._close_link(link, reset=True)
             return
-        upstream.setblocking(False)
-        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            upstream.setblocking(False)
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            upstream.close()
+            self._close_link(link, reset=True)
+            return
         link.upstream = upstream
         link.out[upstream] = bytearray()
 
