@@ -2,29 +2,39 @@
 
 ``install(app)`` adds:
 
-- a request-id middleware: takes ``X-Request-ID`` (or makes one), keeps it in a context
-  variable (:func:`request_id`), returns it on the response, and logs one line when the request
-  starts and one when it ends, like the seeds' ``=== REALTIME SESSION REQUEST START [req_x] ===``;
-- exception handlers that answer with what :func:`dbresilience.classify` says: 503 with
-  ``Retry-After`` for transient database trouble or an open circuit, 504 for an upstream timeout
-  (:class:`UpstreamTimeout`, ``httpx.TimeoutException``), 502 for an upstream error
-  (:class:`UpstreamError`, other ``httpx.HTTPError``), the classification's status otherwise,
-  always as JSON ``{"code", "message", "request_id"}``. The message is a fixed text per status,
-  never the exception's own text (which can hold hosts, SQL or data).
+- a request-id middleware: takes ``X-Request-ID`` (or makes one when there is none), keeps it in
+  a context variable (:func:`request_id`), returns it on the response, and logs one line when
+  the request starts and one when it ends, like the seeds' ``=== REALTIME SESSION REQUEST START
+  [req_x] ===``. A client's id that is not safe to log is answered 400 (or hashed, as an option),
+  never replaced: it is often the idempotency key of a retrying client;
+- exception handlers for errors that come from the database, the pool, the cache or the queue
+  (and upstream calls), and for exception groups made of them, answering with what
+  :func:`dbresilience.classify` says: 503 with ``Retry-After`` for transient database trouble or
+  an open circuit, 504 for an upstream timeout (:class:`UpstreamTimeout`,
+  ``httpx.TimeoutException``), 502 for an upstream error (:class:`UpstreamError`, other
+  ``httpx.HTTPError``), the classification's status otherwise, as JSON ``{"code", "message",
+  "request_id"}`` (or FastAPI's ``{"detail": {...}}``). The message is a fixed text per status,
+  never the exception's own text (which can hold hosts, SQL or data). Other errors are left to
+  the framework.
 
-:func:`timed` logs ``[req_x] DATABASE_QUERY_START - 12ms`` / ``… _END - 15ms`` lines around a
-step. Needs the ``web`` extra (Starlette); imported only when this module is.
+:func:`lifespan` opens a pool, caches and queues at start-up without waiting for the database and
+drains them at shutdown. :func:`timed` logs ``[req_x] DATABASE_QUERY_START - 12ms`` /
+``… _END - 15ms`` lines around a step. Needs the ``web`` extra (Starlette); imported only when
+this module is.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import hashlib
 import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
+from typing import Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,6 +48,7 @@ from dbresilience._errors import (
     UpstreamTimeout,
     bounded_wait,
 )
+from dbresilience._validate import one_of
 
 # UpstreamError and UpstreamTimeout are defined in _errors (also dbr.UpstreamError, ...).
 __all__ = [
@@ -54,6 +65,7 @@ logger = logging.getLogger("dbresilience.web")
 
 _REQUEST_ID: ContextVar[str | None] = ContextVar("dbresilience_request_id", default=None)
 _REQUEST_START: ContextVar[float] = ContextVar("dbresilience_request_start", default=0.0)
+_MAX_REQUEST_ID = 128
 
 _MESSAGES = {
     400: "The request was not valid.",
@@ -95,17 +107,39 @@ def timed(step: str) -> Iterator[None]:
 class RequestIdMiddleware:
     """Pure ASGI middleware: request id in, request id out, one START and one END line."""
 
-    def __init__(self, app: ASGIApp, header: str = "x-request-id") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        header: str = "x-request-id",
+        *,
+        invalid: Literal["reject", "hash"] = "reject",
+        shape: _Shape = "dbresilience",
+    ) -> None:
+        one_of("invalid", invalid, _INVALID)
+        one_of("shape", shape, _SHAPES)
         self.app = app
         self.header = header.lower().encode()
+        self.invalid = invalid
+        self.shape: _Shape = shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers") or []).get(self.header)
-        rid = _clean(given.decode("latin-1")) if given else None
-        rid = rid or f"req_{uuid.uuid4().hex[:12]}"
+        if given is None:
+            rid = f"req_{uuid.uuid4().hex[:12]}"
+        else:
+            clean = _clean(given.decode("latin-1"))
+            if clean is not None:
+                rid = clean
+            elif self.invalid == "hash":
+                rid = _hashed(given)
+            else:  # never a fresh id: a retrying client's idempotency key would change
+                logger.info("rejected a request with an invalid %s header", self.header.decode())
+                answer = _answer(400, "INVALID_REQUEST_ID", {}, self.shape)
+                await answer(scope, receive, send)
+                return
         token = _REQUEST_ID.set(rid)
         start_token = _REQUEST_START.set(time.perf_counter())
         started = time.perf_counter()
@@ -135,15 +169,33 @@ class RequestIdMiddleware:
 
 
 def _clean(value: str) -> str | None:
-    """A client's request id, if it is short and printable (it goes into logs and headers)."""
+    """A client's request id as given, if it is safe in logs and headers: 1 to 128 visible
+    ASCII characters (spaces around it are dropped); ``None`` otherwise."""
     value = value.strip()
-    if 0 < len(value) <= 128 and all(c.isalnum() or c in "-_.:" for c in value):
+    if 0 < len(value) <= _MAX_REQUEST_ID and all("!" <= c <= "~" for c in value):
         return value
     return None
 
 
-def error_response(exc: BaseException) -> JSONResponse:
-    """The HTTP answer for *exc*: status from the classification (504/502 for upstreams)."""
+def _hashed(raw: bytes) -> str:
+    """A safe id standing for an unsafe one: the same raw value always gives the same id (a
+    retrying client keeps its idempotency key), and different values different ids."""
+    return "sha256-" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+_Shape = Literal["dbresilience", "detail"]
+_SHAPES = ("dbresilience", "detail")
+_INVALID = ("reject", "hash")
+
+
+def error_response(exc: BaseException, *, shape: _Shape = "dbresilience") -> JSONResponse:
+    """The HTTP answer for *exc*: status from the classification (504/502 for upstreams).
+
+    *shape* ``"dbresilience"`` answers ``{"code", "message", "request_id"}``; ``"detail"``
+    answers FastAPI's shape, ``{"detail": {"code", "message", "request_id"}}``. An exception
+    group is answered as the first error in it.
+    """
+    exc = _leaves(exc)[0] if _is_group(exc) else exc
     headers: dict[str, str] = {}
     if isinstance(exc, UpstreamTimeout) or _is_httpx(exc, "TimeoutException"):
         status, code = 504, "UPSTREAM_TIMEOUT"
@@ -156,11 +208,17 @@ def error_response(exc: BaseException) -> JSONResponse:
             # whole seconds from 1 to 3600, whatever the classification holds (an error
             # built from a shared breaker state in Redis once carried infinity here)
             headers["Retry-After"] = str(max(1, math.ceil(bounded_wait(c.retry_after))))
-    body = {
+    return _answer(status, code, headers, shape)
+
+
+def _answer(status: int, code: str, headers: dict[str, str], shape: _Shape) -> JSONResponse:
+    body: dict[str, object] = {
         "code": code,
         "message": _MESSAGES.get(status, _MESSAGES[500]),
         "request_id": _REQUEST_ID.get(),
     }
+    if shape == "detail":
+        body = {"detail": body}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -168,39 +226,102 @@ def _is_httpx(exc: BaseException, name: str) -> bool:
     return any(c.__module__.startswith("httpx") and c.__name__ == name for c in type(exc).__mro__)
 
 
-async def _handler(request: Request, exc: Exception) -> Response:
-    status = error_response(exc)
-    if status.status_code >= 500:
-        logger.warning(
-            "[%s] answered %d for %s", _REQUEST_ID.get(), status.status_code, type(exc).__name__
-        )
-    return status
+def _is_group(exc: BaseException) -> bool:
+    """An ``ExceptionGroup`` (3.11+, or the ``exceptiongroup`` backport anyio uses on 3.10)."""
+    return any(c.__name__ == "BaseExceptionGroup" for c in type(exc).__mro__) and isinstance(
+        getattr(exc, "exceptions", None), tuple
+    )
 
 
-def install(app: Starlette) -> Starlette:
-    """Add the request-id middleware and the error handlers to *app*; returns it.
+def _leaves(exc: BaseException, depth: int = 0) -> list[BaseException]:
+    """The errors inside a (nested) exception group, in order; bounded like the classifier."""
+    if not _is_group(exc) or depth > 8:
+        return [exc]
+    found: list[BaseException] = []
+    for inner in exc.exceptions[:64]:  # type: ignore[attr-defined]
+        found.extend(_leaves(inner, depth + 1))
+    return found or [exc]
 
-    Handled: ``psycopg.Error``, redis-py errors, :class:`DBResilienceError` (pool timeouts,
-    open circuits, query timeouts, upstream errors), ``TimeoutError``, ``ConnectionError`` and
-    ``httpx.HTTPError`` (when httpx is installed). Anything else is left to the framework.
-    """
+
+def _ours(exc: BaseException, handled: tuple[type[BaseException], ...]) -> bool:
+    """Whether *exc* (every error in it, for a group) came from what :func:`install` answers
+    for: the database driver or pool, dbresilience's pool, cache, queue or breakers, upstream
+    calls, and the classes the caller added."""
+    return all(isinstance(leaf, handled) for leaf in _leaves(exc))
+
+
+def _database_errors() -> list[type[Exception]]:
+    """The error classes that come from the database stack (and upstream calls)."""
     import psycopg
 
-    handled: list[type[Exception]] = [
-        psycopg.Error,
-        DBResilienceError,
-        TimeoutError,
-        ConnectionError,
-    ]
+    handled: list[type[Exception]] = [psycopg.Error, DBResilienceError]  # pool errors included
     with contextlib.suppress(ImportError):
-        import redis
+        from sqlalchemy import exc as sa
 
-        handled.append(redis.RedisError)
+        handled += [sa.DBAPIError, sa.TimeoutError, sa.DisconnectionError]
     with contextlib.suppress(ImportError):
         import httpx
 
         handled.append(httpx.HTTPError)
-    for exc_class in handled:
-        app.add_exception_handler(exc_class, _handler)
-    app.add_middleware(RequestIdMiddleware)
+    return handled
+
+
+def install(
+    app: Starlette,
+    *,
+    shape: _Shape = "dbresilience",
+    invalid_request_id: Literal["reject", "hash"] = "reject",
+    also: Sequence[type[Exception]] = (),
+) -> Starlette:
+    """Add the request-id middleware and the error handlers to *app*; returns it.
+
+    Answered: errors that come from the database or the pool (``psycopg.Error``,
+    ``psycopg_pool`` errors, SQLAlchemy's ``DBAPIError``, ``TimeoutError`` and
+    ``DisconnectionError``), every :class:`DBResilienceError` (pool timeouts, open circuits,
+    query timeouts, a full or closed queue, upstream errors), ``httpx.HTTPError`` (502/504),
+    the classes in *also*, and exception groups (a ``TaskGroup``'s) made only of those. Any
+    other error, a ``ConnectionRefusedError`` from an SMTP client or a bare ``TimeoutError``
+    included, is left to the framework as if nothing were installed.
+
+    *shape*: ``"dbresilience"`` (``{"code", "message", "request_id"}``) or ``"detail"``
+    (FastAPI's ``{"detail": ...}`` around the same). *invalid_request_id*: what to do with an
+    ``X-Request-ID`` that is not 1 to 128 visible ASCII characters: ``"reject"`` it with 400, or
+    ``"hash"`` it to ``sha256-<32 hex>`` (the same header always gives the same id). A client's
+    id is never replaced by a random one: a retrying client's idempotency key would change.
+    """
+    one_of("shape", shape, _SHAPES)
+    one_of("invalid_request_id", invalid_request_id, _INVALID)
+    for cls in also:
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            raise TypeError(f"also: expected exception classes, got {cls!r}")
+    handled = tuple([*_database_errors(), *also])
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        if not _ours(exc, handled):
+            raise exc  # not the database's: the framework answers it as it would anyway
+        answer = error_response(exc, shape=shape)
+        if answer.status_code >= 500:
+            logger.warning(
+                "[%s] answered %d for %s",
+                _REQUEST_ID.get(),
+                answer.status_code,
+                type(exc).__name__,
+            )
+        return answer
+
+    groups = [c for c in (_builtin_group(),) if c is not None]
+    for exc_class in [*handled, *groups]:
+        app.add_exception_handler(exc_class, handler)
+    app.add_middleware(RequestIdMiddleware, invalid=invalid_request_id, shape=shape)
     return app
+
+
+def _builtin_group() -> type[Exception] | None:
+    """``ExceptionGroup`` where there is one (3.11+, or the backport on 3.10)."""
+    found = getattr(builtins, "ExceptionGroup", None)
+    if found is None:
+        with contextlib.suppress(ImportError):
+            import exceptiongroup  # the backport anyio uses on 3.10
+
+            found = exceptiongroup.ExceptionGroup
+    return found if isinstance(found, type) else None
