@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck bench bench-instructions chaos install clean generate
+.PHONY: demo test lint typecheck bench bench-instructions chaos install clean generate services
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,19 @@ generate: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# the servers the tests start themselves: PgBouncer from Debian's packages when missing (as root;
+# otherwise its tests skip, or fail under CI=true, naming it)
+services:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing pgbouncer (apt-get install -y pgbouncer)"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null 2>&1 || \
+	     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer)); \
+	  else \
+	    echo "pgbouncer is missing and cannot be installed here (needs root and apt-get): its tests skip"; \
+	  fi
+
+test: lint typecheck services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # a soak under real faults (default 10 minutes; CI runs a 60 s one in the test suite)

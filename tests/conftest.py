@@ -7,6 +7,8 @@
 - ``redis_url``: the running Redis (``$DBR_TEST_REDIS``), else a throwaway ``redis-server``.
 - ``redis_server``: a throwaway ``redis-server`` a test may stop and start.
 - ``make_proxy``: builds :class:`dbresilience.faults.FaultProxy` objects closed after the test.
+- ``start_pgbouncer(upstream_dsn, **options)``: a :class:`dbresilience.faults.TemporaryPgBouncer`
+  in front of an upstream (for module-scoped fixtures: one PgBouncer per module).
 
 Under ``CI=true`` a service that cannot be had is an error, never a skip.
 """
@@ -17,11 +19,18 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
-from dbresilience.faults import FaultProxy, TemporaryPostgres, TemporaryRedis, terminate_backends
+from dbresilience.faults import (
+    FaultProxy,
+    TemporaryPgBouncer,
+    TemporaryPostgres,
+    TemporaryRedis,
+    terminate_backends,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DEFAULT_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"
@@ -236,3 +245,21 @@ def victim_dsn(pg_dsn: str) -> Iterator[str]:
                     psycopg.sql.Identifier(name)
                 )
             )
+
+
+def start_pgbouncer(upstream_dsn: str, **options: Any) -> TemporaryPgBouncer:
+    """A started :class:`TemporaryPgBouncer` in front of the server of *upstream_dsn*.
+
+    A missing ``pgbouncer`` binary is a skip with the reason outside CI and an error under
+    ``CI=true`` (``make test`` installs it as root: ``apt-get install pgbouncer``).
+    """
+    params = psycopg.conninfo.conninfo_to_dict(upstream_dsn)
+    host = str(params.get("host") or "127.0.0.1")
+    if host.startswith("/"):
+        host = "127.0.0.1"
+    try:
+        bouncer = TemporaryPgBouncer(host, int(params.get("port") or 5432), **options)
+    except FileNotFoundError as exc:
+        _unavailable("PgBouncer", exc)
+        raise  # pragma: no cover - _unavailable always raises
+    return bouncer.start()

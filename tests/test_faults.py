@@ -151,3 +151,38 @@ def test_the_shared_redis_answers(redis_url: str) -> None:
         assert client.ping()
     finally:
         client.close()
+
+
+def test_pgbouncer_serves_pauses_and_restarts(pg_dsn: str) -> None:
+    """TemporaryPgBouncer serves queries in transaction mode, holds them while paused, serves
+    again after resume and after a restart on the same port, and refuses unknown databases."""
+    from tests.conftest import start_pgbouncer
+
+    dbname = str(psycopg.conninfo.conninfo_to_dict(pg_dsn).get("dbname") or "postgres")
+    bouncer = start_pgbouncer(pg_dsn, databases=[dbname], default_pool_size=1)
+    try:
+        with psycopg.connect(bouncer.conninfo(dbname), autocommit=True) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+            # PgBouncer answers with its own cancel key: the pid differs from the backend's
+            row = conn.execute("select pg_backend_pid()").fetchone()
+            assert row is not None
+            assert row[0] != conn.info.backend_pid
+        pools = bouncer.admin("SHOW POOLS")
+        assert any(row[0] == dbname and row[-1] == "transaction" for row in pools)
+        bouncer.pause()
+        with psycopg.connect(bouncer.conninfo(dbname)) as held:
+            done, result = _query_in_thread(held)
+            assert not done.wait(0.3)
+            bouncer.resume()
+            assert done.wait(5)
+            assert result == [7]
+        port = bouncer.port
+        bouncer.restart()
+        assert bouncer.port == port
+        with psycopg.connect(bouncer.conninfo(dbname)) as conn:
+            assert conn.execute("select 2").fetchone() == (2,)
+        with pytest.raises(psycopg.OperationalError, match="no such database"):
+            psycopg.connect(bouncer.conninfo("dbr_not_listed"))
+    finally:
+        bouncer.close()
+    assert not bouncer.running
