@@ -1,5 +1,6 @@
-"""Throwaway PostgreSQL clusters (:class:`TemporaryPostgres`), finding and (as root) copying the
-server binaries, and listing or terminating client backends."""
+"""Throwaway PostgreSQL clusters (:class:`TemporaryPostgres`) and streaming replicas of them
+(:class:`TemporaryReplica`), finding and (as root) copying the server binaries, and listing or
+terminating client backends."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -343,6 +346,12 @@ class TemporaryPostgres:
         """A libpq connection string for *dbname* on this cluster."""
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
 
+    def _create(self) -> None:
+        """Make the data folder: a copy of the per-process ``initdb`` template."""
+        assert self._base is not None
+        assert self._bin is not None
+        shutil.copytree(_template(self._bin, self._user), self._base / "data")
+
     def _pg_ctl(self, *args: str, timeout: float = 60) -> None:
         subprocess.run(
             [str((self._bin or self.bindir) / "pg_ctl"), "-D", str(self.data_dir), *args],
@@ -353,12 +362,21 @@ class TemporaryPostgres:
         )
 
     def start(self) -> TemporaryPostgres:
-        """Create the cluster on first use, then start it and wait until it accepts connections."""
+        """Create the cluster on first use, then start it and wait until it accepts connections
+        (nothing to do when it runs already)."""
+        if self._base is not None and self.running:
+            return self
         if self._base is None:
             self._bin = _server_bindir(self.bindir, self._user)
             root = _scratch_root(self._user)
             self._base = Path(tempfile.mkdtemp(prefix="pg-", dir=root))
-            shutil.copytree(_template(self._bin, self._user), self._base / "data")
+            _chown_tree(self._base, self._user)
+            try:
+                self._create()
+            except BaseException:
+                shutil.rmtree(self._base, ignore_errors=True)
+                self._base = None
+                raise
             (self._base / "data").chmod(0o700)
             _chown_tree(self._base, self._user)
         # pg_ctl hands these to a shell: quote every value (paths may hold spaces)
@@ -396,6 +414,58 @@ class TemporaryPostgres:
         )
         return result.returncode == 0
 
+    def execute(self, query: str, params: tuple[object, ...] = ()) -> tuple[object, ...] | None:
+        """Run one statement as the superuser on this server (autocommit); its first row."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            cur = conn.execute(query.encode(), params)  # the harness's own SQL
+            return cur.fetchone() if cur.description else None
+
+    def reload(self, expect: tuple[str, str] | None = None, timeout: float = 10.0) -> None:
+        """``pg_reload_conf()``; with *expect* ``(setting, value)``, wait until a new session
+        sees it (the postmaster applies a reload a moment later)."""
+        self.execute("select pg_reload_conf()")
+        deadline = time.monotonic() + timeout
+        while expect is not None:
+            row = self.execute("select current_setting(%s)", (expect[0],))
+            if row and row[0] == expect[1]:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{expect[0]} did not become {expect[1]!r} in {timeout:g} s")
+            time.sleep(0.01)
+
+    def current_lsn(self) -> str:
+        """Where this primary's WAL ends (``0/3000148``), flushed first: one committed
+        transaction with ``synchronous_commit`` on, so that everything written before it,
+        asynchronous commits included, is on disk and can reach a replica."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("set synchronous_commit = on")
+            with conn.transaction():
+                conn.execute("select pg_logical_emit_message(true, 'dbresilience', '')")
+            row = conn.execute("select pg_current_wal_flush_lsn()::text").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def start_replica(
+        self,
+        *,
+        synchronous: bool = False,
+        port: int | None = None,
+        settings: Mapping[str, str | int] | None = None,
+    ) -> TemporaryReplica:
+        """A streaming replica of this (running) cluster, started and caught up: see
+        :class:`TemporaryReplica`. The caller closes it (``with primary.start_replica() as r:``
+        or ``r.close()``)."""
+        replica = TemporaryReplica(self, synchronous=synchronous, port=port, settings=settings)
+        try:
+            return replica.start()
+        except BaseException:
+            replica.close()
+            raise
+
     @staticmethod
     def freeze(pid: int) -> None:
         """Freeze one process (a backend: ``select pg_backend_pid()``) with ``SIGSTOP``."""
@@ -429,3 +499,164 @@ class TemporaryPostgres:
 
     def __repr__(self) -> str:
         return f"TemporaryPostgres(port={self.port}, running={self._base is not None})"
+
+
+def _lsn(text: str) -> int:
+    """A ``pg_lsn`` in its text form (``16/B374D848``) as an int, for comparing."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+class TemporaryReplica(TemporaryPostgres):
+    """A streaming replica of a :class:`TemporaryPostgres`, for failover and read-replica tests.
+
+    ``start()`` makes it on first use with ``pg_basebackup -R`` from the running *primary* (a
+    hot standby: it answers reads, refuses writes with 25006) and waits until it has replayed
+    everything the primary had written. ``promote()`` makes it a primary (``pg_promote``);
+    ``pause_replay()`` / ``resume_replay()`` stop and restart applying WAL (it keeps receiving
+    it: a replica that lags); ``stop()`` / ``start()`` / ``kill()`` / ``close()`` as for any
+    cluster.
+
+    With ``synchronous=True`` the primary waits for this replica to confirm every commit
+    (``synchronous_standby_names``, ``synchronous_commit=on``): a commit acknowledged to a client
+    survives the primary's crash, so a failover test may demand that no acknowledged write is
+    lost. (Then a stopped replica also stops every commit on the primary, as in production.)
+    """
+
+    def __init__(
+        self,
+        primary: TemporaryPostgres,
+        *,
+        synchronous: bool = False,
+        port: int | None = None,
+        settings: Mapping[str, str | int] | None = None,
+    ) -> None:
+        self.primary = primary
+        self.synchronous = synchronous
+        self.name = f"replica_{uuid.uuid4().hex[:8]}"
+        merged: dict[str, str | int] = {
+            k: v for k, v in primary.settings.items() if k not in ("port",)
+        }
+        merged.update(
+            {
+                # the walreceiver names itself after primary_conninfo's application_name: what
+                # synchronous_standby_names matches
+                "primary_conninfo": (
+                    f"host=127.0.0.1 port={primary.port} user=postgres application_name={self.name}"
+                ),
+                "hot_standby": "on",
+                "wal_receiver_status_interval": "1s",
+                "wal_retrieve_retry_interval": "200ms",
+            }
+        )
+        merged.update(settings or {})
+        super().__init__(port=port, bindir=primary.bindir, settings=merged)
+
+    def _create(self) -> None:
+        """``pg_basebackup -R`` from the primary: a copy of its data folder that starts as a
+        standby (``standby.signal``) and streams from it."""
+        if not self.primary.running:
+            raise RuntimeError("the primary must be running to start a replica of it")
+        assert self._base is not None
+        assert self._bin is not None
+        data = self._base / "data"
+        result = subprocess.run(
+            [
+                str(self._bin / "pg_basebackup"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(data),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+            user=self._user,
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"pg_basebackup failed with exit status {result.returncode}: "
+                f"{result.stderr.decode(errors='replace').strip()[-2000:]}"
+            )
+
+    def start(self) -> TemporaryReplica:
+        """Create the replica on first use, start it, and (while it is a standby and the
+        primary runs) wait until it has replayed all the primary's WAL."""
+        first = self._base is None
+        super().start()
+        if first and self.synchronous:
+            self.primary.execute(
+                f"alter system set synchronous_standby_names = '{self.name}'"  # [0-9a-z_] only
+            )
+            # the role's setting: the server's own (-c synchronous_commit=off) would win over
+            # ALTER SYSTEM, never over a role's
+            self.primary.execute("alter role postgres set synchronous_commit = 'on'")
+            self.primary.reload(("synchronous_standby_names", self.name))
+        if self.in_recovery and self.primary.running:
+            self.wait_caught_up()
+        return self
+
+    @property
+    def in_recovery(self) -> bool:
+        """True while it is a standby (``pg_is_in_recovery()``); False once promoted."""
+        row = self.execute("select pg_is_in_recovery()")
+        return bool(row and row[0])
+
+    def replay_lsn(self) -> str:
+        """``pg_last_wal_replay_lsn()``: how far it has applied the primary's WAL."""
+        row = self.execute("select coalesce(pg_last_wal_replay_lsn(), '0/0')::text")
+        assert row is not None
+        return str(row[0])
+
+    def wait_caught_up(self, timeout: float = 30.0, lsn: str | None = None) -> None:
+        """Wait until it has replayed *lsn* (default: the primary's WAL end now); raises
+        ``TimeoutError`` after *timeout* seconds (a paused replay never catches up)."""
+        target = _lsn(lsn or self.primary.current_lsn())
+        deadline = time.monotonic() + timeout
+        while _lsn(self.replay_lsn()) < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the replica did not replay up to {lsn or 'the primary'} in {timeout:g} s"
+                )
+            time.sleep(0.01)
+
+    def pause_replay(self) -> None:
+        """Stop applying WAL (``pg_wal_replay_pause()``): reads see the data as of now, and
+        the replica's lag grows with every write on the primary."""
+        self.execute("select pg_wal_replay_pause()")
+
+    def resume_replay(self) -> None:
+        """Apply WAL again (``pg_wal_replay_resume()``)."""
+        self.execute("select pg_wal_replay_resume()")
+
+    def promote(self, timeout: float = 60.0) -> float:
+        """Make it a primary (``pg_promote``) and wait until it accepts writes; returns the
+        monotonic time at which it did (a failover test's clock starts there).
+
+        With ``synchronous=True`` the old primary's ``synchronous_standby_names`` is cleared
+        first when it still runs, so that it does not wait for a standby that is gone.
+        """
+        if self.synchronous and self.primary.running:
+            with contextlib.suppress(Exception):
+                self.primary.execute("alter system reset synchronous_standby_names")
+                self.primary.execute("select pg_reload_conf()")
+        row = self.execute("select pg_promote(true, %s)", (max(1, int(timeout)),))
+        if not (row and row[0]):
+            raise RuntimeError(f"pg_promote did not finish within {timeout:g} s")
+        return time.monotonic()
+
+    def __repr__(self) -> str:
+        return (
+            f"TemporaryReplica(port={self.port}, primary={self.primary.port}, "
+            f"running={self._base is not None})"
+        )

@@ -1,0 +1,228 @@
+"""Failover: a real synchronous standby promoted after the primary crashed; time from the
+promotion to the first committed write and the first successful read, with default settings.
+
+Candidates, all with the same multi-host conninfo (``host=a,b target_session_attrs=read-write``):
+``dbr.Pool`` + ``dbr.WriteQueue`` (keyed writes), ``dbr.Pool.execute`` in a loop, and what a user
+would pick instead: psycopg_pool's ``ConnectionPool`` with its defaults, and SQLAlchemy's engine
+with ``pool_pre_ping=True``, each writing in a loop that catches errors and tries again after
+10 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg
+import psycopg_pool
+
+import dbresilience as dbr
+from dbresilience.faults import TemporaryPostgres
+
+from ._common import print_table
+
+INSERT = "insert into ev (k, v) values (%s, %s)"
+TICK = 0.01  # a writer's pause between writes, and after a failed one
+
+
+class Probe:
+    """When the first write committed, and the first read succeeded, after the promotion."""
+
+    def __init__(self) -> None:
+        self.promoted_at: float | None = None
+        self.first_write: float | None = None
+        self.first_read: float | None = None
+
+    def wrote(self) -> None:
+        if self.promoted_at is not None and self.first_write is None:
+            self.first_write = time.monotonic()
+
+    def read(self) -> None:
+        if self.promoted_at is not None and self.first_read is None:
+            self.first_read = time.monotonic()
+
+
+Candidate = Callable[[str, Probe, threading.Event], Iterator[None]]
+
+
+def _loop(stop: threading.Event, step: Callable[[], None]) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            step()
+        time.sleep(TICK)
+
+
+def _threads(*targets: Callable[[], None]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=t, daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+@contextlib.contextmanager
+def dbr_queue(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]:
+    counter = iter(range(10**9))
+    with (
+        dbr.Pool(dsn) as pool,
+        dbr.WriteQueue(pool, on_commit=lambda batch: probe.wrote()) as queue,
+    ):
+
+        def write() -> None:
+            i = next(counter)
+            queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
+
+        def read() -> None:
+            pool.fetchone("select 1")
+            probe.read()
+
+        threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
+        yield
+        for thread in threads:
+            thread.join()
+        queue.flush(10)
+
+
+@contextlib.contextmanager
+def dbr_execute(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]:
+    counter = iter(range(10**9))
+    with dbr.Pool(dsn) as pool:
+
+        def write() -> None:
+            i = next(counter)
+            pool.execute(INSERT, (f"k{i}", i))
+            probe.wrote()
+
+        def read() -> None:
+            pool.fetchone("select 1")
+            probe.read()
+
+        threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
+        yield
+        for thread in threads:
+            thread.join()
+
+
+@contextlib.contextmanager
+def psycopg_pool_defaults(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]:
+    counter = iter(range(10**9))
+    with psycopg_pool.ConnectionPool(dsn, kwargs={"autocommit": True}) as pool:
+        pool.wait()
+
+        def write() -> None:
+            i = next(counter)
+            with pool.connection() as conn:
+                conn.execute(INSERT, (f"k{i}", i))
+            probe.wrote()
+
+        def read() -> None:
+            with pool.connection() as conn:
+                conn.execute("select 1").fetchone()
+            probe.read()
+
+        threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
+        yield
+        for thread in threads:
+            thread.join()
+
+
+@contextlib.contextmanager
+def sqlalchemy_pre_ping(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]:
+    import sqlalchemy as sa
+
+    counter = iter(range(10**9))
+    engine = sa.create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), pool_pre_ping=True
+    )
+    statement = sa.text("insert into ev (k, v) values (:k, :v)")
+
+    def write() -> None:
+        i = next(counter)
+        with engine.begin() as conn:
+            conn.execute(statement, {"k": f"k{i}", "v": i})
+        probe.wrote()
+
+    def read() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1")).fetchone()
+        probe.read()
+
+    threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
+    try:
+        yield
+        for thread in threads:
+            thread.join()
+    finally:
+        engine.dispose()
+
+
+def one_failover(candidate: Candidate, outage: float) -> Probe:
+    """A fresh primary and synchronous standby; the candidate's load for 0.5 s; the primary
+    crashes; *outage* seconds later the standby is promoted; 5 s more of load."""
+    probe = Probe()
+    stop = threading.Event()
+    with TemporaryPostgres() as primary:
+        primary.execute("create table ev (k text, v int)")
+        with primary.start_replica(synchronous=True) as replica:
+            dsn = (
+                f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} user=postgres "
+                "dbname=postgres target_session_attrs=read-write"
+            )
+            with candidate(dsn, probe, stop):
+                time.sleep(0.5)
+                primary.kill()
+                time.sleep(outage)
+                probe.promoted_at = replica.promote()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and (
+                    probe.first_write is None or probe.first_read is None
+                ):
+                    time.sleep(0.02)
+                stop.set()
+    return probe
+
+
+def _median(probes: list[Probe], attr: str) -> float:
+    values = [
+        (getattr(p, attr) - p.promoted_at) if getattr(p, attr) is not None else float("inf")
+        for p in probes
+        if p.promoted_at is not None
+    ]
+    return statistics.median(values)
+
+
+def run(quick: bool = False) -> None:
+    """Print the failover table."""
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    logging.getLogger("dbresilience").setLevel(logging.ERROR)
+    repeats = 1 if quick else 3
+    candidates: list[tuple[str, Candidate, str]] = [
+        ("dbr.Pool + WriteQueue (keyed)", dbr_queue, "<= 2 s"),
+        ("dbr.Pool.execute loop", dbr_execute, "<= 2 s"),
+        ("psycopg_pool defaults, loop", psycopg_pool_defaults, ""),
+        ("SQLAlchemy pool_pre_ping, loop", sqlalchemy_pre_ping, ""),
+    ]
+    rows: list[tuple[object, ...]] = []
+    for outage in (0.5, 5.0):
+        base: float | None = None
+        for label, candidate, target in candidates:
+            probes = [one_failover(candidate, outage) for _ in range(repeats)]
+            write = _median(probes, "first_write")
+            read = _median(probes, "first_read")
+            if base is None:
+                base = write
+            ratio = write / base if base > 0 else float("nan")
+            rows.append((f"{label}, outage {outage:g} s", write, read, f"{ratio:.2f}x", target))
+    print_table(
+        f"failover: promotion -> first committed write / first read (median of {repeats}; "
+        "a synchronous standby promoted after the primary crashed)",
+        ("writer", "first write s", "first read s", "vs dbr", "target"),
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    run()

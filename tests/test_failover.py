@@ -1,0 +1,222 @@
+"""Failover to a promoted standby: a real streaming replica (``pg_basebackup -R``), promoted while
+keyed writes flow through the write queue and reads through the same pool.
+
+Every test here builds its own primary and synchronous replica (a promotion cannot be undone).
+The replica is synchronous so that a commit acknowledged to a client is on the standby: then a
+lost acknowledged write is the library's fault, never the topology's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import dbresilience as dbr
+from dbresilience.faults import TemporaryPostgres, TemporaryReplica
+
+# the promise checked here is the benchmark's target (promotion -> first committed write <= 2 s,
+# default settings), given a margin for a loaded machine
+FIRST_WRITE_WITHIN = 4.0
+INSERT = "insert into ev (k, v) values (%s, %s)"
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[TemporaryPostgres, TemporaryReplica]]:
+    """A throwaway primary with a synchronous streaming replica and a table ``ev (k, v)``
+    without a unique constraint: a write applied twice shows."""
+    try:
+        primary = TemporaryPostgres().start()
+    except Exception as exc:
+        pytest.skip(f"no throwaway PostgreSQL: {exc}")
+    try:
+        primary.execute("create table ev (k text, v int)")
+        replica = primary.start_replica(synchronous=True)
+        try:
+            yield primary, replica
+        finally:
+            replica.close()
+    finally:
+        primary.close()
+
+
+def multi_host(primary: TemporaryPostgres, replica: TemporaryReplica) -> str:
+    """The conninfo a service uses across a failover: both hosts, read-write sessions only."""
+    return (
+        f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} user=postgres "
+        "dbname=postgres target_session_attrs=read-write"
+    )
+
+
+class Load:
+    """What a failover test records: acknowledged keys, and when the first write committed
+    and the first read succeeded after the promotion."""
+
+    def __init__(self) -> None:
+        self.acked: list[str] = []
+        self.promoted_at: float | None = None
+        self.first_commit: float | None = None
+        self.reads: list[tuple[float, str | None]] = []
+        self.lock = threading.Lock()
+
+    def on_commit(self, batch: Any) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.acked.extend(record.key for record in batch)
+            if self.promoted_at is not None and self.first_commit is None:
+                self.first_commit = now
+
+    def check(self, new_primary: TemporaryPostgres, written: int) -> dict[str, float]:
+        """0 acknowledged writes lost, none applied twice; the recovery figures."""
+        with psycopg.connect(new_primary.dsn) as conn:
+            keys = [str(r[0]) for r in conn.execute("select k from ev").fetchall()]
+        assert len(keys) == len(set(keys)), "a keyed write was applied twice"
+        lost = set(self.acked) - set(keys)
+        assert not lost, f"{len(lost)} acknowledged writes lost"
+        assert len(keys) == written
+        assert self.promoted_at is not None
+        assert self.first_commit is not None
+        first_write = self.first_commit - self.promoted_at
+        assert first_write <= FIRST_WRITE_WITHIN
+        ok = [t for t, error in self.reads if error is None and t >= self.promoted_at]
+        return {
+            "first_write": first_write,
+            "first_read": ok[0] - self.promoted_at if ok else float("inf"),
+        }
+
+
+def test_failover_after_a_crash_loses_no_acknowledged_write(
+    pair: tuple[TemporaryPostgres, TemporaryReplica],
+) -> None:
+    """Primary crashed (immediate stop), standby promoted: the pool finds the new primary, the
+    queue's keyed writes all land exactly once, reads come back."""
+    primary, replica = pair
+    load = Load()
+    stop = threading.Event()
+    with (
+        dbr.Pool(multi_host(primary, replica), min_size=2, max_size=4) as pool,
+        dbr.WriteQueue(pool, on_commit=load.on_commit) as queue,
+    ):
+
+        def write() -> None:
+            i = 0
+            while not stop.is_set():
+                queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
+                i += 1
+                time.sleep(0.005)
+
+        def read() -> None:
+            while not stop.is_set():
+                t = time.monotonic()
+                try:
+                    pool.fetchone("select 1", timeout=1.0)
+                    load.reads.append((t, None))
+                except Exception as exc:
+                    load.reads.append((t, type(exc).__name__))
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=write), threading.Thread(target=read)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.5)
+            primary.kill()
+            time.sleep(0.5)
+            load.promoted_at = replica.promote()
+            deadline = time.monotonic() + FIRST_WRITE_WITHIN + 1
+            while load.first_commit is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert queue.flush(20)
+        stats = queue.stats()
+        assert stats["failed"] == 0
+        assert pool.stats()["generation"] >= 1  # the old primary's connections were retired
+        assert pool.fetchone("select not pg_is_in_recovery(), current_setting('port')::int") == (
+            True,
+            replica.port,
+        )
+    figures = load.check(replica, stats["written"])
+    assert figures["first_read"] <= FIRST_WRITE_WITHIN
+
+
+async def test_async_failover_from_a_fenced_primary(
+    pair: tuple[TemporaryPostgres, TemporaryReplica],
+) -> None:
+    """The old primary stays up but read-only (fenced, as failover tools do): writes get 25006,
+    the pool retires that generation and reconnects to the promoted standby; keyed writes land
+    exactly once."""
+    primary, replica = pair
+    load = Load()
+    stop = asyncio.Event()
+    async with (
+        dbr.AsyncPool(multi_host(primary, replica), min_size=2, max_size=4) as pool,
+        dbr.AsyncWriteQueue(pool, on_commit=load.on_commit) as queue,
+    ):
+
+        async def write() -> None:
+            i = 0
+            while not stop.is_set():
+                queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
+                i += 1
+                await asyncio.sleep(0.005)
+
+        tasks = [asyncio.create_task(write())]
+        await asyncio.sleep(0.5)
+        generation = pool.stats()["generation"]
+        fence = "alter system set default_transaction_read_only = on"
+        await asyncio.to_thread(primary.execute, fence)
+        await asyncio.to_thread(primary.reload, ("default_transaction_read_only", "on"))
+        await asyncio.sleep(0.3)
+        load.promoted_at = await asyncio.to_thread(replica.promote)
+        deadline = time.monotonic() + FIRST_WRITE_WITHIN + 1
+        while load.first_commit is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # polls what the queue's on_commit hook records
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert await queue.flush(20)
+        stats = queue.stats()
+        assert stats["failed"] == 0
+        assert pool.stats()["generation"] > generation  # 25006 retired the fenced generation
+        row = await pool.fetchone("select not pg_is_in_recovery(), current_setting('port')::int")
+        assert row == (True, replica.port)
+        # the fenced primary kept every connection open and took no write after the fence
+        with psycopg.connect(primary.dsn) as conn:
+            on_old = conn.execute("select count(*) from ev").fetchone()
+    load.check(replica, stats["written"])
+    assert on_old is not None
+    assert int(on_old[0]) <= stats["written"]
+
+
+def test_replica_harness_lags_stops_and_promotes(
+    pair: tuple[TemporaryPostgres, TemporaryReplica],
+) -> None:
+    """The harness itself: a paused replica keeps the old data, resumes and catches up, refuses
+    writes (25006) until promoted."""
+    primary, replica = pair
+    primary.execute("insert into ev values ('a', 1)")
+    replica.wait_caught_up()
+    assert replica.execute("select count(*) from ev") == (1,)
+    replica.pause_replay()
+    primary.execute("insert into ev values ('b', 2)")
+    time.sleep(0.2)
+    assert replica.execute("select count(*) from ev") == (1,)
+    with pytest.raises(TimeoutError):
+        replica.wait_caught_up(timeout=0.3)
+    replica.resume_replay()
+    replica.wait_caught_up()
+    assert replica.execute("select count(*) from ev") == (2,)
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        replica.execute("insert into ev values ('c', 3)")
+    assert replica.in_recovery
+    replica.promote()
+    assert not replica.in_recovery
+    replica.execute("insert into ev values ('c', 3)")
