@@ -26,6 +26,7 @@ from dbresilience._cache import CredentialCache
 from dbresilience._cache_async import AsyncCredentialCache
 from dbresilience._classify import Classification, ErrorKind, classify
 from dbresilience._deadline import Deadline
+from dbresilience._doctor import DoctorFinding, DoctorReport, DoctorSkip, Severity, doctor
 from dbresilience._errors import (
     AcquireTimeout,
     CircuitOpen,
@@ -84,6 +85,9 @@ __all__ = [
     "DBResilienceError",
     "DatabaseUnavailable",
     "Deadline",
+    "DoctorFinding",
+    "DoctorReport",
+    "DoctorSkip",
     "ErrorKind",
     "FailedWrite",
     "JournalCorrupt",
@@ -102,10 +106,12 @@ __all__ = [
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",
+    "Severity",
     "UpstreamError",
     "UpstreamTimeout",
     "WriteQueue",
     "classify",
+    "doctor",
     "log_retry",
     "testing",
     "withRetry",

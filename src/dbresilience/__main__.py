@@ -1,4 +1,5 @@
-"""The ``dbresilience`` command: ``demo`` (real faults, before and after) and ``check DSN``."""
+"""The ``dbresilience`` command: ``demo`` (real faults, before and after), ``check DSN`` and
+``doctor DSN``."""
 
 from __future__ import annotations
 
@@ -118,6 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = sub.add_parser("check", help="probe a database and classify any failure")
     probe.add_argument("dsn", nargs="?", default=os.environ.get("DATABASE_URL"))
     probe.add_argument("--connect-timeout", type=float, default=5.0)
+    doc = sub.add_parser(
+        "doctor",
+        help="read-only checks of a database: indexes, RLS, json, slow queries, timeouts",
+        description="Reads the catalogs and statistics of the database behind DSN (in a read-only "
+        "transaction) and reports what the seeds fixed by hand, with the SQL to fix each "
+        "finding; never runs that SQL. See docs/doctor.md.",
+    )
+    doc.add_argument("dsn", nargs="?", default=os.environ.get("DATABASE_URL"))
+    doc.add_argument("--json", action="store_true", help="print the report as JSON")
+    doc.add_argument("--schema", action="append", help="a schema to check (repeatable)")
+    doc.add_argument("--fail-on", choices=["warning", "error"], help="exit 1 from this severity")
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would echo them, and a DSN with a space splits into two of them
         parser.error(
@@ -141,7 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile=args.profile, dsn=args.dsn, break_this_database=args.yes_break_this_database
         )
     if not args.dsn:
-        parser.error("check needs a DSN (or DATABASE_URL)")
+        parser.error(f"{args.command} needs a DSN (or DATABASE_URL)")
+    if args.command == "doctor":
+        from dbresilience._doctor_render import run_doctor_command
+
+        return run_doctor_command(
+            args.dsn, as_json=args.json, schemas=args.schema, fail_on=args.fail_on
+        )
     return check(args.dsn, connect_timeout=args.connect_timeout)
 
 
