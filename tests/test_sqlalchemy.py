@@ -140,9 +140,10 @@ async def test_async_engine_frozen_backend_and_terminated_backends(
 ) -> None:
     """The async engine: deadline against a frozen backend, replacement after terminations."""
     # one connection: after the kill, the next checkout replaces it, and that one is frozen
-    engine = await dbr_sa.create_async_engine(
+    engine = dbr_sa.create_async_engine(
         url_of(pg_cluster.dsn), pool_size=1, max_overflow=0, query_timeout=1.0
     )
+    assert await dbr_sa.warm_async_engine(engine) is engine
     try:
         terminate_all(pg_cluster)
         await asyncio.sleep(0.1)
@@ -157,3 +158,30 @@ async def test_async_engine_frozen_backend_and_terminated_backends(
         assert time.monotonic() - start < 1.0 + MARGIN
     finally:
         await engine.dispose()
+
+
+async def test_async_engine_is_returned_at_once_like_sqlalchemys(pg_dsn: str) -> None:
+    """create_async_engine returns an AsyncEngine, not a coroutine, with no I/O: made while
+    the database is down it starts nothing; warming it then fails as fast as it should."""
+    from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+    refused = psycopg.conninfo.make_conninfo(pg_dsn, port=str(free_port()))
+    engine = dbr_sa.create_async_engine(url_of(refused), pool_size=1, connect_timeout=0.5)
+    try:
+        assert isinstance(engine, AsyncEngine)
+        start = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError):
+            await dbr_sa.warm_async_engine(engine)
+        assert time.monotonic() - start < 0.5 + MARGIN
+    finally:
+        await engine.dispose()
+    engine = dbr_sa.create_async_engine(url_of(pg_dsn), pool_size=2)
+    try:
+        await dbr_sa.warm_async_engine(engine, 2)
+        assert engine.sync_engine.pool.checkedin() == 2
+    finally:
+        await engine.dispose()
+    plain = create_async_engine("postgresql+psycopg://u@127.0.0.1/db")  # not one of ours
+    with pytest.raises(TypeError, match="engine"):
+        await dbr_sa.warm_async_engine(plain)
+    await plain.dispose()

@@ -61,6 +61,9 @@ NAMES: dict[str, str] = {
     "_retry_async": "_retry",
     "create_async_engine": "create_engine",
     "AsyncEngine": "Engine",
+    "warm_async_engine": "warm_engine",
+    "ACommitHook": "CommitHook",
+    "AFailedHook": "FailedHook",
     # dbresilience._acompat pairs
     "AEvent": "Event",
     "AWorker": "Worker",
@@ -91,6 +94,7 @@ NAMES: dict[str, str] = {
 }
 
 MODULES: dict[str, str] = {
+    "dbresilience._pool_async": "dbresilience._pool",
     "sqlalchemy.ext.asyncio": "sqlalchemy",
     "redis.asyncio": "redis",
     "redis.asyncio.retry": "redis.retry",

@@ -13,7 +13,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from dbresilience._acompat import Event, sleep, spawn
 from dbresilience._cache_base import (
@@ -29,6 +29,8 @@ from dbresilience._events import logger
 from dbresilience._lifecycle import ResourceState
 
 __all__ = ["CredentialCache"]
+
+T = TypeVar("T")
 
 
 _monotonic = time.monotonic
@@ -172,8 +174,9 @@ class CredentialCache(CacheBase):
 
     # --- reading ------------------------------------------------------------------------------
 
-    def get_or_load(self, key: str | int, loader: Callable[[], Any]) -> Any:
-        """The cached value for *key*, or ``loader()``'s (called once per key at a time).
+    def get_or_load(self, key: str | int, loader: Callable[[], T]) -> T:
+        """The cached value for *key*, or ``loader()``'s (called once per key at a time);
+        typed as the loader's value.
 
         Raises only what the loader raised (when no stale value may be served) and
         ``TypeError`` for a key that is not a str or an int; never a Redis error.
@@ -185,8 +188,8 @@ class CredentialCache(CacheBase):
             self.counters["memory_hits"] += 1
             if entry.value is NOT_FOUND:
                 self.counters["negative_hits"] += 1
-                return None
-            return entry.value
+                return cast(T, None)  # only a loader that returned None leaves this entry
+            return entry.value  # type: ignore[no-any-return]
         if self._state is ResourceState.UNOPENED:
             self._start()
         version = b""
@@ -197,7 +200,7 @@ class CredentialCache(CacheBase):
                 if ok:
                     self.counters["redis_hits"] += 1
                     self._remember(k, value, since)
-                    return self._public(value)
+                    return self._public(value)  # type: ignore[no-any-return]
                 # a miss: the version the load's write-back must still find (read before
                 # loading, so an invalidation during the load makes the write-back a no-op);
                 # handed back as it came: whatever bytes are there, the script compares them
@@ -205,7 +208,7 @@ class CredentialCache(CacheBase):
             except Exception as exc:
                 self._degrade(exc)
         self.counters["misses"] += 1
-        return self._load(k, loader, version, entry)
+        return self._load(k, loader, version, entry)  # type: ignore[no-any-return]
 
     def _load(self, k: str, loader: Callable[[], Any], version: bytes, stale: Entry | None) -> Any:
         with self._lock:

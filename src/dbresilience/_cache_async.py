@@ -11,7 +11,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from dbresilience._acompat import AEvent, asleep, aspawn, spawn
 from dbresilience._cache_base import (
@@ -27,6 +27,8 @@ from dbresilience._events import logger
 from dbresilience._lifecycle import ResourceState
 
 __all__ = ["AsyncCredentialCache"]
+
+T = TypeVar("T")
 
 if True:  # ASYNC
     import asyncio
@@ -179,8 +181,9 @@ class AsyncCredentialCache(CacheBase):
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def get_or_load(self, key: str | int, loader: Callable[[], Awaitable[Any]]) -> Any:
-        """The cached value for *key*, or ``await loader()``'s (called once per key at a time).
+    async def get_or_load(self, key: str | int, loader: Callable[[], Awaitable[T]]) -> T:
+        """The cached value for *key*, or ``await loader()``'s (called once per key at a time);
+        typed as the loader's value.
 
         Raises only what the loader raised (when no stale value may be served) and
         ``TypeError`` for a key that is not a str or an int; never a Redis error.
@@ -192,8 +195,8 @@ class AsyncCredentialCache(CacheBase):
             self.counters["memory_hits"] += 1
             if entry.value is NOT_FOUND:
                 self.counters["negative_hits"] += 1
-                return None
-            return entry.value
+                return cast(T, None)  # only a loader that returned None leaves this entry
+            return entry.value  # type: ignore[no-any-return]
         if self._state is ResourceState.UNOPENED:
             self._start()
         version = b""
@@ -204,7 +207,7 @@ class AsyncCredentialCache(CacheBase):
                 if ok:
                     self.counters["redis_hits"] += 1
                     self._remember(k, value, since)
-                    return self._public(value)
+                    return self._public(value)  # type: ignore[no-any-return]
                 # a miss: the version the load's write-back must still find (read before
                 # loading, so an invalidation during the load makes the write-back a no-op);
                 # handed back as it came: whatever bytes are there, the script compares them
@@ -212,7 +215,7 @@ class AsyncCredentialCache(CacheBase):
             except Exception as exc:
                 self._degrade(exc)
         self.counters["misses"] += 1
-        return await self._load(k, loader, version, entry)
+        return await self._load(k, loader, version, entry)  # type: ignore[no-any-return]
 
     async def _load(
         self, k: str, loader: Callable[[], Awaitable[Any]], version: bytes, stale: Entry | None

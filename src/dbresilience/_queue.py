@@ -8,12 +8,13 @@ Settings, batching, the journal's use and the counters live in :mod:`dbresilienc
 from __future__ import annotations
 
 import atexit
+import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -24,9 +25,12 @@ from dbresilience._errors import CircuitOpen, KeyReused, LedgerUnavailable
 from dbresilience._events import logger
 from dbresilience._journal import Record
 from dbresilience._lifecycle import ResourceState
+from dbresilience._pool import Pool
 from dbresilience._queue_base import (
     COPY_MIN_ROWS,
     POISON_AFTER,
+    CommitHook,
+    FailedHook,
     FailedWrite,
     LedgerSQL,
     QueueBase,
@@ -71,8 +75,48 @@ class WriteQueue(QueueBase):
     ``on_full`` defaults to ``"block"``.
     """
 
-    def __init__(self, pool: Any, **options: Any) -> None:
-        super().__init__(pool, **options)
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        batch_size: int = 500,
+        flush_interval: float | timedelta = 0.05,
+        max_pending: int = 100000,
+        journal: str | os.PathLike[str] | None = None,
+        fsync: Literal["always", "batch", "never"] = "batch",
+        on_full: Literal["block", "raise", "spill"] | None = None,
+        block_timeout: float | timedelta = 5.0,
+        drain_timeout: float | timedelta = 10.0,
+        ledger_table: str = "dbr_queue_ledger",
+        ledger_retention: float | timedelta = 7 * 24 * 3600.0,
+        batch_timeout: float | timedelta = 30.0,
+        on_failed: FailedHook | None = None,
+        on_commit: CommitHook | None = None,
+        use_copy: bool = False,
+    ) -> None:
+        """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
+        for ``WriteQueue`` and ``"block"`` for ``WriteQueue``. ``WriteQueue``'s
+        ``on_commit`` and ``on_failed`` may be coroutine functions: the worker awaits them (at
+        most ``batch_timeout`` each) before its next batch. ``on_commit`` has run for a batch
+        before :meth:`flush` counts that batch as done."""
+        on_full = "block" if on_full is None else on_full
+        super().__init__(
+            pool,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_pending=max_pending,
+            journal=journal,
+            fsync=fsync,
+            on_full=on_full,
+            block_timeout=block_timeout,
+            drain_timeout=drain_timeout,
+            ledger_table=ledger_table,
+            ledger_retention=ledger_retention,
+            batch_timeout=batch_timeout,
+            on_failed=on_failed,
+            on_commit=on_commit,
+            use_copy=use_copy,
+        )
         self._wakeup = Signal()  # the worker waits on it: a due batch, a flush, closing
         self._progress = Signal()  # flush() waits on it: a batch committed or set aside
         self._worker: Worker | None = None
@@ -225,10 +269,18 @@ class WriteQueue(QueueBase):
                 self._wakeup.wait(seen, wait)  # closing cuts the backoff short
                 delay = min(delay * 2, 2.0)
                 continue
+            if self._on_commit is not None:  # before flush() can return: it sees the hook's work
+                self._run_hook(self._on_commit, batch)
             self._done_with(batch, written, duplicates, [(r, _reused(r)) for r in reused])
-            if self._on_commit is not None:
-                self._call_hook(self._on_commit, batch)
             return True
+
+    def _run_hook(self, hook: Callable[[Any], object], arg: Any) -> None:
+        """Run a user hook, awaiting it (at most ``batch_timeout``) if it returns an awaitable;
+        one that raises or overruns is logged, never allowed to stop the worker."""
+        try:
+            hook(arg)
+        except Exception:
+            logger.exception("write queue hook %r failed", hook)
 
     def _database_answers(self) -> bool:
         """Whether the database answers a trivial query now: then a write that keeps timing out
@@ -263,7 +315,7 @@ class WriteQueue(QueueBase):
         self._progress.notify()
         if self._on_failed is not None:
             for item in failed:
-                self._call_hook(self._on_failed, item)
+                self._run_hook(self._on_failed, item)
 
     def _attempt(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
         """One transaction for *batch* through the pool's breaker: ``(applied, skipped as

@@ -5,10 +5,11 @@ Settings, batching, the journal's use and the counters live in :mod:`dbresilienc
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -19,9 +20,12 @@ from dbresilience._errors import CircuitOpen, KeyReused, LedgerUnavailable
 from dbresilience._events import logger
 from dbresilience._journal import Record
 from dbresilience._lifecycle import ResourceState
+from dbresilience._pool_async import AsyncPool
 from dbresilience._queue_base import (
     COPY_MIN_ROWS,
     POISON_AFTER,
+    ACommitHook,
+    AFailedHook,
     FailedWrite,
     LedgerSQL,
     QueueBase,
@@ -33,7 +37,8 @@ from dbresilience._queue_base import (
 from dbresilience._validate import seconds
 
 if True:  # ASYNC
-    pass
+    import asyncio
+    import inspect
 else:
     import atexit
     import signal
@@ -73,14 +78,55 @@ class AsyncWriteQueue(QueueBase):
     ``on_full`` defaults to ``"block"``.
     """
 
-    def __init__(self, pool: Any, **options: Any) -> None:
+    def __init__(
+        self,
+        pool: AsyncPool,
+        *,
+        batch_size: int = 500,
+        flush_interval: float | timedelta = 0.05,
+        max_pending: int = 100_000,
+        journal: str | os.PathLike[str] | None = None,
+        fsync: Literal["always", "batch", "never"] = "batch",
+        on_full: Literal["block", "raise", "spill"] | None = None,
+        block_timeout: float | timedelta = 5.0,
+        drain_timeout: float | timedelta = 10.0,
+        ledger_table: str = "dbr_queue_ledger",
+        ledger_retention: float | timedelta = 7 * 24 * 3600.0,
+        batch_timeout: float | timedelta = 30.0,
+        on_failed: AFailedHook | None = None,
+        on_commit: ACommitHook | None = None,
+        use_copy: bool = False,
+    ) -> None:
+        """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
+        for ``AsyncWriteQueue`` and ``"block"`` for ``WriteQueue``. ``AsyncWriteQueue``'s
+        ``on_commit`` and ``on_failed`` may be coroutine functions: the worker awaits them (at
+        most ``batch_timeout`` each) before its next batch. ``on_commit`` has run for a batch
+        before :meth:`flush` counts that batch as done."""
         if True:  # ASYNC
-            options.setdefault("on_full", "raise")
-            if options["on_full"] == "block":
+            on_full = "raise" if on_full is None else on_full
+            if on_full == "block":
                 raise ValueError(
                     "on_full must be 'raise' or 'spill' for AsyncWriteQueue: submit() cannot block"
                 )
-        super().__init__(pool, **options)
+        else:
+            on_full = "block" if on_full is None else on_full
+        super().__init__(
+            pool,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_pending=max_pending,
+            journal=journal,
+            fsync=fsync,
+            on_full=on_full,
+            block_timeout=block_timeout,
+            drain_timeout=drain_timeout,
+            ledger_table=ledger_table,
+            ledger_retention=ledger_retention,
+            batch_timeout=batch_timeout,
+            on_failed=on_failed,
+            on_commit=on_commit,
+            use_copy=use_copy,
+        )
         self._wakeup = ASignal()  # the worker waits on it: a due batch, a flush, closing
         self._progress = ASignal()  # flush() waits on it: a batch committed or set aside
         self._worker: AWorker | None = None
@@ -228,7 +274,7 @@ class AsyncWriteQueue(QueueBase):
                         bad = len(batch) > 1 or await self._database_answers()
                 if bad:
                     if len(batch) == 1:
-                        self._done_with(batch, 0, 0, [(batch[0], exc)])
+                        await self._done_with(batch, 0, 0, [(batch[0], exc)])
                         return True
                     middle = len(batch) // 2
                     return await self._process(batch[:middle]) and await self._process(
@@ -242,10 +288,23 @@ class AsyncWriteQueue(QueueBase):
                 await self._wakeup.wait(seen, wait)  # closing cuts the backoff short
                 delay = min(delay * 2, 2.0)
                 continue
-            self._done_with(batch, written, duplicates, [(r, _reused(r)) for r in reused])
-            if self._on_commit is not None:
-                self._call_hook(self._on_commit, batch)
+            if self._on_commit is not None:  # before flush() can return: it sees the hook's work
+                await self._run_hook(self._on_commit, batch)
+            await self._done_with(batch, written, duplicates, [(r, _reused(r)) for r in reused])
             return True
+
+    async def _run_hook(self, hook: Callable[[Any], object], arg: Any) -> None:
+        """Run a user hook, awaiting it (at most ``batch_timeout``) if it returns an awaitable;
+        one that raises or overruns is logged, never allowed to stop the worker."""
+        try:
+            if True:  # ASYNC
+                result = hook(arg)
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, self.batch_timeout)
+            else:
+                hook(arg)
+        except Exception:
+            logger.exception("write queue hook %r failed", hook)
 
     async def _database_answers(self) -> bool:
         """Whether the database answers a trivial query now: then a write that keeps timing out
@@ -256,7 +315,7 @@ class AsyncWriteQueue(QueueBase):
             return False
         return True
 
-    def _done_with(
+    async def _done_with(
         self,
         batch: Sequence[Record],
         written: int,
@@ -280,7 +339,7 @@ class AsyncWriteQueue(QueueBase):
         self._progress.notify()
         if self._on_failed is not None:
             for item in failed:
-                self._call_hook(self._on_failed, item)
+                await self._run_hook(self._on_failed, item)
 
     async def _attempt(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
         """One transaction for *batch* through the pool's breaker: ``(applied, skipped as

@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -149,6 +149,14 @@ def digest_of(params: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: hooks of the threaded queue: plain functions
+CommitHook = Callable[[list[Record]], None]
+FailedHook = Callable[[FailedWrite], None]
+#: hooks of the asyncio queue: plain functions or coroutine functions
+ACommitHook = Callable[[list[Record]], Awaitable[None] | None]
+AFailedHook = Callable[[FailedWrite], Awaitable[None] | None]
+
+
 class QueueBase(Lifecycle):
     """Settings, buffer, journal and counters of a write queue (no database I/O)."""
 
@@ -162,7 +170,7 @@ class QueueBase(Lifecycle):
         batch_size: int = 500,
         flush_interval: float | timedelta = 0.05,
         max_pending: int = 100_000,
-        journal: str | None = None,
+        journal: str | os.PathLike[str] | None = None,
         fsync: str = "batch",
         on_full: str = "block",
         block_timeout: float | timedelta = 5.0,
@@ -170,8 +178,8 @@ class QueueBase(Lifecycle):
         ledger_table: str = "dbr_queue_ledger",
         ledger_retention: float | timedelta = 7 * 24 * 3600.0,
         batch_timeout: float | timedelta = 30.0,
-        on_failed: Callable[[FailedWrite], None] | None = None,
-        on_commit: Callable[[Sequence[Record]], None] | None = None,
+        on_failed: Callable[[FailedWrite], object] | None = None,
+        on_commit: Callable[[list[Record]], object] | None = None,
         use_copy: bool = False,
     ) -> None:
         """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O."""
@@ -415,14 +423,6 @@ class QueueBase(Lifecycle):
         self._worker_failures = 0
         self._ledger_ready = False
         self._last_prune = 0.0
-
-    @staticmethod
-    def _call_hook(hook: Callable[[Any], None], arg: Any) -> None:
-        """Run a user hook; one that raises is logged, never allowed to stop the worker."""
-        try:
-            hook(arg)
-        except Exception:
-            logger.exception("write queue hook %r failed", hook)
 
     def failed_writes(self) -> list[FailedWrite]:
         """The last (up to 1000) writes set aside, with their errors."""

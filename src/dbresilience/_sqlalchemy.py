@@ -1,7 +1,7 @@
 # WARNING: generated from _sqlalchemy_async.py by tools/async_to_sync.py: DO NOT EDIT.
 # Change the async source, then run `python tools/async_to_sync.py`.
-"""``create_engine``: a SQLAlchemy engine with the pool's timeouts, warming, checks,
-deadline and classification (see :mod:`dbresilience.sqlalchemy`)."""
+"""``create_engine`` and ``warm_engine``: a SQLAlchemy engine with the pool's
+timeouts, warming, checks, deadline and classification (see :mod:`dbresilience.sqlalchemy`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from dbresilience._acompat import sleep
-from dbresilience._sqlalchemy_base import connect_delay, instrument, prepare
+from dbresilience._sqlalchemy_base import connect_delay, instrument, prepare, warming_of
+from dbresilience._validate import non_negative_int
 
-__all__ = ["create_engine"]
+__all__ = ["create_engine", "warm_engine"]
 
 
 def create_engine(
@@ -35,13 +36,17 @@ def create_engine(
 ) -> Engine:
     """A SQLAlchemy ``Engine`` (psycopg 3) with dbresilience's timeouts and deadline.
 
-    ``engine = create_engine("postgresql+psycopg://...")`` (the asyncio factory
-    is a coroutine: warming is I/O). Opens and checks ``warm`` connections (default
-    ``pool_size``) before returning: raises at once for errors waiting cannot fix (P1000,
-    P1003, TLS) and after ``connect_timeout`` for transient ones. Every statement is bounded
-    by ``query_timeout`` (the socket is shut down and :class:`dbresilience.QueryTimeout`
-    raised). Other keyword arguments go to SQLAlchemy's engine factory. Invalid arguments
-    raise ``TypeError``/``ValueError`` naming them.
+    Every statement is bounded by ``query_timeout`` (the socket is shut down and
+    :class:`dbresilience.QueryTimeout` raised). Other keyword arguments go to SQLAlchemy's
+    engine factory. Invalid arguments raise ``TypeError``/``ValueError`` naming them, before
+    any I/O.
+
+    Warming opens and checks ``warm`` connections (default ``pool_size``): errors waiting
+    cannot fix (P1000, P1003, TLS) raise at once, transient ones after ``connect_timeout``. The
+    threaded factory warms before it returns. The asyncio factory returns the engine at once,
+    like SQLAlchemy's (no I/O: a service starts while its database is down); warm it with
+    ``warm_engine(engine)`` (``dbresilience.web.lifespan`` does that in the
+    background).
     """
     parsed, config, options, n_warm = prepare(
         url,
@@ -58,8 +63,27 @@ def create_engine(
         engine_kwargs=dict(engine_kwargs),
     )
     engine = sa.create_engine(parsed, **options)
-    instrument(engine, config)
-    deadline_at = time.monotonic() + config.connect_timeout
+    instrument(engine, config, n_warm)
+    try:
+        warm_engine(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def warm_engine(engine: Engine, connections: int | None = None) -> Engine:
+    """Open and check *connections* connections of *engine* (default: its ``warm`` setting);
+    returns the engine.
+
+    Raises at once for errors waiting cannot fix (P1000, P1003, TLS) and after the engine's
+    ``connect_timeout`` for transient ones (the last connect error). The connections go back to
+    the engine's pool, ready for the first requests.
+    """
+    n_warm, connect_timeout = warming_of(engine)
+    if connections is not None:
+        n_warm = non_negative_int("connections", connections)
+    deadline_at = time.monotonic() + connect_timeout
     delay = 0.05
     held: list[Connection] = []
     try:
@@ -71,11 +95,7 @@ def create_engine(
             except sa.exc.DBAPIError as exc:
                 delay = connect_delay(exc, delay, deadline_at)
                 sleep(delay)
-    except BaseException:
+    finally:
         for conn in held:
             conn.close()
-        engine.dispose()
-        raise
-    for conn in held:
-        conn.close()
     return engine

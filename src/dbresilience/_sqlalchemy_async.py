@@ -1,5 +1,5 @@
-"""``create_async_engine``: a SQLAlchemy engine with the pool's timeouts, warming, checks,
-deadline and classification (see :mod:`dbresilience.sqlalchemy`)."""
+"""``create_async_engine`` and ``warm_async_engine``: a SQLAlchemy engine with the pool's
+timeouts, warming, checks, deadline and classification (see :mod:`dbresilience.sqlalchemy`)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dbresilience._acompat import asleep
-from dbresilience._sqlalchemy_base import connect_delay, instrument, prepare
+from dbresilience._sqlalchemy_base import connect_delay, instrument, prepare, warming_of
+from dbresilience._validate import non_negative_int
 
 if True:  # ASYNC
     from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 
-__all__ = ["create_async_engine"]
+__all__ = ["create_async_engine", "warm_async_engine"]
 
 
-async def create_async_engine(
+def create_async_engine(
     url: str | sa.URL,
     *,
     pool_size: int = 5,
@@ -36,13 +37,17 @@ async def create_async_engine(
 ) -> AsyncEngine:
     """A SQLAlchemy ``AsyncEngine`` (psycopg 3) with dbresilience's timeouts and deadline.
 
-    ``engine = await create_async_engine("postgresql+psycopg://...")`` (the asyncio factory
-    is a coroutine: warming is I/O). Opens and checks ``warm`` connections (default
-    ``pool_size``) before returning: raises at once for errors waiting cannot fix (P1000,
-    P1003, TLS) and after ``connect_timeout`` for transient ones. Every statement is bounded
-    by ``query_timeout`` (the socket is shut down and :class:`dbresilience.QueryTimeout`
-    raised). Other keyword arguments go to SQLAlchemy's engine factory. Invalid arguments
-    raise ``TypeError``/``ValueError`` naming them.
+    Every statement is bounded by ``query_timeout`` (the socket is shut down and
+    :class:`dbresilience.QueryTimeout` raised). Other keyword arguments go to SQLAlchemy's
+    engine factory. Invalid arguments raise ``TypeError``/``ValueError`` naming them, before
+    any I/O.
+
+    Warming opens and checks ``warm`` connections (default ``pool_size``): errors waiting
+    cannot fix (P1000, P1003, TLS) raise at once, transient ones after ``connect_timeout``. The
+    threaded factory warms before it returns. The asyncio factory returns the engine at once,
+    like SQLAlchemy's (no I/O: a service starts while its database is down); warm it with
+    ``await warm_async_engine(engine)`` (``dbresilience.web.lifespan`` does that in the
+    background).
     """
     parsed, config, options, n_warm = prepare(
         url,
@@ -60,11 +65,33 @@ async def create_async_engine(
     )
     if True:  # ASYNC
         engine = _sa_create_async_engine(parsed, **options)
-        instrument(engine.sync_engine, config)
+        instrument(engine.sync_engine, config, n_warm)
     else:
         engine = sa.create_engine(parsed, **options)
-        instrument(engine, config)
-    deadline_at = time.monotonic() + config.connect_timeout
+        instrument(engine, config, n_warm)
+        try:
+            warm_async_engine(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+    return engine
+
+
+async def warm_async_engine(engine: AsyncEngine, connections: int | None = None) -> AsyncEngine:
+    """Open and check *connections* connections of *engine* (default: its ``warm`` setting);
+    returns the engine.
+
+    Raises at once for errors waiting cannot fix (P1000, P1003, TLS) and after the engine's
+    ``connect_timeout`` for transient ones (the last connect error). The connections go back to
+    the engine's pool, ready for the first requests.
+    """
+    if True:  # ASYNC
+        n_warm, connect_timeout = warming_of(engine.sync_engine)
+    else:
+        n_warm, connect_timeout = warming_of(engine)
+    if connections is not None:
+        n_warm = non_negative_int("connections", connections)
+    deadline_at = time.monotonic() + connect_timeout
     delay = 0.05
     held: list[AsyncConnection] = []
     try:
@@ -76,11 +103,7 @@ async def create_async_engine(
             except sa.exc.DBAPIError as exc:
                 delay = connect_delay(exc, delay, deadline_at)
                 await asleep(delay)
-    except BaseException:
+    finally:
         for conn in held:
             await conn.close()
-        await engine.dispose()
-        raise
-    for conn in held:
-        await conn.close()
     return engine

@@ -4,6 +4,7 @@ factory here; see :mod:`dbresilience.sqlalchemy`)."""
 from __future__ import annotations
 
 import time
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -22,10 +23,12 @@ from dbresilience._pool_base import (
 from dbresilience._validate import at_most, non_negative_int
 from dbresilience._watchdog import Watchdog
 
-__all__ = ["connect_delay", "instrument", "prepare"]
+__all__ = ["connect_delay", "instrument", "prepare", "warming_of"]
 
 _WATCH = "dbr_watch"
 _USED_AT = "dbr_used_at"
+# engine -> (connections to warm, connect_timeout), set by instrument()
+_WARMING: weakref.WeakKeyDictionary[sa.Engine, tuple[int, float]] = weakref.WeakKeyDictionary()
 
 
 def prepare(
@@ -94,8 +97,10 @@ def _driver_connection(dbapi_connection: Any) -> psycopg.BaseConnection[Any] | N
     return None
 
 
-def instrument(engine: sa.Engine, config: PoolConfig) -> Watchdog:
-    """Attach the checkout check, the statement deadline and the error classification."""
+def instrument(engine: sa.Engine, config: PoolConfig, warm: int) -> Watchdog:
+    """Attach the checkout check, the statement deadline and the error classification; keep
+    how many connections to warm, and within what time, for :func:`warming_of`."""
+    _WARMING[engine] = (warm, config.connect_timeout)
     watchdog = Watchdog(config.name)
     watchdog.start()
     deadline = config.query_timeout
@@ -153,6 +158,18 @@ def instrument(engine: sa.Engine, config: PoolConfig) -> Watchdog:
             context.is_disconnect = True  # SQLAlchemy then invalidates the whole pool
 
     return watchdog
+
+
+def warming_of(engine: sa.Engine) -> tuple[int, float]:
+    """``(connections to warm, connect_timeout)`` of an engine made by dbresilience's factories;
+    ``TypeError`` for another engine."""
+    try:
+        return _WARMING[engine]
+    except (KeyError, TypeError):
+        raise TypeError(
+            "engine: expected an engine made by dbresilience.sqlalchemy's create_engine or "
+            f"create_async_engine, got {type(engine).__name__}"
+        ) from None
 
 
 def connect_delay(exc: BaseException, delay: float, deadline_at: float) -> float:

@@ -25,6 +25,7 @@ this module is.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import hashlib
@@ -32,9 +33,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal, Protocol, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -57,6 +58,7 @@ __all__ = [
     "UpstreamTimeout",
     "error_response",
     "install",
+    "lifespan",
     "request_id",
     "timed",
 ]
@@ -325,3 +327,93 @@ def _builtin_group() -> type[Exception] | None:
 
             found = exceptiongroup.ExceptionGroup
     return found if isinstance(found, type) else None
+
+
+class _Opened(Protocol):
+    async def aclose(self) -> None: ...
+
+
+def lifespan(
+    *resources: object,
+) -> Callable[[object], contextlib.AbstractAsyncContextManager[None]]:
+    """A Starlette/FastAPI ``lifespan`` that opens *resources* at start-up and closes them, in
+    reverse order, at shutdown: ``FastAPI(lifespan=web.lifespan(pool, cache, queue))``.
+
+    Start-up never waits for the database: an :class:`~dbresilience.AsyncPool` is opened with
+    ``open(wait=False)`` (calls fail fast with :class:`~dbresilience.DatabaseUnavailable` until
+    it is back), an engine from ``dbresilience.sqlalchemy.create_async_engine`` is warmed in a
+    background task, caches and breaker states never wait for Redis, and a write queue replays
+    its journal into memory. Shutdown drains each :class:`~dbresilience.AsyncWriteQueue`
+    (within its ``drain_timeout``; what is left stays in its journal) before the pool it writes
+    through is closed: list the pool before the queue. Accepts ``AsyncPool``,
+    ``AsyncCredentialCache``, ``AsyncWriteQueue``, ``AsyncRedisBreakerState`` and SQLAlchemy
+    ``AsyncEngine`` objects; anything else is a ``TypeError`` here, not at start-up.
+    """
+    from dbresilience._breaker_redis_async import AsyncRedisBreakerState
+    from dbresilience._cache_async import AsyncCredentialCache
+    from dbresilience._pool_async import AsyncPool
+    from dbresilience._queue_async import AsyncWriteQueue
+
+    ours = (AsyncPool, AsyncCredentialCache, AsyncWriteQueue, AsyncRedisBreakerState)
+    for n, resource in enumerate(resources):
+        if not (isinstance(resource, ours) or _is_async_engine(resource)):
+            raise TypeError(
+                f"resources[{n}]: expected an AsyncPool, AsyncCredentialCache, AsyncWriteQueue, "
+                f"AsyncRedisBreakerState or SQLAlchemy AsyncEngine, got {type(resource).__name__}"
+            )
+
+    @contextlib.asynccontextmanager
+    async def run(app: object) -> AsyncIterator[None]:
+        closers: list[Callable[[], Awaitable[None]]] = []
+        try:
+            for resource in resources:
+                closers.append(await _open(resource))
+            yield
+        finally:
+            for close in reversed(closers):
+                try:
+                    await close()
+                except Exception:  # one failing close must not keep the others open
+                    logger.exception("closing a resource at shutdown failed")
+
+    return run
+
+
+def _is_async_engine(obj: object) -> bool:
+    return any(
+        c.__name__ == "AsyncEngine" and c.__module__.startswith("sqlalchemy")
+        for c in type(obj).__mro__
+    )
+
+
+async def _open(resource: object) -> Callable[[], Awaitable[None]]:
+    """Open *resource* without waiting for its server; returns how to close it."""
+    from dbresilience._pool_async import AsyncPool
+
+    if _is_async_engine(resource):
+        from dbresilience._sqlalchemy_async import warm_async_engine
+
+        engine: Any = resource
+        task = asyncio.create_task(warm_async_engine(engine), name="dbr-warm-engine")
+
+        async def dispose() -> None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            await engine.dispose()
+
+        task.add_done_callback(_log_warming)
+        return dispose
+    if isinstance(resource, AsyncPool):
+        await resource.open(wait=False)
+    else:
+        await resource.open()  # type: ignore[attr-defined]
+    return cast(_Opened, resource).aclose
+
+
+def _log_warming(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning(
+            "warming the engine failed (%s); connections open on demand",
+            type(task.exception()).__name__,
+        )
