@@ -337,7 +337,10 @@ def doctor(
     timeout = seconds("connect_timeout", connect_timeout, maximum=3600)
     secrets = secrets_of(conninfo)
     try:
-        conn = psycopg.connect(conninfo, connect_timeout=max(2, round(timeout)))
+        # prepare_threshold=None: nothing prepared, so a PgBouncer in transaction mode is fine
+        conn = psycopg.connect(
+            conninfo, connect_timeout=max(2, round(timeout)), prepare_threshold=None
+        )
     except psycopg.OperationalError as exc:
         lines = str(exc).splitlines()
         message = redact_text(lines[0] if lines else "", secrets)
@@ -675,7 +678,7 @@ def _subquery_fix(
     shape: Any,
     search_path: str,
 ) -> str:
-    """For one uncorrelated ``x IN (SELECT …)``: a STABLE SECURITY DEFINER function returning the
+    """For one uncorrelated ``x IN (SELECT …)``: a STABLE function returning the
     array once, and the policy compared with ``= ANY ((select f())::t[])``; else a template."""
     alter = f"ALTER POLICY {quote_ident(name)} ON {table.qname} {which}"
     template = (
@@ -716,10 +719,11 @@ def _subquery_fix(
     head, tail = sql[: matches[0].start()], sql[close_at + 1 :]
     new_sql = f"{head}= ANY (( SELECT {func}() )::{type_name}[]){tail}"
     return (
-        "-- the subquery moves into a function run once per statement; SECURITY DEFINER: it\n"
-        "-- reads its tables as the function's owner, past their RLS: review what it returns.\n"
+        "-- the subquery moves into a function the policy calls once per statement, as the\n"
+        "-- caller (SECURITY INVOKER: current_user and the RLS of the tables it reads are\n"
+        "-- unchanged; SECURITY DEFINER would skip their RLS but change current_user).\n"
         f"CREATE OR REPLACE FUNCTION {func}() RETURNS {type_name}[]\n"
-        f"  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = {search_path}\n"
+        f"  LANGUAGE sql STABLE SET search_path = {search_path}\n"
         f"  AS $doctor$ SELECT array({inner}) $doctor$;\n"
         f"{alter} ({new_sql});"
     )
