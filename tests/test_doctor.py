@@ -321,7 +321,8 @@ def test_without_pg_stat_statements_the_report_says_how_to_enable_it(
     dsn = _database(doctor_pg, "create table t (id int primary key, doc json)")
     report = dbr.doctor(dsn)
     skipped = {s.id: s.reason for s in report.skipped}
-    assert "CREATE EXTENSION pg_stat_statements" in skipped["slow-query"]
+    for check in ("slow-query", "missing-composite-index", "wide-row-fetch"):
+        assert "CREATE EXTENSION pg_stat_statements" in skipped[check]
     assert report.by_id("json-not-jsonb")
 
 
@@ -339,6 +340,9 @@ def test_a_pool_fleet_that_can_exhaust_the_server_is_an_error(
     assert "max_size=" in (conn.fix_sql or "")
     fits = dbr.doctor(dsn, pool=pool, instances=2).by_id("connections")
     assert [f.severity for f in fits] == [dbr.Severity.INFO]
+    apool = dbr.AsyncPool(dsn, max_size=10)  # only its settings are read: never opened
+    (aconn,) = dbr.doctor(dsn, pool=apool, instances=100).by_id("connections")
+    assert aconn.severity is dbr.Severity.ERROR
     (statement,) = [f for f in report.by_id("timeouts") if f.object == "statement_timeout"]
     assert statement.evidence["pool_query_timeout_s"] == 3.0
     assert "3000ms" in (statement.fix_sql or "")

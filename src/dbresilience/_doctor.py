@@ -37,7 +37,7 @@ from dbresilience._redact import redact_text, secrets_of
 from dbresilience._validate import non_negative_int, positive_int, seconds, strings
 
 if TYPE_CHECKING:
-    from dbresilience._pool import Pool
+    from dbresilience._pool_base import PoolBase
 
 __all__ = [
     "CHECKS",
@@ -234,7 +234,7 @@ class _Statement:
 @dataclass
 class _Options:
     schemas: tuple[str, ...] | None
-    pool: Pool | None
+    pool: PoolBase | None
     instances: int
     pooler: bool | None
     statement_timeout: float
@@ -292,7 +292,7 @@ def doctor(
     conninfo: str,
     *,
     schemas: Sequence[str] | None = None,
-    pool: Pool | None = None,
+    pool: PoolBase | None = None,
     instances: int = 1,
     pooler: bool | None = None,
     statement_timeout: float = 5.0,
@@ -304,7 +304,8 @@ def doctor(
     """Diagnose the database behind *conninfo*; read-only, never applies a fix.
 
     *schemas*: the schemas to look at (default: every schema but the system's and Supabase's
-    managed ones). *pool*: a :class:`dbresilience.Pool` whose deadlines are compared with the
+    managed ones). *pool*: a :class:`dbresilience.Pool` or ``AsyncPool`` (only its settings are
+    read; it need not be open) whose deadlines are compared with the
     server's timeouts and whose ``max_size`` times *instances* is compared with the server's free
     connection slots; *pooler*: whether a pooler (PgBouncer, Supavisor) sits in front, when you
     know (default: guessed). *statement_timeout*: the bound on each of the doctor's statements.
@@ -313,15 +314,18 @@ def doctor(
 
     Runs in one ``READ ONLY`` transaction; each check in a savepoint, so one that the role may
     not run or that times out lands in ``report.skipped`` with the reason. Raises
-    ``psycopg.OperationalError`` if it cannot connect (the message has any password masked) and
-    ``ValueError``/``TypeError`` naming the argument for a bad argument.
+    ``psycopg.OperationalError`` if it cannot connect (the message has any password masked),
+    ``psycopg.errors.QueryCanceled`` if reading the catalog itself takes longer than
+    *statement_timeout*, and ``ValueError``/``TypeError`` naming the argument for a bad argument.
     """
     if not isinstance(conninfo, str):
         raise TypeError("conninfo must be a str (a libpq connection string or URL)")
-    from dbresilience._pool import Pool
+    from dbresilience._pool_base import PoolBase
 
-    if pool is not None and not isinstance(pool, Pool):
-        raise TypeError(f"pool must be a dbresilience.Pool or None, got {type(pool).__name__}")
+    if pool is not None and not isinstance(pool, PoolBase):
+        raise TypeError(
+            f"pool must be a dbresilience.Pool, AsyncPool or None, got {type(pool).__name__}"
+        )
     if pooler is not None and not isinstance(pooler, bool):
         raise TypeError("pooler must be True, False or None")
     options = _Options(
@@ -790,8 +794,18 @@ def _reset_sql(run: _Run, s: _Statement) -> str:
     )
 
 
+def _without_statements(run: _Run, check: str) -> bool:
+    """True (and a skip for *check*, unless one says why already) when pg_stat_statements
+    could not be read."""
+    if run.statements is not None:
+        return False
+    if not any(s.id == check for s in run.skipped):
+        run.skip(check, "pg_stat_statements could not be read (see the slow-query skip)")
+    return True
+
+
 def _slow_query(run: _Run) -> None:
-    if run.statements is None:
+    if _without_statements(run, "slow-query"):
         return
     statements = _dml(run)
     slow = sorted(
@@ -856,7 +870,7 @@ def _index_fix(table: _Table, attnums: Sequence[int]) -> str:
 
 
 def _missing_composite(run: _Run) -> None:
-    if run.statements is None:
+    if _without_statements(run, "missing-composite-index"):
         return
     seen: set[tuple[int, tuple[int, ...]]] = set()
     for oid, uses in _filters(run).items():
@@ -934,7 +948,7 @@ def _regclass(table: _Table) -> str:
 
 
 def _wide_row_fetch(run: _Run) -> None:
-    if run.statements is None:
+    if _without_statements(run, "wide-row-fetch"):
         return
     widths: dict[int, dict[str, int]] = {}
     for schema, name, column, width in run.rows(
