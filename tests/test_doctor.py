@@ -448,3 +448,23 @@ def test_through_pgbouncer_in_transaction_mode(doctor_pg: TemporaryPostgres) -> 
     (conn,) = report.by_id("connections")
     assert conn.evidence["pooler"] is True
     assert report.server["database"] == name
+
+
+def test_index_kinds_are_told_apart(doctor_pg: TemporaryPostgres) -> None:
+    """A GIN index does not cover a foreign key, a hash one does; a pattern-ops index is no
+    prefix duplicate of a default-ops one; a real prefix is (info)."""
+    dsn = _database(
+        doctor_pg,
+        "create extension btree_gin;"
+        " create table p (id int primary key);"
+        " create table c (id int primary key, p int references p, q int references p, name text);"
+        " create index c_p_gin on c using gin (p);"
+        " create index c_q_hash on c using hash (q);"
+        " create index c_name_pattern on c (name text_pattern_ops);"
+        " create index c_name_id on c (name, id);"
+        " create index c_name on c (name);",
+    )
+    report = dbr.doctor(dsn)
+    assert [f.object for f in report.by_id("fk-without-index")] == ["public.c (p)"]
+    dups = {f.object: f.severity for f in report.by_id("duplicate-index")}
+    assert dups == {"public.c_name": dbr.Severity.INFO}

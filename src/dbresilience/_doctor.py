@@ -213,11 +213,18 @@ class _Index:
     definition: str
 
     def leads_with(self, attnums: Sequence[int]) -> bool:
-        """Its first len(attnums) key columns are *attnums*, in any order (a plain index)."""
+        """Its first len(attnums) key columns are *attnums*, in any order: a valid, whole-table
+        btree (or a one-column hash for one column) that an equality lookup on them can use."""
         n = len(attnums)
+        usable = self.signature[0] == "btree" or (self.signature[0] == "hash" and n == 1)
         return (
-            self.valid and not self.partial and n > 0 and set(self.keys[:n]) == set(attnums)
-        ) and len(self.keys) >= n
+            usable
+            and self.valid
+            and not self.partial
+            and n > 0
+            and len(self.keys) >= n
+            and set(self.keys[:n]) == set(attnums)
+        )
 
 
 @dataclass
@@ -1028,6 +1035,7 @@ def _index_findings(run: _Run) -> None:
                     and len(a.keys) < len(b.keys)
                     and b.keys[: len(a.keys)] == a.keys
                     and not a.signature[5]
+                    and str(b.signature[2]).split()[: len(a.keys)] == str(a.signature[2]).split()
                 )
                 if (
                     not (same or prefix)
