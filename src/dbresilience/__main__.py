@@ -13,6 +13,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from dbresilience._classify import classify
+from dbresilience._errors import MissingExtra, require
 from dbresilience._redact import redact_text, secrets_of
 
 _TIMEOUT_SETTINGS = (
@@ -136,6 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unrecognized arguments ({len(unknown)}, not shown: they may hold a password; "
             "quote a DSN that has spaces)"
         )
+    if args.command in ("demo", "chaos"):
+        try:  # the example service: a Starlette app driven through httpx
+            for module in ("starlette", "httpx"):
+                require(module, extra="demo", what=f"dbresilience {args.command}")
+        except MissingExtra as exc:
+            print(f"dbresilience: {exc}", file=sys.stderr)
+            return 1
     if args.command == "chaos":
         from dbresilience._chaos import run_chaos
 

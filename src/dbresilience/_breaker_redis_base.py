@@ -90,7 +90,7 @@ class SharedStateBase(Lifecycle):
         ``quorum``: an int ``>= 1``; ``refresh``: seconds in ``(0, 60]``; ``timeout``: seconds
         in ``(0, 10]``; ``namespace``: a non-empty prefix not ending in ``:``.
         """
-        self.url = check_redis_url("url", non_empty_str("url", url))
+        self.url = check_redis_url("url", non_empty_str("url", url), type(self).__name__)
         self.namespace = non_empty_str("namespace", namespace)
         if namespace.endswith(":"):
             raise ValueError(f"namespace must be a prefix not ending in ':', got {namespace!r}")

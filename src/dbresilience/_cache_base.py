@@ -93,7 +93,7 @@ class CacheBase(Lifecycle):
         """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O."""
         self.redis_url = str_or_none("redis_url", redis_url)
         if self.redis_url is not None:
-            check_redis_url("redis_url", self.redis_url)
+            check_redis_url("redis_url", self.redis_url, type(self).__name__)
         self.ttl = seconds("ttl", ttl)
         self.namespace = non_empty_str("namespace", namespace)
         self.maxsize = positive_int("maxsize", maxsize)

@@ -17,7 +17,8 @@ catches the library's error)::
     ├── KeyReused                        [ValueError] an idempotency key reused for another write
     ├── LedgerUnavailable                the write ledger could not be set up (retried)
     ├── UpstreamTimeout                  [TimeoutError] an upstream service timed out (HTTP 504)
-    └── UpstreamError                    an upstream service failed (HTTP 502)
+    ├── UpstreamError                    an upstream service failed (HTTP 502)
+    └── MissingExtra                     [ImportError] an optional dependency is not installed
 
 Errors that come from the database or a driver are re-raised unchanged, never wrapped; invalid
 arguments are plain ``TypeError`` / ``ValueError`` (see :mod:`dbresilience._validate`). Every
@@ -28,6 +29,7 @@ Imports only :mod:`dbresilience._classify` (below it) and the drivers' exception
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import queue
 
@@ -46,6 +48,7 @@ __all__ = [
     "JournalLocked",
     "KeyReused",
     "LedgerUnavailable",
+    "MissingExtra",
     "QueryTimeout",
     "QueueClosed",
     "QueueFull",
@@ -226,3 +229,28 @@ class JournalCorrupt(DBResilienceError, ValueError):
     """A journal line in the middle of the file is not one a write queue wrote (a torn last
     line is expected after a crash and dropped; this is not that). The queue refuses to open
     rather than guess which writes were acknowledged: move the file aside to start afresh."""
+
+
+class MissingExtra(DBResilienceError, ImportError):
+    """An optional dependency is not installed; the message says which extra brings it:
+    ``CredentialCache(redis_url=...) needs redis: pip install 'dbresilience[redis]'``.
+
+    Raised where the feature is asked for (a constructor, an import of the integration module,
+    a command), never by ``import dbresilience``. ``extra`` is the extra's name, ``name`` the
+    missing module's (as on any ``ImportError``).
+    """
+
+    def __init__(self, what: str, module: str, extra: str) -> None:
+        super().__init__(f"{what} needs {module}: pip install 'dbresilience[{extra}]'", name=module)
+        self.extra = extra
+
+
+def require(module: str, *, extra: str, what: str) -> None:
+    """Import *module*, or raise :class:`MissingExtra` saying that *what* needs the *extra*."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        missing = exc.name or ""
+        if missing != module.split(".")[0] and not module.startswith(missing + "."):
+            raise  # the package is there but broken: its own error says more
+        raise MissingExtra(what, module.split(".")[0], extra) from exc

@@ -24,6 +24,8 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
+from dbresilience._errors import require
+
 __all__ = [
     "MASK",
     "check_redis_url",
@@ -133,14 +135,14 @@ def secrets_of(dsn: str) -> list[str]:
     return [s for s in dict.fromkeys(found + decoded) if s]
 
 
-def check_redis_url(name: str, url: str) -> str:
-    """*url* if redis-py can parse it (when redis-py is installed), else ``ValueError`` naming
-    *name* and never quoting the URL: redis-py's own message may hold part of the password
-    (``Port could not be cast to integer value as '…'`` for a password with ``#`` in it)."""
-    try:
-        from redis.connection import parse_url
-    except ImportError:  # the redis extra is missing: the first use says so
-        return url
+def check_redis_url(name: str, url: str, owner: str) -> str:
+    """*url* if redis-py can parse it, else ``ValueError`` naming *name* and never quoting the
+    URL: redis-py's own message may hold part of the password (``Port could not be cast to
+    integer value as '…'`` for a password with ``#`` in it). Without redis-py,
+    :class:`MissingExtra` naming ``owner(name=...)`` and the extra to install."""
+    require("redis", extra="redis", what=f"{owner}({name}=...)")
+    from redis.connection import parse_url
+
     try:
         parse_url(url)  # type: ignore[no-untyped-call]  # redis-py ships it untyped
         valid = True

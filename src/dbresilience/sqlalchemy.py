@@ -24,6 +24,10 @@ Needs the ``sqlalchemy`` extra; imported only when this module is.
 
 from __future__ import annotations
 
+from dbresilience._errors import require
+
+require("sqlalchemy", extra="sqlalchemy", what="dbresilience.sqlalchemy")
+
 from dbresilience._sqlalchemy import create_engine, warm_engine
 from dbresilience._sqlalchemy_async import create_async_engine, warm_async_engine
 

@@ -37,18 +37,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextvars import ContextVar
 from typing import Any, Literal, Protocol, cast
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from dbresilience._classify import classify
 from dbresilience._errors import (
     DBResilienceError,
     UpstreamError,
     UpstreamTimeout,
     bounded_wait,
+    require,
 )
+
+require("starlette", extra="web", what="dbresilience.web")
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from dbresilience._validate import one_of
 
 # UpstreamError and UpstreamTimeout are defined in _errors (also dbr.UpstreamError, ...).
