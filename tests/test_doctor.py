@@ -4,6 +4,7 @@ without privileges hears what was skipped, and the command's JSON, exit codes an
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -468,3 +469,22 @@ def test_index_kinds_are_told_apart(doctor_pg: TemporaryPostgres) -> None:
     assert [f.object for f in report.by_id("fk-without-index")] == ["public.c (p)"]
     dups = {f.object: f.severity for f in report.by_id("duplicate-index")}
     assert dups == {"public.c_name": dbr.Severity.INFO}
+
+
+def test_the_command_uses_rich_on_a_terminal(doctor_pg: TemporaryPostgres) -> None:
+    """On a terminal with Rich installed the command prints Rich's report; piped, plain text."""
+    from dbresilience._doctor_render import has_rich, run_doctor_command
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    dsn = _database(doctor_pg, "create table t (id int primary key, doc json)")
+    out = Terminal()
+    assert run_doctor_command(dsn, fail_on="warning", out=out) == 1
+    piped = io.StringIO()
+    assert run_doctor_command(dsn, out=piped) == 0
+    assert "[json-not-jsonb] public.t.doc" in piped.getvalue()
+    if has_rich():
+        assert "json-not-jsonb" in out.getvalue()
+        assert "[json-not-jsonb] public.t.doc" not in out.getvalue()  # a panel, not the text

@@ -150,8 +150,13 @@ def test_rich_rendering_when_installed() -> None:
     if not has_rich():
         return
     out = io.StringIO()
-    render_rich(_sample(), out)
+    sample = _sample()
+    hostile = dbr.DoctorFinding(
+        "json-not-jsonb", dbr.Severity.ERROR, "public.[bold]t[/bold] [/]", {}, None, "why"
+    )
+    render_rich(dbr.DoctorReport((hostile, *sample.findings), sample.skipped), out)
     shown = out.getvalue()
+    assert "public.[bold]t[/bold] [/]" in shown  # a name is shown as is, never as markup
     assert "fk-without-index" in shown
     assert "slow-query" in shown
 

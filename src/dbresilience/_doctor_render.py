@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from dbresilience._doctor import DoctorReport
 
 _ORDER = ("error", "warning", "info")
-_WIDTH = 100
 
 
 def _evidence(evidence: dict[str, Any]) -> str:
@@ -69,12 +68,13 @@ def render_text(report: DoctorReport) -> str:
 
 def render_rich(report: DoctorReport, file: IO[str]) -> None:
     """The same report through Rich (colours, panels); requires ``rich``."""
-    from rich.console import Console
+    from rich.console import Console, Group
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.syntax import Syntax
     from rich.text import Text
 
-    console = Console(file=file, width=_WIDTH, soft_wrap=False)
+    console = Console(file=file, soft_wrap=False)  # a terminal's own width, else 80
     server = report.server
     console.print(
         Text(
@@ -99,12 +99,11 @@ def render_rich(report: DoctorReport, file: IO[str]) -> None:
                     body.append(Text(f"{key}: {f.evidence[key]}", style="dim"))
             if f.fix_sql:
                 body.append(Syntax(f.fix_sql, "sql", word_wrap=True))
-            from rich.console import Group
-
             console.print(
                 Panel(
                     Group(*body),
-                    title=f"[{styles[severity]}]{f.id}[/] {Text(f.object).plain}",
+                    # names come from the database: escaped, or "[" in one would be markup
+                    title=f"[{styles[severity]}]{f.id}[/] {escape(f.object)}",
                     title_align="left",
                 )
             )
