@@ -29,15 +29,19 @@ from dbresilience._pool import Pool
 from dbresilience._queue_base import (
     COPY_MIN_ROWS,
     POISON_AFTER,
+    SHAPE_SQL,
     CommitHook,
     FailedHook,
     FailedWrite,
     LedgerSQL,
     QueueBase,
     copy_statement,
+    fast_shape,
+    fast_target,
     is_bad_write,
     is_timeout,
     runs,
+    text_array,
 )
 from dbresilience._validate import seconds
 
@@ -52,7 +56,10 @@ class WriteQueue(QueueBase):
 
     ``submit(sql, params, key=...)`` returns at once (a few microseconds); a background worker
     writes batches of up to ``batch_size`` (or whatever is ``flush_interval`` old) in one
-    transaction each, ``executemany`` pipelined, plain ``INSERT … VALUES`` through ``COPY``.
+    transaction each, the whole transaction in one pipeline: a run of a plain single-row
+    ``INSERT … VALUES (%s, …)`` as one ``INSERT … SELECT * FROM unnest(…)`` storing what one
+    INSERT per row would (see :func:`dbresilience._queue_base.fast_insert`; ``use_unnest``),
+    anything else through ``executemany``; ``use_copy=True`` opts in to ``COPY``.
 
     - ``key``: the write takes effect at most once per key, across retries, restarts and
       instances (a ledger table, ``ledger_table``, written in the same transaction; rows older
@@ -79,7 +86,7 @@ class WriteQueue(QueueBase):
         self,
         pool: Pool,
         *,
-        batch_size: int = 500,
+        batch_size: int = 5000,
         flush_interval: float | timedelta = 0.05,
         max_pending: int = 100000,
         journal: str | os.PathLike[str] | None = None,
@@ -93,6 +100,7 @@ class WriteQueue(QueueBase):
         on_failed: FailedHook | None = None,
         on_commit: CommitHook | None = None,
         use_copy: bool = False,
+        use_unnest: bool = True,
     ) -> None:
         """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
         for ``WriteQueue`` and ``"block"`` for ``WriteQueue``. ``WriteQueue``'s
@@ -116,6 +124,7 @@ class WriteQueue(QueueBase):
             on_failed=on_failed,
             on_commit=on_commit,
             use_copy=use_copy,
+            use_unnest=use_unnest,
         )
         self._wakeup = Signal()  # the worker waits on it: a due batch, a flush, closing
         self._progress = Signal()  # flush() waits on it: a batch committed or set aside
@@ -250,6 +259,7 @@ class WriteQueue(QueueBase):
             try:
                 written, duplicates, reused = self._attempt(batch)
             except Exception as exc:
+                self._shapes.clear()  # a table altered under a cached rewrite: read it again
                 bad = is_bad_write(exc)
                 if not bad and is_timeout(exc):
                     timeouts += 1
@@ -336,6 +346,42 @@ class WriteQueue(QueueBase):
             ) from exc
         self._ledger_ready = True
 
+    def _claim(
+        self, conn: Any, ledger: LedgerSQL, batch: list[Record]
+    ) -> tuple[list[Record], int, list[Record]]:
+        """Claim the keys of *batch* in the ledger: ``(to apply, duplicates, key reused)``."""
+        claims = self._claims(batch)
+        if not claims:
+            return (batch, 0, [])
+        scopes = [scope for scope, _ in claims]
+        keys = [key for _, key in claims]
+        digests = list(claims.values())
+        # as array literals: psycopg's list dumper costs microseconds an element
+        literals = (text_array(scopes), text_array(keys), text_array(digests))
+        arrays = literals if None not in literals else (scopes, keys, digests)
+        cur = conn.execute(ledger.claim, arrays)
+        fresh = {(row[0], row[1]) for row in cur.fetchall()}
+        applied: dict[tuple[str, str], str] = {}
+        if len(fresh) < len(claims):
+            taken = [ident for ident in claims if ident not in fresh]
+            cur = conn.execute(ledger.applied, ([s for s, _ in taken], [k for _, k in taken]))
+            applied = {(row[0], row[1]): row[2] for row in cur.fetchall()}
+        return self._dedupe(batch, claims, fresh, applied)
+
+    def _copy(self, conn: Any, todo: list[Record]) -> None:
+        """``use_copy=True``: runs of a plain INSERT through COPY, the rest executemany."""
+        cur = conn.cursor()
+        for statement, params in runs(todo):
+            copy = (
+                copy_statement(statement, len(params[0])) if len(params) >= COPY_MIN_ROWS else None
+            )
+            if copy is not None:
+                with cur.copy(copy) as writer:
+                    for row in params:
+                        writer.write_row(row)
+            else:
+                cur.executemany(statement, params)
+
     def _transaction(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
         ledger = self._ledger_sql()
         with self.pool.connection(timeout=self.batch_timeout) as conn:
@@ -344,44 +390,39 @@ class WriteQueue(QueueBase):
             if time.monotonic() - self._last_prune > 600:
                 conn.execute(ledger.prune, (self.ledger_retention,))
                 self._last_prune = time.monotonic()
-            with conn.transaction():
-                todo, duplicates = (batch, 0)
-                reused: list[Record] = []
-                claims = self._claims(batch)
-                if claims:
-                    scopes = [scope for scope, _ in claims]
-                    keys = [key for _, key in claims]
-                    cur = conn.execute(ledger.claim, (scopes, keys, list(claims.values())))
-                    fresh = {(row[0], row[1]) for row in cur.fetchall()}
-                    applied: dict[tuple[str, str], str] = {}
-                    if len(fresh) < len(claims):
-                        taken = [ident for ident in claims if ident not in fresh]
-                        cur = conn.execute(
-                            ledger.applied, ([s for s, _ in taken], [k for _, k in taken])
-                        )
-                        applied = {(row[0], row[1]): row[2] for row in cur.fetchall()}
-                    todo, duplicates, reused = self._dedupe(batch, claims, fresh, applied)
-                cur = conn.cursor()
-                if not self.use_copy:
-                    # one pipeline for the whole batch: every statement goes out without
-                    # waiting for the previous one's answer (one round trip per batch, not one
-                    # per run of a statement: a batch interleaving three statements had 500)
-                    with conn.pipeline():
-                        for statement, params in runs(todo):
-                            cur.executemany(statement, params)  # the caller's SQL
-                else:  # COPY cannot run inside a pipeline
-                    for statement, params in runs(todo):
-                        copy = (
-                            copy_statement(statement, len(params[0]))
-                            if len(params) >= COPY_MIN_ROWS
-                            else None
-                        )
-                        if copy is not None:
-                            with cur.copy(copy) as writer:
-                                for row in params:
-                                    writer.write_row(row)
+            if self.use_copy:  # COPY cannot run inside a pipeline
+                with conn.transaction():
+                    todo, duplicates, reused = self._claim(conn, ledger, batch)
+                    self._copy(conn, todo)
+            else:
+                # one pipeline for the whole transaction: BEGIN, every statement and COMMIT go
+                # out without waiting for each other's answers (one round trip for a batch of
+                # unkeyed writes, two with keys: the ledger's answer decides what is applied;
+                # a batch interleaving three statements once took 500); a run of a plain
+                # INSERT is one INSERT … SELECT * FROM unnest(…), see fast_insert. BEGIN and
+                # COMMIT are statements of the pipeline (not conn.transaction()): a refused
+                # write then surfaces once, at the pipeline's end, and the pool rolls back.
+                rewritten = 0
+                with conn.pipeline():
+                    cur = conn.cursor()
+                    cur.execute(b"BEGIN")
+                    todo, duplicates, reused = self._claim(conn, ledger, batch)
+                    work = list(runs(todo))
+                    if self.use_unnest:
+                        for statement in self._unknown_shapes(work):
+                            target = fast_target(statement)
+                            assert target is not None
+                            cur.execute(SHAPE_SQL, (target[0],))
+                            self._shapes[statement] = fast_shape(statement, cur.fetchone())
+                    for statement, params in work:
+                        fast = self._rewrite(statement, params) if self.use_unnest else None
+                        if fast is not None:
+                            cur.execute(fast[0], fast[1])
+                            rewritten += len(params)
                         else:
-                            cur.executemany(statement, params)
+                            cur.executemany(statement, params)  # the caller's SQL
+                    cur.execute(b"COMMIT")
+                self.counters["rewritten"] += rewritten
         self.counters["batches"] += 1
         return (len(todo), duplicates, reused)
 

@@ -8,6 +8,8 @@ write), the ledger's SQL and the counters of ``stats()``.
 from __future__ import annotations
 
 import collections
+import datetime
+import decimal
 import functools
 import hashlib
 import itertools
@@ -16,6 +18,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -81,6 +84,196 @@ _PLAIN_INSERT = re.compile(
 COPY_MIN_ROWS = 64  # below this, executemany's pipeline is as fast
 
 
+# INSERT INTO table (a, b) VALUES (%s, %s) [ON CONFLICT … DO NOTHING]: a run of these becomes
+# one INSERT … SELECT * FROM unnest(…) (see fast_insert). No comments, no other placeholders.
+_FAST_INSERT = re.compile(
+    r"""^\s*insert\s+into\s+
+        (?P<table>(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\.(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)
+        \s*\((?P<cols>\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*,\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))*)\s*\)
+        \s*values\s*\(\s*(?P<marks>%s(?:\s*,\s*%s)*)\s*\)
+        (?P<tail>\s+on\s+conflict\b[^%;]*?\bdo\s+nothing)?\s*;?\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+FAST_MIN_ROWS = 2  # a lone write goes as itself: its verdict is always one INSERT's own
+
+# The catalog facts the rewrite depends on, read once per statement (see fast_shape):
+# the relation (a plain table, no INSERT rule, no INSERT trigger other than BEFORE … FOR EACH
+# ROW, no foreign key to itself) and, per named column, the facts to choose its array type.
+SHAPE_SQL = """
+SELECT c.relkind = 'r' AND NOT c.relhasrules
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                       WHERE g.tgrelid = c.oid AND NOT g.tgisinternal
+                         AND g.tgtype & 4 <> 0 AND g.tgtype & 3 <> 3)
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k
+                       WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.confrelid = c.oid),
+       (SELECT array_agg(json_build_array(
+                   a.attname,
+                   t.typtype = 'b' AND t.oid IN (20, 21, 23, 700, 701, 1700, 25, 1042, 1043),
+                   CASE WHEN t.typarray <> 0 AND t.typcategory <> 'A'
+                        THEN quote_ident(n.nspname) || '.' || quote_ident(at.typname) END,
+                   t.typdelim::text))
+          FROM pg_catalog.pg_attribute a
+          JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+          LEFT JOIN pg_catalog.pg_type at ON at.oid = t.typarray
+          LEFT JOIN pg_catalog.pg_namespace n ON n.oid = at.typnamespace
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+  FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)
+"""
+
+
+class ColumnShape(NamedTuple):
+    """What the rewrite needs to know about one target column."""
+
+    widen_ints: bool  # int2/int4/int8 parameters all store the same here (a numeric or text type)
+    text_array: str | None  # the column type's own array type, to parse str values as it would
+    delim: str  # that type's array delimiter
+
+
+class FastShape(NamedTuple):
+    """A statement that can be rewritten: the rewrite's head and tail, and its columns."""
+
+    head: str  # INSERT INTO t (a, b) SELECT * FROM unnest(
+    tail: str  # ) ON CONFLICT … DO NOTHING
+    columns: tuple[ColumnShape, ...]
+
+
+def fast_target(statement: str) -> tuple[str, list[str], str, str] | None:
+    """``(table, columns, column list as written, ON CONFLICT tail)`` when *statement* is a
+    plain single-row ``INSERT INTO t (cols) VALUES (%s, …)``, else None."""
+    m = _FAST_INSERT.match(statement)
+    if m is None:
+        return None
+    written = [c.strip() for c in m.group("cols").split(",")]
+    if len(written) != m.group("marks").count("%s") or len(set(written)) != len(written):
+        return None
+    names = [c[1:-1] if c.startswith('"') else c.lower() for c in written]
+    return m.group("table"), names, ", ".join(written), m.group("tail") or ""
+
+
+def fast_shape(statement: str, row: Any) -> FastShape | None:
+    """The rewrite of *statement* given its catalog row (``SHAPE_SQL``), or None."""
+    target = fast_target(statement)
+    if target is None or row is None or not row[0] or not row[1]:
+        return None
+    table, names, written, tail = target
+    by_name = {item[0]: item for item in row[1]}
+    columns = []
+    for name in names:
+        item = by_name.get(name)
+        if item is None:
+            return None
+        columns.append(ColumnShape(bool(item[1]), item[2], item[3] or ","))
+    return FastShape(
+        # the caller's own table, columns and ON CONFLICT clause, as matched: no data
+        f"INSERT INTO {table} ({written}) SELECT * FROM unnest(",  # noqa: S608
+        f"){tail}",
+        tuple(columns),
+    )
+
+
+_NONE = type(None)
+_INT_BANDS = (("int2", 1 << 15), ("int4", 1 << 31), ("int8", 1 << 63))
+# Python types psycopg sends as one fixed PostgreSQL type whatever the value: a column of them
+# goes as an array of that type, and the INSERT casts each element as it would the parameter.
+_FIXED = {
+    bool: "pg_catalog._bool",
+    float: "pg_catalog._float8",
+    decimal.Decimal: "pg_catalog._numeric",
+    bytes: "pg_catalog._bytea",
+    uuid.UUID: "pg_catalog._uuid",
+    datetime.date: "pg_catalog._date",
+    datetime.timedelta: "pg_catalog._interval",
+}
+
+
+def _int_array(values: Sequence[Any], column: ColumnShape) -> str | None:
+    """The array type for a column of ints: the one psycopg gives every value (int2, int4 or
+    int8 by size), or int8 where the column stores any of them alike; None if they differ."""
+    present = [v for v in values if v is not None] if None in values else values
+    low, high = min(present), max(present)
+    bound = max(-low, high + 1)
+    if column.widen_ints:
+        return "pg_catalog._int8" if bound <= 1 << 63 else None
+    lower = 0
+    for name, top in _INT_BANDS:
+        if bound <= top:
+            # every value must be in this band, not a smaller one: psycopg sends 5 as int2
+            small = min(abs(v + (v < 0)) for v in present)
+            return f"pg_catalog._{name}" if small >= lower else None
+        lower = top
+    return None
+
+
+def _ints(values: Sequence[Any]) -> str:
+    return ",".join("NULL" if v is None else str(v) for v in values)
+
+
+def text_array(values: Sequence[Any], delim: str = ",") -> str | None:
+    """*values* (str or None) as an array literal, each element parsed by the column type's
+    input function as the one-row INSERT's untyped parameter would be; None if a value
+    cannot be sent (a NUL character: psycopg refuses it, and so must the write)."""
+    if None in values:
+        parts = [
+            "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for v in values
+        ]
+        text = delim.join(parts)
+        return None if "\x00" in text else "{" + text + "}"
+    joined = "\x00".join(values)
+    if joined.count("\x00") != len(values) - 1:
+        return None
+    escaped = joined.replace("\\", "\\\\").replace('"', '\\"')
+    return '{"' + escaped.replace("\x00", '"' + delim + '"') + '"}'
+
+
+def fast_insert(shape: FastShape, params: Sequence[Any]) -> tuple[str, list[Any]] | None:
+    """One ``INSERT … SELECT * FROM unnest(…)`` for a run of *params* of one rewritable
+    statement, storing what one INSERT per row would (each column as an array of the type its
+    parameters have in that INSERT), or None when a column's values do not allow it (mixed
+    Python types, lists, dicts, wrappers: the run goes through executemany)."""
+    width = len(shape.columns)
+    for row in params:
+        if not isinstance(row, list | tuple) or len(row) != width:
+            return None
+    casts: list[str] = []
+    arrays: list[Any] = []
+    for column, values in zip(shape.columns, zip(*params, strict=True), strict=True):
+        kinds = set(map(type, values))
+        kinds.discard(_NONE)
+        if not kinds or kinds == {str}:  # untyped in the INSERT: the column's type reads them
+            if column.text_array is None:
+                return None
+            literal = text_array(values, column.delim)
+            if literal is None:
+                return None
+            casts.append(f"%s::{column.text_array}")  # an untyped literal, as in the INSERT
+            arrays.append(literal)
+            continue
+        if len(kinds) != 1:
+            return None
+        (kind,) = kinds
+        if kind is int:
+            array = _int_array(values, column)
+            if array is not None:  # decimal digits: exact, and built in C, unlike a binary list
+                casts.append(f"%s::{array}")
+                text = ",".join(map(str, values)) if None not in values else _ints(values)
+                arrays.append("{" + text + "}")
+                continue
+        elif kind is datetime.datetime or kind is datetime.time:
+            aware = {v.tzinfo is not None for v in values if v is not None}
+            if len(aware) != 1:
+                return None
+            zone = "tz" if aware.pop() else ""
+            array = f"pg_catalog._{'timestamp' if kind is datetime.datetime else 'time'}{zone}"
+        else:
+            array = _FIXED.get(kind)
+        if array is None:
+            return None
+        casts.append(f"%b::{array}")  # binary
+        arrays.append(list(values))
+    return shape.head + ", ".join(casts) + shape.tail, arrays
+
+
 @dataclass(frozen=True, slots=True)
 class FailedWrite:
     """A write that can never succeed, set aside with its error (``queue.failed_writes()``)."""
@@ -143,10 +336,14 @@ def scope_of(statement: str) -> str:
     return hashlib.sha256(statement.encode()).hexdigest()[:16]
 
 
+# json.dumps(params, default=str, sort_keys=True, separators=(",", ":")) without building an
+# encoder per call (a third of a keyed write's cost in the worker); the same text
+_DIGEST_JSON = json.JSONEncoder(default=str, sort_keys=True, separators=(",", ":")).encode
+
+
 def digest_of(params: Any) -> str:
     """A digest of a write's parameters, to tell a retry of a write from a reused key."""
-    text = json.dumps(params, default=str, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(_DIGEST_JSON(params).encode()).hexdigest()[:16]
 
 
 #: hooks of the threaded queue: plain functions
@@ -167,7 +364,7 @@ class QueueBase(Lifecycle):
         self,
         pool: Any,
         *,
-        batch_size: int = 500,
+        batch_size: int = 5000,
         flush_interval: float | timedelta = 0.05,
         max_pending: int = 100_000,
         journal: str | os.PathLike[str] | None = None,
@@ -181,6 +378,7 @@ class QueueBase(Lifecycle):
         on_failed: Callable[[FailedWrite], object] | None = None,
         on_commit: Callable[[list[Record]], object] | None = None,
         use_copy: bool = False,
+        use_unnest: bool = True,
     ) -> None:
         """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O."""
         self.pool = pool
@@ -202,6 +400,11 @@ class QueueBase(Lifecycle):
         self.ledger_retention = seconds("ledger_retention", ledger_retention)
         self.batch_timeout = seconds("batch_timeout", batch_timeout)
         self.use_copy = bool(use_copy)
+        self.use_unnest = bool(use_unnest)
+        # statement -> its unnest rewrite (None: not rewritable), read from the catalog once
+        # per statement and again after a failed batch or a minute (a table altered meanwhile)
+        self._shapes: dict[str, FastShape | None] = {}
+        self._shapes_read = 0.0
         self._journal = None if journal is None else Journal(journal, fsync)
         self._state = ResourceState.UNOPENED  # in __init__: keeps the instance layout fixed
         self._on_failed = callable_or_none("on_failed", on_failed)
@@ -229,6 +432,7 @@ class QueueBase(Lifecycle):
             "failed": 0,
             "retried": 0,
             "batches": 0,
+            "rewritten": 0,
             "replayed": 0,
             "spilled": 0,
             "worker_restarts": 0,
@@ -449,6 +653,28 @@ class QueueBase(Lifecycle):
             ).format(self._ledger),
         )
 
+    def _unknown_shapes(self, work: Sequence[tuple[str, list[Any]]]) -> list[str]:
+        """The statements of *work* worth a catalog look-up: rewritable, not looked up yet."""
+        now = time.monotonic()
+        if now - self._shapes_read > 60.0:
+            self._shapes.clear()
+            self._shapes_read = now
+        unknown = []
+        for statement, params in work:
+            if len(params) >= FAST_MIN_ROWS and statement not in self._shapes:
+                if fast_target(statement) is None:
+                    self._shapes[statement] = None
+                else:
+                    unknown.append(statement)
+        return unknown
+
+    def _rewrite(self, statement: str, params: list[Any]) -> tuple[str, list[Any]] | None:
+        """The unnest rewrite of a run (see :func:`fast_insert`), or None for executemany."""
+        if len(params) < FAST_MIN_ROWS:
+            return None
+        shape = self._shapes.get(statement)
+        return None if shape is None else fast_insert(shape, params)
+
     @staticmethod
     def _claims(batch: Sequence[Record]) -> dict[tuple[str, str], str]:
         """The ledger identities ``(scope, key)`` of the keyed writes in *batch*, each with the
@@ -495,9 +721,10 @@ class QueueBase(Lifecycle):
     def stats(self) -> dict[str, Any]:
         """``submitted``, ``written`` (applied), ``duplicates`` (skipped: their key was already
         applied with the same parameters), ``failed`` (set aside), ``pending``, ``retried``,
-        ``batches``, ``replayed`` (from the journal), ``spilled`` (kept in the journal only,
-        ``on_full="spill"``), ``worker_restarts``, ``worker_error`` and ``journal_error`` (the
-        last failure, or None), ``oldest_pending_age`` (s) and ``journal_bytes``. Always
+        ``batches``, ``rewritten`` (applied through the unnest rewrite), ``replayed`` (from
+        the journal), ``spilled`` (kept in the journal only, ``on_full="spill"``),
+        ``worker_restarts``, ``worker_error`` and ``journal_error`` (the last failure, or
+        None), ``oldest_pending_age`` (s) and ``journal_bytes``. Always
         ``written + duplicates + failed + pending == submitted + replayed``."""
         with self._cond:
             pending = len(self._buffer) + self._spilled
