@@ -5,7 +5,15 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import bench_breaker, bench_cache, bench_pool, bench_queue, bench_retry
+from . import (
+    bench_breaker,
+    bench_cache,
+    bench_failover,
+    bench_pool,
+    bench_queue,
+    bench_retry,
+    bench_router,
+)
 
 
 def main() -> int:
@@ -16,6 +24,8 @@ def main() -> int:
     bench_pool.run(quick=quick)
     bench_cache.run(quick=quick)
     bench_queue.run(quick=quick)
+    bench_router.run(quick=quick)
+    bench_failover.run(quick=quick)
     return 0
 
 

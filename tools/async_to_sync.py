@@ -43,6 +43,7 @@ PAIRS: list[tuple[str, str]] = [
     ("src/dbresilience/_breaker_redis_async.py", "src/dbresilience/_breaker_redis.py"),
     ("src/dbresilience/_retry_wrap_async.py", "src/dbresilience/_retry_wrap.py"),
     ("src/dbresilience/_sqlalchemy_async.py", "src/dbresilience/_sqlalchemy.py"),
+    ("src/dbresilience/_router_async.py", "src/dbresilience/_router.py"),
     # the tests: the async tests are the source of the sync ones, so both twins are tested alike
     ("tests/test_pool_async.py", "tests/test_pool.py"),
     ("tests/test_cache_async.py", "tests/test_cache.py"),
@@ -64,6 +65,8 @@ NAMES: dict[str, str] = {
     "warm_async_engine": "warm_engine",
     "ACommitHook": "CommitHook",
     "AFailedHook": "FailedHook",
+    "AsyncReadRouter": "ReadRouter",
+    "AsyncReadSession": "ReadSession",
     # dbresilience._acompat pairs
     "AEvent": "Event",
     "AWorker": "Worker",

@@ -63,6 +63,9 @@ from dbresilience._queue import WriteQueue
 from dbresilience._queue_async import AsyncWriteQueue
 from dbresilience._queue_base import FailedWrite
 from dbresilience._retry import RetryPolicy, testing, with_retry, withRetry
+from dbresilience._router import ReadRouter, ReadSession
+from dbresilience._router_async import AsyncReadRouter, AsyncReadSession
+from dbresilience._router_base import Position
 
 __version__ = "0.1.0.dev0"
 
@@ -70,6 +73,8 @@ __all__ = [
     "AcquireTimeout",
     "AsyncCredentialCache",
     "AsyncPool",
+    "AsyncReadRouter",
+    "AsyncReadSession",
     "AsyncRedisBreakerState",
     "AsyncWriteQueue",
     "Backoff",
@@ -97,10 +102,13 @@ __all__ = [
     "LedgerUnavailable",
     "MissingExtra",
     "Pool",
+    "Position",
     "QueryTimeout",
     "QueueClosed",
     "QueueFull",
     "QueueStalled",
+    "ReadRouter",
+    "ReadSession",
     "Record",
     "RedisBreakerState",
     "ResourceState",
