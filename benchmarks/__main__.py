@@ -10,6 +10,7 @@ from . import (
     bench_cache,
     bench_failover,
     bench_pool,
+    bench_pooler,
     bench_queue,
     bench_retry,
     bench_router,
@@ -22,6 +23,7 @@ def main() -> int:
     bench_retry.run(quick=quick)
     bench_breaker.run(quick=quick)
     bench_pool.run(quick=quick)
+    bench_pooler.run(quick=quick)
     bench_cache.run(quick=quick)
     bench_queue.run(quick=quick)
     bench_router.run(quick=quick)

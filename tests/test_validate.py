@@ -516,3 +516,49 @@ def test_old_messages_keep_their_shape() -> None:
         dbr.CredentialCache(b"redis://:hunter2@h")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^conninfo must be a str, got <hidden bytes>$"):
         dbr.Pool(b"password=hunter2")  # type: ignore[arg-type]
+
+
+# --- configuration errors are not outages (#13 item 8) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "kwargs", "message"),
+    [
+        ("host=127.0.0.1 port=notaport", None, "conninfo: port must be an integer"),
+        ("host=127.0.0.1 port=5432,99999", None, "conninfo: port must be an integer"),
+        ("postgresql://u@127.0.0.1:5432/db?sslmode=sometimes", None, "conninfo: sslmode"),
+        ("host=127.0.0.1 dbnme=test", None, "conninfo is not a valid"),
+        ("host=127.0.0.1", {"nosuch": "1"}, "kwargs key 'nosuch'"),
+        ("host=127.0.0.1", {"port": "http"}, "kwargs: port must be an integer"),
+        ("host=127.0.0.1", {"connect_timeout": "soon"}, "kwargs: connect_timeout"),
+        ("host=127.0.0.1", {"target_session_attrs": "writable"}, "target_session_attrs"),
+        ("host=127.0.0.1", {"prepare_threshold": -1}, "prepare_threshold"),
+    ],
+)
+def test_bad_connection_settings_fail_at_construction(
+    conninfo: str, kwargs: dict[str, object] | None, message: str
+) -> None:
+    """A bad port, an unknown conninfo keyword, a kwargs key that is no libpq parameter: a
+    ValueError naming it when the pool is made, not P1001 after seconds of retries at open."""
+    for cls in (dbr.Pool, dbr.AsyncPool):
+        with pytest.raises(ValueError, match=message):
+            cls(conninfo, kwargs=kwargs)
+
+
+def test_bad_pooler_setting_is_named() -> None:
+    """pooler= accepts None, "auto", "session", "transaction" only."""
+    with pytest.raises(ValueError, match="pooler"):
+        dbr.Pool("host=127.0.0.1", pooler="statement")
+    with pytest.raises(TypeError, match="pooler"):
+        dbr.Pool("host=127.0.0.1", pooler=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prepare_threshold"):
+        dbr.Pool("host=127.0.0.1", pooler="transaction", kwargs={"prepare_threshold": 5})
+
+
+def test_prepare_threshold_goes_to_the_connection(pg_dsn: str) -> None:
+    """kwargs={"prepare_threshold": None} reaches psycopg's connection (it used to vanish from
+    the DSN), and a number is kept as given."""
+    for threshold in (None, 0):
+        pool = dbr.Pool(pg_dsn, min_size=1, max_size=1, kwargs={"prepare_threshold": threshold})
+        with pool, pool.connection() as conn:
+            assert conn.prepare_threshold == threshold

@@ -80,6 +80,7 @@ NAMES: dict[str, str] = {
     # psycopg, psycopg_pool, the standard library
     "AsyncConnection": "Connection",
     "AsyncPoolConnection": "PoolConnection",
+    "AsyncPoolerCursor": "PoolerCursor",
     "AsyncCursor": "Cursor",
     "AsyncRowFactory": "RowFactory",
     "AsyncConnectionPool": "ConnectionPool",

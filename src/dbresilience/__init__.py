@@ -42,6 +42,7 @@ from dbresilience._errors import (
     QueueClosed,
     QueueFull,
     QueueStalled,
+    SessionStateUnsupported,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",
+    "SessionStateUnsupported",
     "Severity",
     "UpstreamError",
     "UpstreamTimeout",

@@ -47,6 +47,7 @@ class ErrorKind(enum.Enum):
     ACCESS_DENIED = "access_denied"
     TLS_ERROR = "tls_error"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    CONFIGURATION = "configuration"
     # a connection that was open
     CONNECTION_LOST = "connection_lost"
     CONNECTION_CLOSED = "connection_closed"
@@ -61,6 +62,7 @@ class ErrorKind(enum.Enum):
     LOCK_NOT_AVAILABLE = "lock_not_available"
     COMPLETION_UNKNOWN = "completion_unknown"
     INSUFFICIENT_RESOURCES = "insufficient_resources"
+    SNAPSHOT_TOO_OLD = "snapshot_too_old"
     # the request itself is wrong
     UNIQUE_VIOLATION = "unique_violation"
     FOREIGN_KEY_VIOLATION = "foreign_key_violation"
@@ -106,6 +108,7 @@ _SPECS: dict[ErrorKind, _Spec] = {
     _K.ACCESS_DENIED: _Spec("P1010", False, False, 500, None),
     _K.TLS_ERROR: _Spec("P1011", False, False, 500, None),
     _K.TOO_MANY_CONNECTIONS: _Spec("P2037", True, False, 503, 2.0),
+    _K.CONFIGURATION: _Spec("DBR1005", False, False, 500, None),
     _K.CONNECTION_LOST: _Spec("P1017", True, True, 503, 1.0),
     _K.CONNECTION_CLOSED: _Spec("P1017", True, False, 503, 1.0),
     _K.IDLE_TIMEOUT: _Spec("P1017", True, False, 503, 1.0),
@@ -117,6 +120,7 @@ _SPECS: dict[ErrorKind, _Spec] = {
     _K.LOCK_NOT_AVAILABLE: _Spec("DBR2001", True, False, 503, 1.0),
     _K.COMPLETION_UNKNOWN: _Spec("DBR2002", True, True, 503, 1.0),
     _K.INSUFFICIENT_RESOURCES: _Spec("DBR2003", False, False, 503, 5.0),
+    _K.SNAPSHOT_TOO_OLD: _Spec("DBR2004", True, False, 503, 1.0),
     _K.UNIQUE_VIOLATION: _Spec("P2002", False, False, 409, None),
     _K.FOREIGN_KEY_VIOLATION: _Spec("P2003", False, False, 409, None),
     _K.NOT_NULL_VIOLATION: _Spec("P2011", False, False, 400, None),
@@ -212,6 +216,10 @@ _SQLSTATE_EXACT: dict[str, ErrorKind] = {
     "08001": _K.UNREACHABLE,  # sqlclient_unable_to_establish_sqlconnection
     "08004": _K.UNREACHABLE,  # sqlserver_rejected_establishment_of_sqlconnection
     "08007": _K.CONNECTION_LOST,  # transaction_resolution_unknown
+    "08003": _K.CONNECTION_CLOSED,  # connection_does_not_exist: nothing could be sent
+    "40002": _K.CONSTRAINT_VIOLATION,  # transaction_integrity_constraint_violation
+    "25P04": _K.IDLE_TIMEOUT,  # transaction_timeout (PostgreSQL 17): session ended, rolled back
+    "72000": _K.SNAPSHOT_TOO_OLD,  # snapshot_too_old: a new snapshot (a retry) can succeed
 }
 
 # By the two-character SQLSTATE class, for codes not listed above.
@@ -235,14 +243,27 @@ _SQLSTATE_CLASS: dict[str, ErrorKind] = {
     "3F": _K.QUERY_ERROR,  # invalid schema name
     "P0": _K.QUERY_ERROR,  # PL/pgSQL raise
     "HV": _K.SERVER_ERROR,  # foreign data wrapper
+    "28": _K.AUTH_FAILED,  # invalid authorization specification
+    "3D": _K.DATABASE_MISSING,  # invalid catalog name
 }
 
 # PgBouncer answers with 08P01 and a text that says what really happened.
+# Their meanings, from PgBouncer's documentation and sources (src/client.c, src/janitor.c):
 _PGBOUNCER_08P01: tuple[tuple[str, ErrorKind], ...] = (
+    # waited for a server connection longer than query_wait_timeout: nothing was sent
     ("query_wait_timeout", _K.POOL_TIMEOUT),
+    # a statement ran past PgBouncer's query_timeout: its server connection was closed
+    ("query_timeout", _K.QUERY_TIMEOUT),
+    # idle in transaction past idle_transaction_timeout: closed, the transaction rolled back
+    ("idle_transaction_timeout", _K.IDLE_TIMEOUT),
     ("no more connections allowed", _K.TOO_MANY_CONNECTIONS),
     ("pgbouncer cannot connect to server", _K.UNREACHABLE),
     ("server login has been failing", _K.UNREACHABLE),
+    ("client_login_timeout", _K.UNREACHABLE),
+    ("no such database", _K.DATABASE_MISSING),
+    ("unsupported startup parameter", _K.CONFIGURATION),
+    # the server connection died under a statement in flight: its fate is unknown
+    ("server conn crashed", _K.CONNECTION_LOST),
 )
 
 _SQLSTATE_RE = re.compile(r"^[0-9A-Z]{5}$")
@@ -337,8 +358,22 @@ _MESSAGES: tuple[tuple[ErrorKind, tuple[str, ...]], ...] = (
             "peer authentication",
         ),
     ),
-    (_K.DATABASE_MISSING, ()),  # 'database "…" does not exist': see _QUOTED_NAME
+    (_K.DATABASE_MISSING, ("no such database",)),  # and 'database "…" does not exist'
     (_K.ACCESS_DENIED, ("permission denied",)),
+    (
+        # the connection settings themselves are wrong: waiting cannot fix them
+        _K.CONFIGURATION,
+        (
+            "unsupported startup parameter",
+            "invalid connection option",
+            "invalid integer value",
+            "invalid port number",
+            "invalid sslmode value",
+            "invalid target_session_attrs value",
+            "unrecognized configuration parameter",
+            "invalid value for parameter",
+        ),
+    ),
     (
         _K.CONNECTION_LOST,
         (
@@ -369,6 +404,7 @@ _MESSAGES: tuple[tuple[ErrorKind, tuple[str, ...]], ...] = (
             "remaining connection slots are reserved",
             "no more connections allowed",
             "sorry, too many clients",
+            "max client connections reached",
         ),
     ),
     (_K.POOL_TIMEOUT, ("query_wait_timeout",)),
@@ -391,12 +427,30 @@ _MESSAGES: tuple[tuple[ErrorKind, tuple[str, ...]], ...] = (
             "is the server running",
         ),
     ),
+    # A live connection's socket failed (a reset, or keepalives / tcp_user_timeout giving up:
+    # "could not receive data from server: Connection timed out"): before the connect-phase
+    # timeouts below, whose "connection timed out" these texts also hold.
+    (
+        _K.CONNECTION_LOST,
+        ("could not receive data from server", "could not send data to server"),
+    ),
     (_K.CONNECT_TIMEOUT, ("timeout expired", "connection timeout", "connection timed out")),
-    (_K.CONNECTION_CLOSED, ("the connection is closed", "connection already closed")),
+    (
+        _K.CONNECTION_CLOSED,
+        (
+            "connection is closed",
+            "connection already closed",
+            "connection not open",
+            "cursor already closed",
+        ),
+    ),
     (
         _K.CONNECTION_LOST,
         (
-            "server closed the connection",
+            "closed the connection",
+            "losed the connection unexpectedly",
+            "connection has been closed unexpectedly",
+            "network error",
             "consuming input failed",
             "sending query failed",
             "could not receive data from server",
@@ -524,12 +578,47 @@ def _own(exc: BaseException) -> object:
     return _attr(exc, "_dbr_classification")
 
 
+# Kinds that speak of a connection that was open; for a failure while connecting, none applies.
+_OPEN_CONNECTION_KINDS = frozenset({_K.CONNECTION_LOST, _K.CONNECTION_CLOSED, _K.IDLE_TIMEOUT})
+
+
+def _while_connecting(exc: BaseException) -> bool:
+    """True when *exc* is libpq's report of a failed connection attempt: psycopg's
+    ``connection failed: …``, libpq's ``connection to server at … failed: …``, or a
+    ``ConnectionTimeout``. Nothing can have been committed on a connection never opened."""
+    if isinstance(exc, psycopg.errors.ConnectionTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    text = _message_of(exc)
+    return text.startswith("connection failed:") or (
+        "connection to server " in text and " failed: " in text
+    )
+
+
 def _verdict(link: BaseException) -> tuple[int, Classification] | None:
     """What *link* alone says, with the rank of its best evidence (0 = strongest): its own
-    classification, its SQLSTATE, its class, its message, its connection's state."""
+    classification, its SQLSTATE, its class, its message, its connection's state.
+
+    A failure while connecting is never commit-unknown, and a text that speaks of an open
+    connection (or none recognised) is then read as "cannot reach the server" (P1001)."""
     own = _own(link)
     if isinstance(own, Classification):
         return 0, own
+    found = _evidence(link)
+    if not _while_connecting(link):
+        return found
+    if found is None or found[1].kind in _OPEN_CONNECTION_KINDS:
+        reason = "while connecting" if found is None else f"{found[1].reason} while connecting"
+        return (4 if found is None else found[0]), _make(
+            _K.UNREACHABLE, None if found is None else found[1].sqlstate, reason
+        )
+    if found[1].commit_unknown:
+        return found[0], dataclasses.replace(found[1], commit_unknown=False)
+    return found
+
+
+def _evidence(link: BaseException) -> tuple[int, Classification] | None:
     sqlstate = _sqlstate_of(link)
     if sqlstate is not None:
         return 1, _by_sqlstate(sqlstate, link)

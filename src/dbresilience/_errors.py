@@ -16,6 +16,7 @@ catches the library's error)::
     ├── JournalCorrupt                   [ValueError] a journal line is not one the queue wrote
     ├── KeyReused                        [ValueError] an idempotency key reused for another write
     ├── LedgerUnavailable                the write ledger could not be set up (retried)
+    ├── SessionStateUnsupported          [psycopg.NotSupportedError] behind a transaction pooler
     ├── UpstreamTimeout                  [TimeoutError] an upstream service timed out (HTTP 504)
     ├── UpstreamError                    an upstream service failed (HTTP 502)
     └── MissingExtra                     [ImportError] an optional dependency is not installed
@@ -53,6 +54,7 @@ __all__ = [
     "QueueClosed",
     "QueueFull",
     "QueueStalled",
+    "SessionStateUnsupported",
     "UpstreamError",
     "UpstreamTimeout",
 ]
@@ -254,3 +256,19 @@ def require(module: str, *, extra: str, what: str) -> None:
         if missing != module.split(".")[0] and not module.startswith(missing + "."):
             raise  # the package is there but broken: its own error says more
         raise MissingExtra(what, module.split(".")[0], extra) from exc
+
+
+class SessionStateUnsupported(DBResilienceError, psycopg.NotSupportedError):
+    """Refused before sending: the statement needs a server session of its own (LISTEN, a
+    session advisory lock, a temporary table, a session-wide ``SET``, ``PREPARE``, a ``WITH
+    HOLD`` cursor, ``prepare=True``), which a pooler in transaction mode does not give
+    (``pooler="transaction"``). P2010, HTTP 500; never retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self._dbr_classification = dataclasses.replace(
+            own_classification(
+                ErrorKind.QUERY_ERROR, "session state behind a transaction pooler", retry_after=0.0
+            ),
+            retry_after=None,
+        )

@@ -27,12 +27,13 @@ from dbresilience._pool_base import (
     Query,
     cleanup_deadline,
     connection_is_dead,
+    explain_connect_error,
     has_pending_input,
     lost_in_commit,
     now,
     starts_new_generation,
 )
-from dbresilience._pool_compat import AsyncPoolConnection, QuickReconnect
+from dbresilience._pool_compat import AsyncPoolConnection, AsyncPoolerCursor, QuickReconnect
 
 __all__ = ["AsyncPool", "Query"]
 
@@ -48,12 +49,16 @@ class _CoreAsyncPool(psycopg_pool.AsyncConnectionPool[Conn]):
     private overrides :mod:`dbresilience._pool_compat` lists."""
 
     _dbr_counters: PoolCounters
+    _dbr_owner: PoolBase
 
     async def _connect(self, timeout: float | None = None) -> Conn:
         counters = self._dbr_counters
         try:
             conn = await super()._connect(timeout)
         except Exception as exc:
+            # pooler="auto": a pooler refusing our startup options switches the pool over,
+            # and psycopg_pool's next attempt (0.1 s later) connects without them
+            self._dbr_owner._detect_rejected_options(exc)
             counters.last_connect_error = exc
             counters.last_connect_error_at = now()
             raise
@@ -102,7 +107,14 @@ class AsyncPool(PoolBase):
             **self._core_options(),
         )
         pool._dbr_counters = self._counters
+        pool._dbr_owner = self
         return pool
+
+    def _connect_kwargs_for(self, mode: str | None) -> dict[str, Any]:
+        kwargs = super()._connect_kwargs_for(mode)
+        if mode == "transaction":  # refuses session state before it is sent
+            kwargs["cursor_factory"] = AsyncPoolerCursor
+        return kwargs
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -136,6 +148,7 @@ class AsyncPool(PoolBase):
             await self._abort_open()
             raise
         self._state = ResourceState.OPEN
+        self._log_mode()
         return self
 
     async def _abort_open(self) -> None:
@@ -148,24 +161,38 @@ class AsyncPool(PoolBase):
         delay = 0.05
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-                await conn.close()
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._connect_kwargs)
+                try:
+                    cur = await conn.execute("select pg_backend_pid()")
+                    row = await cur.fetchone()
+                    self._detect_pooler(conn.info.backend_pid, row[0] if row else None)
+                finally:
+                    await conn.close()
                 return
             except psycopg.Error as exc:
+                if self._detect_rejected_options(exc):
+                    continue  # connect again at once, without the startup options
                 if not self._note_connect_error(exc) or now() + delay >= deadline_at:
+                    explain_connect_error(exc)
                     raise
             await asleep(delay)
             delay = min(delay * 2, 1.0)
 
     async def _configure(self, conn: Conn) -> None:
-        """Run on every new connection: the warm-up SQL, then one round trip.
+        """Run on every new connection: the session-mode timeouts, the warm-up SQL, then one
+        round trip, which also tells a pooler (``pooler="auto"``) by the backend's pid.
 
         A fresh backend's first query pays for its catalog caches (about 0.3 ms here): paying
         it while warming keeps it off the first caller.
         """
+        if self._pooler == "session":
+            await conn.execute(self._config.session_sql())
         for statement in self._config.warm_sql:
             await conn.execute(statement.encode())  # warm-up SQL is the operator's configuration
-        await (await conn.execute("select 1")).fetchone()
+        row = await (await conn.execute("select pg_backend_pid()")).fetchone()
+        if self._detect_pooler(conn.info.backend_pid, row[0] if row else None):
+            conn.prepare_threshold = None
+            conn.cursor_factory = AsyncPoolerCursor
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Close the pool: idle connections at once, those in use when their call ends.
@@ -512,7 +539,7 @@ class AsyncPool(PoolBase):
         watchdog = self._watchdog
         entry = watchdog.watch(conn.pgconn.socket, deadline_at)
         try:
-            await conn.execute("BEGIN")
+            await conn.execute(self._begin_sql)
             phase[0] = "body"
             result = await fn(conn)
             phase[0] = "commit"

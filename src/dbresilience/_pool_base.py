@@ -7,6 +7,7 @@ handed to psycopg_pool, and the counters behind ``stats()``.
 
 from __future__ import annotations
 
+import logging
 import math
 import select
 import time
@@ -27,11 +28,13 @@ from dbresilience._classify import ErrorKind, classify
 from dbresilience._errors import AcquireTimeout, CommitUnknown, DatabaseUnavailable, QueryTimeout
 from dbresilience._lifecycle import Lifecycle
 from dbresilience._pool_compat import AsyncPoolConnection, PoolConnection
+from dbresilience._pooler import POOLER_CHOICES, rejected_startup_parameter
 from dbresilience._retry import DEFAULT, RetryPolicy, _Default
 from dbresilience._validate import (
     at_least,
     instance_or_none,
     non_negative_int,
+    one_of,
     positive_int,
     seconds,
     str_or_none,
@@ -45,6 +48,7 @@ __all__ = [
     "PoolConfig",
     "PoolCounters",
     "Query",
+    "explain_connect_error",
     "has_pending_input",
     "safe_target",
 ]
@@ -77,6 +81,94 @@ RECONNECT_FOREVER = 365 * 24 * 3600.0  # psycopg_pool gives up on a slot after t
 # libpq and the server read these timeouts as a C int of milliseconds (about 24.8 days at most)
 _MAX_MILLIS = 2**31 - 1
 
+_log = logging.getLogger("dbresilience.pool")
+
+# Every parameter this libpq knows; a key outside it is a typo, not an outage.
+_LIBPQ_PARAMS = frozenset(o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults())
+# psycopg's own connection options, which go to connect(), never into the connection string.
+_CONNECTION_OPTIONS = frozenset({"prepare_threshold"})
+# Parameters libpq reads as integers (a comma-separated list for port), with their range.
+_INT_PARAMS: dict[str, tuple[int, int]] = {
+    "port": (1, 65535),
+    "connect_timeout": (0, _MAX_MILLIS),
+    "keepalives": (0, 1),
+    "keepalives_idle": (0, _MAX_MILLIS),
+    "keepalives_interval": (0, _MAX_MILLIS),
+    "keepalives_count": (0, _MAX_MILLIS),
+    "tcp_user_timeout": (0, _MAX_MILLIS),
+}
+_CHOICE_PARAMS: dict[str, tuple[str, ...]] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+}
+
+
+def check_params(params: dict[str, Any], argument: str) -> None:
+    """Raise ``ValueError`` naming *argument* and the parameter when a connection parameter
+    libpq would reject only when connecting (a port that is not a number, an unknown
+    ``sslmode``): a configuration error fails at construction, not as an outage after retries.
+    Never quotes a value that could be secret (only the integer and choice parameters)."""
+    for key, value in params.items():
+        if value is None:
+            continue
+        text = str(value).strip()
+        if key in _INT_PARAMS:
+            low, high = _INT_PARAMS[key]
+            parts = text.split(",") if key == "port" else [text]
+            for part in parts:
+                part = part.strip()
+                if key == "port" and not part:
+                    continue  # an empty entry means the default port
+                if not (part.lstrip("-").isdigit() and low <= int(part) <= high):
+                    raise ValueError(
+                        f"{argument}: {key} must be an integer from {low} to {high}"
+                        f"{' (or a comma-separated list of them)' if key == 'port' else ''}, "
+                        f"got {part[:40]!r}"
+                    )
+        elif key in _CHOICE_PARAMS and text and text not in _CHOICE_PARAMS[key]:
+            raise ValueError(
+                f"{argument}: {key} must be one of {', '.join(_CHOICE_PARAMS[key])}, "
+                f"got {text[:40]!r}"
+            )
+
+
+def split_kwargs(kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """*kwargs* split into libpq connection parameters and psycopg connection options
+    (``prepare_threshold``); ``ValueError`` for a key that is neither, or a bad value."""
+    libpq: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in (kwargs or {}).items():
+        if not isinstance(key, str):
+            raise TypeError(f"kwargs keys must be str, got {type(key).__name__}")
+        if key in _CONNECTION_OPTIONS:
+            if value is not None:
+                non_negative_int(f"kwargs[{key!r}]", value)
+            options[key] = value
+        elif key in _LIBPQ_PARAMS:
+            libpq[key] = value
+        else:
+            raise ValueError(
+                f"kwargs key {key!r} is neither a libpq connection parameter nor a psycopg "
+                "connection option (prepare_threshold)"
+            )
+    check_params(libpq, "kwargs")
+    return libpq, options
+
+
+def pooler_setting(value: object) -> str | None:
+    """*value* if it is a valid ``pooler=``: ``None``, ``"auto"``, ``"session"`` or
+    ``"transaction"``."""
+    if value is None:
+        return None
+    return one_of("pooler", value, POOLER_CHOICES)
+
 
 def _millis(value: float) -> int:
     """*value* seconds as the whole milliseconds libpq and the server accept: at least 1, at
@@ -103,6 +195,8 @@ class PoolConfig:
     name: str
     max_lifetime: float
     extra: dict[str, Any] = field(default_factory=dict)
+    pooler: str | None = "auto"
+    connect_options: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         """Every setting, with the values of secret-looking ``kwargs`` (``password``,
@@ -132,6 +226,7 @@ class PoolConfig:
         name: str | None,
         max_lifetime: float | timedelta,
         kwargs: dict[str, Any] | None,
+        pooler: str | None = "auto",
     ) -> PoolConfig:
         """Validate everything, naming the argument in any ``ValueError``/``TypeError``."""
         conninfo = string("conninfo", conninfo)  # never shown: it may hold a password
@@ -143,14 +238,25 @@ class PoolConfig:
         warm_sql = strings("warm_sql", warm_sql)
         name = str_or_none("name", name)
         try:
-            conninfo_to_dict(conninfo)
+            params = dict(conninfo_to_dict(conninfo))
             valid = True
         except psycopg.ProgrammingError:
             valid = False
         if not valid:
             # raised outside the except block: psycopg's message quotes the bad part, which may
             # be the password, and would stay reachable as __context__ even with "from None"
-            raise ValueError("conninfo is not a valid libpq connection string or URL")
+            raise ValueError(
+                "conninfo is not a valid libpq connection string or URL "
+                "(an unknown parameter, or a syntax error)"
+            )
+        check_params(params, "conninfo")
+        libpq_kwargs, connect_options = split_kwargs(kwargs)
+        pooler = pooler_setting(pooler)
+        if pooler == "transaction" and connect_options.get("prepare_threshold") is not None:
+            raise ValueError(
+                "kwargs['prepare_threshold'] must be None with pooler='transaction': a pooler "
+                "in transaction mode cannot keep server-side prepared statements"
+            )
         return cls(
             min_size=min_size,
             max_size=max_size,
@@ -172,22 +278,57 @@ class PoolConfig:
             warm_sql=warm_sql,
             name=name or safe_target(conninfo),
             max_lifetime=seconds("max_lifetime", max_lifetime),
-            extra=dict(kwargs or {}),
+            extra=libpq_kwargs,
+            pooler=pooler,
+            connect_options=connect_options,
         )
 
-    def conninfo(self, conninfo: str) -> str:
+    def conninfo(self, conninfo: str, mode: str | None = None) -> str:
         """*conninfo* with every timeout layer the pool promises set on it (see
-        :meth:`connect_params`)."""
-        return make_conninfo("", **self.connect_params(dict(conninfo_to_dict(conninfo))))
+        :meth:`connect_params`), for pooler *mode* (``None``, ``"session"``,
+        ``"transaction"``)."""
+        return make_conninfo("", **self.connect_params(dict(conninfo_to_dict(conninfo)), mode))
 
-    def connect_params(self, params: dict[str, Any]) -> dict[str, Any]:
+    def connect_kwargs(self, mode: str | None) -> dict[str, Any]:
+        """What ``connect()`` gets besides the connection string, for pooler *mode*."""
+        kwargs: dict[str, Any] = {"autocommit": True, **self.connect_options}
+        if mode == "transaction":
+            kwargs["prepare_threshold"] = None
+        return kwargs
+
+    def _timeouts(self) -> list[tuple[str, int]]:
+        return [
+            (setting, _millis(value))
+            for setting, value in (
+                ("statement_timeout", self.statement_timeout),
+                ("lock_timeout", self.lock_timeout),
+                ("idle_in_transaction_session_timeout", self.idle_in_transaction_timeout),
+            )
+            if value is not None
+        ]
+
+    def session_sql(self) -> bytes:
+        """The ``SET`` statements a session-mode pooler's connections start with (one round
+        trip; the pooler's ``server_reset_query`` clears them when the client leaves)."""
+        return "; ".join(f"SET {k} = {v}" for k, v in self._timeouts()).encode()
+
+    def begin_sql(self, mode: str | None) -> bytes:
+        """What :meth:`transaction` begins with: ``BEGIN``, and in transaction mode the
+        server-side timeouts as ``SET LOCAL`` in the same message (one round trip; they end
+        with the transaction, so they cannot reach another client of the pooler)."""
+        if mode != "transaction":
+            return b"BEGIN"
+        return "; ".join(["BEGIN"] + [f"SET LOCAL {k} = {v}" for k, v in self._timeouts()]).encode()
+
+    def connect_params(self, params: dict[str, Any], mode: str | None = None) -> dict[str, Any]:
         """Connection parameters *params* plus every timeout layer the pool promises.
 
         ``connect_timeout`` (libpq otherwise waits up to 130 s per host; libpq's minimum is
         2 s), server-side ``statement_timeout``, ``lock_timeout`` and
-        ``idle_in_transaction_session_timeout`` through ``options``, and TCP keepalives plus
-        ``tcp_user_timeout`` so that a half-open socket dies instead of hanging. Values the
-        caller already set win, except ``connect_timeout``.
+        ``idle_in_transaction_session_timeout`` through ``options`` (not behind a pooler,
+        *mode* ``"session"`` or ``"transaction"``: poolers refuse that startup parameter), and
+        TCP keepalives plus ``tcp_user_timeout`` so that a half-open socket dies instead of
+        hanging. Values the caller already set win, except ``connect_timeout``.
         """
         params = dict(params)
         params.update(self.extra)
@@ -198,14 +339,11 @@ class PoolConfig:
         params.setdefault("keepalives_count", "3")
         params.setdefault("tcp_user_timeout", str(_millis(max(self.query_timeout, 10.0))))
         options = [str(params.get("options") or "").strip()]
-        for setting, value in (
-            ("statement_timeout", self.statement_timeout),
-            ("lock_timeout", self.lock_timeout),
-            ("idle_in_transaction_session_timeout", self.idle_in_transaction_timeout),
-        ):
-            if value is not None and setting not in options[0]:
-                options.append(f"-c {setting}={_millis(value)}")
-        params["options"] = " ".join(o for o in options if o)
+        if mode is None:
+            for setting, value in self._timeouts():
+                if setting not in options[0]:
+                    options.append(f"-c {setting}={value}")
+        params["options"] = " ".join(o for o in options if o) or None
         return params
 
 
@@ -219,6 +357,16 @@ def safe_target(conninfo: str) -> str:
     port = str(params.get("port") or "5432")
     dbname = str(params.get("dbname") or params.get("user") or "")
     return f"{host}:{port}/{dbname}"
+
+
+def explain_connect_error(exc: BaseException) -> None:
+    """Add a note saying what to do to a connect error that a pooler's refusal of startup
+    parameters caused (``unsupported startup parameter``); the error itself is unchanged."""
+    if rejected_startup_parameter(exc) and hasattr(exc, "add_note"):
+        exc.add_note(
+            "a connection pooler (PgBouncer, Supavisor) refused a startup parameter: pass "
+            "pooler='transaction' (or 'session') to the pool, and no 'options' in conninfo"
+        )
 
 
 def has_pending_input(conn: psycopg.BaseConnection[Any]) -> bool:
@@ -354,6 +502,7 @@ class PoolBase(Lifecycle):
         name: str | None = None,
         max_lifetime: float | timedelta = 3600.0,
         kwargs: dict[str, Any] | None = None,
+        pooler: str | None = "auto",
     ) -> None:
         """Validate everything (``ValueError``/``TypeError`` naming the argument); no I/O.
 
@@ -361,7 +510,11 @@ class PoolBase(Lifecycle):
         half of it; ``None`` leaves the server's. ``idle_check_after``: connections idle longer
         answer one round trip before use. ``attempts``, ``base_delay``, ``max_delay``: the
         retry policy of reads and safe writes. ``warm_sql``: run on every new connection.
-        ``kwargs``: extra libpq connection parameters.
+        ``kwargs``: extra libpq connection parameters, and psycopg's ``prepare_threshold``
+        (given to ``connect()``). A bad port, an unknown parameter in *conninfo* or *kwargs*
+        raise ``ValueError`` here, not as an outage at ``open()``. ``pooler``: what sits in
+        front of the server: ``None``, ``"session"``, ``"transaction"`` or ``"auto"`` (the
+        default: detected; see :mod:`dbresilience._pooler` and docs/topology.md).
         """
         config = PoolConfig.build(
             conninfo,
@@ -379,6 +532,7 @@ class PoolBase(Lifecycle):
             name=name,
             max_lifetime=max_lifetime,
             kwargs=kwargs,
+            pooler=pooler,
         )
         base = seconds("base_delay", base_delay, allow_zero=True)
         cap = seconds("max_delay", max_delay, allow_zero=True)
@@ -403,8 +557,70 @@ class PoolBase(Lifecycle):
         )
         self._counters = PoolCounters()
         self._watchdog = Watchdog(config.name)
-        self._conninfo = config.conninfo(conninfo)  # may hold a password: never shown
+        self._target = conninfo  # may hold a password: never shown
+        self._pooler: str | None = None if config.pooler == "auto" else config.pooler
+        self._pooler_why = "configured" if config.pooler != "auto" else "nothing detected"
+        self._conninfo = config.conninfo(conninfo, self._pooler)  # never shown either
+        self._connect_kwargs = self._connect_kwargs_for(self._pooler)
+        self._begin_sql = config.begin_sql(self._pooler)
         self._pool = self._core_pool()
+
+    def _connect_kwargs_for(self, mode: str | None) -> dict[str, Any]:
+        """``connect()``'s keyword arguments for pooler *mode* (the twin adds its cursor)."""
+        return self._config.connect_kwargs(mode)
+
+    @property
+    def pooler(self) -> str | None:
+        """The pooler mode in use: ``None`` (a direct connection), ``"session"`` or
+        ``"transaction"`` (configured, or detected with ``pooler="auto"``)."""
+        return self._pooler
+
+    def _use_pooler(self, mode: str, why: str) -> None:
+        """Switch to pooler *mode* (detected by ``pooler="auto"``): new connections are made
+        for it, and the pooler and the reason are logged."""
+        if self._pooler == mode:
+            return
+        self._pooler, self._pooler_why = mode, why
+        self._conninfo = self._config.conninfo(self._target, mode)
+        self._connect_kwargs = self._connect_kwargs_for(mode)
+        self._begin_sql = self._config.begin_sql(mode)
+        pool = getattr(self, "_pool", None)
+        if pool is not None:  # psycopg_pool reads both on every new connection
+            pool.conninfo = self._conninfo
+            pool.kwargs = self._connect_kwargs
+        _log.warning(
+            "pool %r: a connection pooler answers (%s): using pooler=%r settings (no "
+            "prepared statements, no startup options, no session state); pass pooler= to "
+            "say so and silence this",
+            self.name,
+            why,
+            mode,
+        )
+
+    def _detect_pooler(self, announced_pid: int, backend_pid: object) -> bool:
+        """With ``pooler="auto"`` and no pooler known yet: True (and switched to transaction
+        mode) when the pid the server announced at startup is not the backend's own, which
+        means a pooler answered with its own cancel key."""
+        if self._config.pooler != "auto" or self._pooler is not None:
+            return False
+        if backend_pid == announced_pid:
+            return False
+        self._use_pooler("transaction", "the backend pid differs from the one announced at startup")
+        return True
+
+    def _detect_rejected_options(self, exc: BaseException) -> bool:
+        """With ``pooler="auto"``: True (and switched to transaction mode) when connecting
+        failed because the server refused the startup parameter ``options``."""
+        if self._config.pooler != "auto" or self._pooler is not None:
+            return False
+        if not rejected_startup_parameter(exc):
+            return False
+        self._use_pooler("transaction", "the server refused the startup parameter 'options'")
+        return True
+
+    def _log_mode(self) -> None:
+        """Say which pooler mode the pool opened with, and why."""
+        _log.info("pool %r opened: pooler=%r (%s)", self.name, self._pooler, self._pooler_why)
 
     def _core_pool(self) -> Any:
         """The twin's psycopg_pool pool, built closed."""
@@ -417,7 +633,7 @@ class PoolBase(Lifecycle):
             "min_size": config.min_size,
             "max_size": config.max_size,
             "open": False,
-            "kwargs": {"autocommit": True},
+            "kwargs": self._connect_kwargs,
             "name": config.name,
             "timeout": config.acquire_timeout,
             "max_lifetime": config.max_lifetime,

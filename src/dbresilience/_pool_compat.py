@@ -27,9 +27,20 @@ import select
 from typing import Any
 
 import psycopg
+from psycopg.abc import Params
 from psycopg_pool.base import AttemptWithBackoff
+from typing_extensions import Self
 
-__all__ = ["PRIVATE_API", "AsyncPoolConnection", "PoolConnection", "QuickReconnect"]
+from dbresilience._pooler import check_query
+
+__all__ = [
+    "PRIVATE_API",
+    "AsyncPoolConnection",
+    "AsyncPoolerCursor",
+    "PoolConnection",
+    "PoolerCursor",
+    "QuickReconnect",
+]
 
 #: psycopg_pool's private names the pools rely on, with the parameters they are called with
 PRIVATE_API: dict[str, tuple[str, ...]] = {
@@ -56,6 +67,49 @@ class AsyncPoolConnection(psycopg.AsyncConnection[Any]):
     _dbr_generation: int = 0
     _dbr_used_at: float = 0.0
     _dbr_poll: select.poll | None = None
+
+
+class PoolerCursor(psycopg.Cursor[Any]):
+    """psycopg's cursor, refusing before sending what a transaction pooler cannot serve
+    (session state, ``prepare=True``: see :func:`dbresilience._pooler.check_query`)."""
+
+    def execute(
+        self,
+        query: Any,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Self:
+        """``Cursor.execute``, after :func:`~dbresilience._pooler.check_query`."""
+        check_query(query, self, prepare)
+        return super().execute(query, params, prepare=prepare, binary=binary)
+
+    def executemany(self, query: Any, params_seq: Any, *, returning: bool = False) -> None:
+        """``Cursor.executemany``, after :func:`~dbresilience._pooler.check_query`."""
+        check_query(query, self, None)
+        super().executemany(query, params_seq, returning=returning)
+
+
+class AsyncPoolerCursor(psycopg.AsyncCursor[Any]):
+    """:class:`PoolerCursor` for asyncio connections."""
+
+    async def execute(
+        self,
+        query: Any,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Self:
+        """``AsyncCursor.execute``, after :func:`~dbresilience._pooler.check_query`."""
+        check_query(query, self, prepare)
+        return await super().execute(query, params, prepare=prepare, binary=binary)
+
+    async def executemany(self, query: Any, params_seq: Any, *, returning: bool = False) -> None:
+        """``AsyncCursor.executemany``, after :func:`~dbresilience._pooler.check_query`."""
+        check_query(query, self, None)
+        await super().executemany(query, params_seq, returning=returning)
 
 
 class QuickReconnect(AttemptWithBackoff):

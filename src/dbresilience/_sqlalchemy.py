@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from dbresilience._acompat import sleep
+from dbresilience._pool_compat import PoolerCursor
 from dbresilience._sqlalchemy_base import connect_delay, instrument, prepare, warming_of
 from dbresilience._validate import non_negative_int
 
@@ -32,6 +33,7 @@ def create_engine(
     idle_in_transaction_timeout: float | timedelta | None = 60.0,
     idle_check_after: float | timedelta = 10.0,
     warm: int | None = None,
+    pooler: str | None = "auto",
     **engine_kwargs: Any,
 ) -> Engine:
     """A SQLAlchemy ``Engine`` (psycopg 3) with dbresilience's timeouts and deadline.
@@ -39,7 +41,8 @@ def create_engine(
     Every statement is bounded by ``query_timeout`` (the socket is shut down and
     :class:`dbresilience.QueryTimeout` raised). Other keyword arguments go to SQLAlchemy's
     engine factory. Invalid arguments raise ``TypeError``/``ValueError`` naming them, before
-    any I/O.
+    any I/O. ``pooler``: ``None``, ``"session"``, ``"transaction"`` or ``"auto"`` (the
+    default: detected on the first connection), as for :class:`dbresilience.Pool`.
 
     Warming opens and checks ``warm`` connections (default ``pool_size``): errors waiting
     cannot fix (P1000, P1003, TLS) raise at once, transient ones after ``connect_timeout``. The
@@ -61,9 +64,11 @@ def create_engine(
         max_overflow=max_overflow,
         warm=warm,
         engine_kwargs=dict(engine_kwargs),
+        pooler=pooler,
+        cursor_factory=PoolerCursor,
     )
     engine = sa.create_engine(parsed, **options)
-    instrument(engine, config, n_warm)
+    instrument(engine, config, n_warm, PoolerCursor)
     try:
         warm_engine(engine)
     except BaseException:
@@ -90,8 +95,11 @@ def warm_engine(engine: Engine, connections: int | None = None) -> Engine:
         while len(held) < n_warm:
             try:
                 conn = engine.connect()
-                conn.exec_driver_sql("select 1")
                 held.append(conn)
+                conn.exec_driver_sql("select 1")
+                # end the check's transaction: behind a transaction pooler an open one holds
+                # a server connection, and warming more than it has would wait forever
+                conn.rollback()
             except sa.exc.DBAPIError as exc:
                 delay = connect_delay(exc, delay, deadline_at)
                 sleep(delay)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dbresilience._acompat import asleep
+from dbresilience._pool_compat import AsyncPoolerCursor
 from dbresilience._sqlalchemy_base import connect_delay, instrument, prepare, warming_of
 from dbresilience._validate import non_negative_int
 
@@ -33,6 +34,7 @@ def create_async_engine(
     idle_in_transaction_timeout: float | timedelta | None = 60.0,
     idle_check_after: float | timedelta = 10.0,
     warm: int | None = None,
+    pooler: str | None = "auto",
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """A SQLAlchemy ``AsyncEngine`` (psycopg 3) with dbresilience's timeouts and deadline.
@@ -40,7 +42,8 @@ def create_async_engine(
     Every statement is bounded by ``query_timeout`` (the socket is shut down and
     :class:`dbresilience.QueryTimeout` raised). Other keyword arguments go to SQLAlchemy's
     engine factory. Invalid arguments raise ``TypeError``/``ValueError`` naming them, before
-    any I/O.
+    any I/O. ``pooler``: ``None``, ``"session"``, ``"transaction"`` or ``"auto"`` (the
+    default: detected on the first connection), as for :class:`dbresilience.Pool`.
 
     Warming opens and checks ``warm`` connections (default ``pool_size``): errors waiting
     cannot fix (P1000, P1003, TLS) raise at once, transient ones after ``connect_timeout``. The
@@ -62,13 +65,15 @@ def create_async_engine(
         max_overflow=max_overflow,
         warm=warm,
         engine_kwargs=dict(engine_kwargs),
+        pooler=pooler,
+        cursor_factory=AsyncPoolerCursor,
     )
     if True:  # ASYNC
         engine = _sa_create_async_engine(parsed, **options)
-        instrument(engine.sync_engine, config, n_warm)
+        instrument(engine.sync_engine, config, n_warm, AsyncPoolerCursor)
     else:
         engine = sa.create_engine(parsed, **options)
-        instrument(engine, config, n_warm)
+        instrument(engine, config, n_warm, AsyncPoolerCursor)
         try:
             warm_async_engine(engine)
         except BaseException:
@@ -98,8 +103,11 @@ async def warm_async_engine(engine: AsyncEngine, connections: int | None = None)
         while len(held) < n_warm:
             try:
                 conn = await engine.connect()
-                await conn.exec_driver_sql("select 1")
                 held.append(conn)
+                await conn.exec_driver_sql("select 1")
+                # end the check's transaction: behind a transaction pooler an open one holds
+                # a server connection, and warming more than it has would wait forever
+                await conn.rollback()
             except sa.exc.DBAPIError as exc:
                 delay = connect_delay(exc, delay, deadline_at)
                 await asleep(delay)

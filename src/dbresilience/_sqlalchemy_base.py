@@ -3,6 +3,7 @@ factory here; see :mod:`dbresilience.sqlalchemy`)."""
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from datetime import timedelta
@@ -17,9 +18,11 @@ from dbresilience._errors import QueryTimeout
 from dbresilience._pool_base import (
     PoolConfig,
     connection_is_dead,
+    explain_connect_error,
     has_pending_input,
     starts_new_generation,
 )
+from dbresilience._pooler import rejected_startup_parameter
 from dbresilience._validate import at_most, non_negative_int
 from dbresilience._watchdog import Watchdog
 
@@ -29,6 +32,40 @@ _WATCH = "dbr_watch"
 _USED_AT = "dbr_used_at"
 # engine -> (connections to warm, connect_timeout), set by instrument()
 _WARMING: weakref.WeakKeyDictionary[sa.Engine, tuple[int, float]] = weakref.WeakKeyDictionary()
+_log = logging.getLogger("dbresilience.pool")
+
+
+class PoolerState:
+    """An engine's pooler mode: configured, or (``pooler="auto"``) found on its first
+    connection: a refused ``options`` startup parameter, or a backend pid other than the one
+    the server announced, switch it to transaction mode for every later connection."""
+
+    def __init__(self, name: str, requested: str | None, cursor_factory: type | None) -> None:
+        self.name = name
+        self.auto = requested == "auto"
+        self.mode = None if self.auto else requested
+        self.checked = not self.auto
+        self.cursor_factory = cursor_factory
+        if not self.auto:
+            _log.info("engine %r: pooler=%r (configured)", name, self.mode)
+
+    def switch(self, why: str) -> None:
+        """Use transaction mode from now on, and say so."""
+        self.mode, self.checked = "transaction", True
+        _log.warning(
+            "engine %r: a connection pooler answers (%s): using pooler='transaction' settings "
+            "(no prepared statements, no startup options, no session state); pass pooler= to "
+            "say so and silence this",
+            self.name,
+            why,
+        )
+
+    def transaction_params(self, cparams: dict[str, Any]) -> None:
+        """Make *cparams* (``connect()``'s keyword arguments) fit transaction mode."""
+        cparams.pop("options", None)
+        cparams["prepare_threshold"] = None
+        if self.cursor_factory is not None:
+            cparams["cursor_factory"] = self.cursor_factory
 
 
 def prepare(
@@ -45,7 +82,14 @@ def prepare(
     max_overflow: int,
     warm: int | None,
     engine_kwargs: dict[str, Any],
+    pooler: str | None = "auto",
+    cursor_factory: type | None = None,
 ) -> tuple[sa.URL, PoolConfig, dict[str, Any], int]:
+    """Validate an engine factory's arguments: ``(url, config, engine options, n_warm)``.
+
+    The connection arguments carry the timeout layers for the pooler mode, and in
+    transaction mode ``prepare_threshold=None`` and *cursor_factory* (refusing session
+    state)."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"url must be a PostgreSQL URL, got backend {parsed.get_backend_name()!r}")
@@ -74,10 +118,16 @@ def prepare(
         name=name,
         max_lifetime=3600.0,
         kwargs=None,
+        pooler=pooler,
     )
     n_warm = pool_size if warm is None else non_negative_int("warm", warm)
     at_most("warm", n_warm, "pool_size", pool_size)
-    connect_args = config.connect_params(dict(engine_kwargs.pop("connect_args", {}) or {}))
+    mode = None if config.pooler == "auto" else config.pooler
+    connect_args = config.connect_params(dict(engine_kwargs.pop("connect_args", {}) or {}), mode)
+    if mode == "transaction":
+        connect_args["prepare_threshold"] = None
+        if cursor_factory is not None:
+            connect_args["cursor_factory"] = cursor_factory
     options: dict[str, Any] = {
         "pool_size": pool_size,
         "max_overflow": max_overflow,
@@ -97,13 +147,62 @@ def _driver_connection(dbapi_connection: Any) -> psycopg.BaseConnection[Any] | N
     return None
 
 
-def instrument(engine: sa.Engine, config: PoolConfig, warm: int) -> Watchdog:
-    """Attach the checkout check, the statement deadline and the error classification; keep
-    how many connections to warm, and within what time, for :func:`warming_of`."""
+def instrument(
+    engine: sa.Engine, config: PoolConfig, warm: int, cursor_factory: type | None = None
+) -> Watchdog:
+    """Attach the checkout check, the statement deadline and the error classification, the
+    pooler settings (and detection, with ``pooler="auto"``); keep how many connections to
+    warm, and within what time, for :func:`warming_of`."""
     _WARMING[engine] = (warm, config.connect_timeout)
     watchdog = Watchdog(config.name)
     watchdog.start()
     deadline = config.query_timeout
+    state = PoolerState(config.name, config.pooler, cursor_factory)
+    session_sql = config.session_sql() if config.pooler == "session" else b""
+
+    if session_sql:
+
+        @event.listens_for(engine.pool, "connect")
+        def _session(dbapi_connection: Any, record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(session_sql)
+            cursor.close()
+            dbapi_connection.commit()
+
+    if state.auto:
+
+        @event.listens_for(engine, "do_connect")
+        def _do_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+            if state.mode == "transaction":
+                state.transaction_params(cparams)
+            if state.checked:
+                return None  # SQLAlchemy connects as usual
+            try:
+                conn = dialect.connect(*cargs, **cparams)
+            except Exception as exc:
+                if not rejected_startup_parameter(exc):
+                    raise
+                state.switch("the server refused the startup parameter 'options'")
+                state.transaction_params(cparams)
+                return dialect.connect(*cargs, **cparams)
+            driver = _driver_connection(conn)
+            if driver is None:
+                return conn
+            cursor = conn.cursor()
+            cursor.execute("select pg_backend_pid()")
+            row = cursor.fetchone()
+            cursor.close()
+            conn.rollback()  # no transaction left open: a pooler would hold a server for it
+            if row is not None and row[0] != driver.info.backend_pid:
+                state.switch("the backend pid differs from the one announced at startup")
+                state.transaction_params(cparams)
+                driver.prepare_threshold = None
+                if cursor_factory is not None:  # sync or asyncio: the twin's cursor class
+                    setattr(driver, "cursor_factory", cursor_factory)  # noqa: B010
+            else:
+                state.checked = True
+                _log.info("engine %r: pooler=None (a direct connection)", config.name)
+            return conn
 
     @event.listens_for(engine.pool, "checkout")
     def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -175,5 +274,6 @@ def warming_of(engine: sa.Engine) -> tuple[int, float]:
 def connect_delay(exc: BaseException, delay: float, deadline_at: float) -> float:
     """The next warming retry's delay; re-raises *exc* when waiting cannot help."""
     if not classify(exc).retryable or time.monotonic() + delay >= deadline_at:
+        explain_connect_error(exc)
         raise exc
     return min(delay * 2, 1.0)

@@ -1,0 +1,379 @@
+"""Pools, engines and the write queue through a real PgBouncer (transaction and session mode).
+
+One PgBouncer per mode for the whole module, in front of the shared server (nothing here breaks
+it); ``default_pool_size=2``, so four client connections share two server connections and any
+session state a client left behind would show up in another client's queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from psycopg import sql
+
+import dbresilience as dbr
+from dbresilience.faults import TemporaryPgBouncer
+from dbresilience.sqlalchemy import create_async_engine, create_engine, warm_async_engine
+from tests.conftest import start_pgbouncer
+
+N_QUERIES = 10_000
+WORKERS = 4
+
+
+def _dbname(dsn: str) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(dsn).get("dbname") or "postgres")
+
+
+@pytest.fixture(scope="module")
+def bouncer(pg_dsn: str) -> Iterator[TemporaryPgBouncer]:
+    """PgBouncer in transaction mode, default_pool_size=2, serving only the test database."""
+    b = start_pgbouncer(pg_dsn, databases=[_dbname(pg_dsn)], default_pool_size=2)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def session_bouncer(pg_dsn: str) -> Iterator[TemporaryPgBouncer]:
+    """PgBouncer in session mode in front of the same server."""
+    b = start_pgbouncer(pg_dsn, databases=[_dbname(pg_dsn)], pool_mode="session")
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def tx_dsn(bouncer: TemporaryPgBouncer, pg_dsn: str) -> str:
+    """The test database through the transaction-mode PgBouncer."""
+    return bouncer.conninfo(_dbname(pg_dsn))
+
+
+# --- 10,000 parameterised queries, four connections, no error -------------------------------
+
+
+def test_sync_pool_serves_10000_queries_through_transaction_pooler(tx_dsn: str) -> None:
+    """Pool(pooler="transaction"): 10,000 repeated parameterised queries from 4 threads on 4
+    connections (2 server connections behind them), every answer right, no error, no retry
+    (psycopg's prepared statements would collide here: `_pg3_0 already exists`)."""
+    errors: list[BaseException] = []
+    wrong: list[int] = []
+    with dbr.Pool(tx_dsn, pooler="transaction", min_size=WORKERS, max_size=WORKERS) as pool:
+
+        def work(w: int) -> None:
+            for i in range(w, N_QUERIES, WORKERS):
+                try:
+                    row = pool.fetchone("select %s::int + %s::int", (i, w))
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+                if row != (i + w,):
+                    wrong.append(i)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = pool.stats()
+    assert errors == []
+    assert wrong == []
+    assert (stats["failures"], stats["retries"]) == (0, 0)
+    assert stats["calls"] == N_QUERIES
+
+
+async def test_async_pool_serves_10000_queries_through_transaction_pooler(tx_dsn: str) -> None:
+    """AsyncPool(pooler="transaction"): 10,000 parameterised queries from 4 tasks, 0 errors."""
+    async with dbr.AsyncPool(
+        tx_dsn, pooler="transaction", min_size=WORKERS, max_size=WORKERS
+    ) as pool:
+
+        async def work(w: int) -> int:
+            bad = 0
+            for i in range(w, N_QUERIES, WORKERS):
+                row = await pool.fetchone("select %s::int + %s::int", (i, w))
+                bad += row != (i + w,)
+            return bad
+
+        results = await asyncio.gather(*(work(w) for w in range(WORKERS)))
+        stats = pool.stats()
+    assert results == [0] * WORKERS
+    assert (stats["failures"], stats["retries"], stats["calls"]) == (0, 0, N_QUERIES)
+
+
+def test_sqlalchemy_engine_serves_10000_queries_through_transaction_pooler(
+    bouncer: TemporaryPgBouncer, pg_dsn: str
+) -> None:
+    """create_engine(pooler="transaction"): 10,000 parameterised queries from 4 threads on a
+    4-connection engine, 0 errors (a plain engine fails on its prepared statements)."""
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{bouncer.port}/{_dbname(pg_dsn)}"
+    engine = create_engine(url, pooler="transaction", pool_size=WORKERS, max_overflow=0)
+    errors: list[BaseException] = []
+    query = sa.text("select cast(:a as int) + cast(:b as int)")
+
+    def work(w: int) -> None:
+        try:
+            with engine.connect() as conn:
+                for i in range(w, N_QUERIES, WORKERS):
+                    assert conn.execute(query, {"a": i, "b": w}).scalar_one() == i + w
+                    conn.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        engine.dispose()
+    assert errors == []
+
+
+async def test_async_sqlalchemy_engine_through_transaction_pooler(
+    bouncer: TemporaryPgBouncer, pg_dsn: str
+) -> None:
+    """create_async_engine(pooler="transaction") serves repeated parameterised queries."""
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{bouncer.port}/{_dbname(pg_dsn)}"
+    engine = create_async_engine(url, pooler="transaction", pool_size=2, max_overflow=0)
+    try:
+        await warm_async_engine(engine)
+        async with engine.connect() as conn:
+            for i in range(200):
+                result = await conn.execute(sa.text("select cast(:a as int)"), {"a": i})
+                assert result.scalar_one() == i
+    finally:
+        await engine.dispose()
+
+
+def test_sqlalchemy_engine_refuses_session_state(bouncer: TemporaryPgBouncer, pg_dsn: str) -> None:
+    """The engine in transaction mode refuses LISTEN before sending it."""
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{bouncer.port}/{_dbname(pg_dsn)}"
+    engine = create_engine(url, pooler="transaction", pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn, pytest.raises(sa.exc.DBAPIError) as info:
+            conn.execute(sa.text("listen dbr_channel"))
+        assert isinstance(info.value.orig, dbr.SessionStateUnsupported)
+    finally:
+        engine.dispose()
+
+
+# --- the keyed write queue lands each write once ---------------------------------------------
+
+
+async def test_write_queue_keyed_writes_land_exactly_once(tx_dsn: str, pg_conn: Any) -> None:
+    """AsyncWriteQueue over AsyncPool(pooler="transaction"): 2,000 keyed inserts, 500 of them
+    submitted twice more (the same key), land exactly once each."""
+    table = f"dbr_pooler_q_{uuid.uuid4().hex[:10]}"
+    pg_conn.execute(sql.SQL("create table {} (k int)").format(sql.Identifier(table)))
+    insert = f'insert into "{table}" (k) values (%s)'  # the queue takes str statements
+    try:
+        async with (
+            dbr.AsyncPool(tx_dsn, pooler="transaction", min_size=2, max_size=4) as pool,
+            dbr.AsyncWriteQueue(pool, batch_size=200, flush_interval=0.01) as queue,
+        ):
+            for k in range(2000):
+                queue.submit(insert, (k,), key=f"{table}:{k}")
+            for k in range(0, 2000, 4):
+                queue.submit(insert, (k,), key=f"{table}:{k}")
+            assert await queue.flush(timeout=30)
+            for k in range(0, 2000, 4):
+                queue.submit(insert, (k,), key=f"{table}:{k}")
+            assert await queue.flush(timeout=30)
+            stats = queue.stats()
+        counts = pg_conn.execute(
+            sql.SQL("select count(*), count(distinct k) from {}").format(sql.Identifier(table))
+        ).fetchone()
+    finally:
+        pg_conn.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(table)))
+    assert counts == (2000, 2000)
+    assert stats["failed"] == 0
+
+
+# --- what transaction mode refuses, and what it allows ---------------------------------------
+
+REFUSED = [
+    "listen dbr_channel",
+    "LISTEN dbr_channel",
+    "select pg_advisory_lock(42)",
+    "select pg_try_advisory_lock(42)",
+    "create temp table dbr_tmp (a int)",
+    "CREATE TEMPORARY TABLE dbr_tmp (a int)",
+    "set statement_timeout = 0",
+    "set session statement_timeout = 0",
+    "prepare dbr_stmt as select 1",
+    "declare c cursor with hold for select 1",
+]
+
+
+@pytest.mark.parametrize("query", REFUSED)
+def test_transaction_mode_refuses_session_state(tx_dsn: str, query: str) -> None:
+    """Each session-state statement is refused before sending, with SessionStateUnsupported
+    (P2010, not retried), through the helpers and through pool.connection() alike."""
+    with dbr.Pool(tx_dsn, pooler="transaction", min_size=1, max_size=2) as pool:
+        with pytest.raises(dbr.SessionStateUnsupported, match="transaction mode") as info:
+            pool.execute(query.encode())
+        c = dbr.classify(info.value)
+        assert (c.code, c.retryable) == ("P2010", False)
+        with pool.connection() as conn, pytest.raises(dbr.SessionStateUnsupported):
+            conn.execute(query.encode())
+        assert pool.stats()["retries"] == 0
+
+
+def test_transaction_mode_allows_transaction_scoped_state(tx_dsn: str) -> None:
+    """Transaction-scoped equivalents pass: pg_advisory_xact_lock and SET LOCAL in a
+    transaction, SET TRANSACTION, a column named like a keyword; prepare=True is refused."""
+    with dbr.Pool(tx_dsn, pooler="transaction", min_size=1, max_size=2) as pool:
+
+        def body(conn: psycopg.Connection[Any]) -> object:
+            conn.execute("set transaction isolation level repeatable read")
+            conn.execute("select pg_advisory_xact_lock(42)")
+            conn.execute("set local lock_timeout = 1000")
+            row = conn.execute("show lock_timeout").fetchone()
+            return row[0] if row else None
+
+        assert pool.transaction(body) == "1s"
+        assert pool.fetchone("select 1 as listen_count, 'set x' as settings") == (1, "set x")
+        with pytest.raises(dbr.SessionStateUnsupported, match="prepare=True"):
+            pool.fetchone("select 1", prepare=True)
+
+
+def test_server_timeouts_apply_in_transactions_and_never_leak(tx_dsn: str) -> None:
+    """In transaction mode the timeouts go with BEGIN as SET LOCAL: a transaction() running
+    past statement_timeout is cancelled by the server (57014), and no other client of the
+    same two server connections ever sees the setting (SHOW from raw connections)."""
+    with dbr.Pool(
+        tx_dsn, pooler="transaction", statement_timeout=0.2, query_timeout=5, min_size=2
+    ) as pool:
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            pool.transaction(lambda conn: conn.execute("select pg_sleep(1)"))
+        assert pool.transaction(
+            lambda c: (c.execute("show statement_timeout").fetchone() or ("",))[0]
+        ) == ("200ms")
+        seen = set()
+        with (
+            psycopg.connect(tx_dsn, autocommit=True, prepare_threshold=None) as a,
+            psycopg.connect(tx_dsn, autocommit=True, prepare_threshold=None) as b,
+        ):
+            for _ in range(50):
+                pool.transaction(lambda c: c.execute("select 1"))
+                for raw in (a, b):
+                    row = raw.execute("show statement_timeout").fetchone()
+                    seen.add(row[0] if row else None)
+    assert seen == {"0"}
+
+
+# --- opening: detection and configuration errors ---------------------------------------------
+
+
+def test_auto_detects_the_pooler_and_logs_it(tx_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """pooler="auto" (the default) opens through PgBouncer: the refused startup options are a
+    signal, the pool switches to transaction mode, says so in the log, and serves."""
+    caplog.set_level(logging.INFO, logger="dbresilience.pool")
+    with dbr.Pool(tx_dsn, min_size=2, max_size=2) as pool:
+        assert pool.pooler == "transaction"
+        for i in range(50):
+            assert pool.fetchone("select %s::int", (i,)) == (i,)
+    text = caplog.text
+    assert "refused the startup parameter 'options'" in text
+    assert "pooler='transaction'" in text
+
+
+def test_auto_detects_a_pooler_that_ignores_options(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PgBouncer told to ignore `options` accepts them silently: the backend pid that differs
+    from the announced one still tells, and the pool uses transaction mode."""
+    b = start_pgbouncer(
+        pg_dsn,
+        databases=[_dbname(pg_dsn)],
+        settings={"ignore_startup_parameters": "options"},
+    )
+    try:
+        caplog.set_level(logging.INFO, logger="dbresilience.pool")
+        with dbr.Pool(b.conninfo(_dbname(pg_dsn)), min_size=2, max_size=2) as pool:
+            assert pool.pooler == "transaction"
+            for i in range(200):
+                assert pool.fetchone("select %s::int", (i,)) == (i,)
+        assert "backend pid differs" in caplog.text
+    finally:
+        b.close()
+
+
+def test_direct_connection_is_not_taken_for_a_pooler(pg_dsn: str) -> None:
+    """pooler="auto" straight to PostgreSQL stays direct (startup options, prepared statements)."""
+    with dbr.Pool(pg_dsn, min_size=1, max_size=1) as pool:
+        assert pool.pooler is None
+        with pool.connection() as conn:
+            assert conn.prepare_threshold is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"pooler": None}, "DBR1005"),  # unsupported startup parameter: options
+        ({"dbname": "dbr_no_such_db"}, "P1003"),  # PgBouncer: no such database
+        ({"user": "dbr_no_such_user"}, "P1000"),  # PgBouncer: authentication failed
+    ],
+)
+def test_pooler_configuration_errors_fail_open_at_once(
+    bouncer: TemporaryPgBouncer, pg_dsn: str, change: dict[str, Any], code: str
+) -> None:
+    """A configuration error from the pooler fails open() at once (not after connect_timeout
+    of retries), classified by its cause and not retryable."""
+    pooler = change.pop("pooler", "transaction")
+    params = {"dbname": _dbname(pg_dsn), "user": "postgres", **change}
+    dsn = bouncer.conninfo(params["dbname"], params["user"])
+    pool = dbr.Pool(dsn, pooler=pooler, connect_timeout=5)
+    start = time.monotonic()
+    with pytest.raises(psycopg.OperationalError) as info:
+        pool.open()
+    elapsed = time.monotonic() - start
+    c = dbr.classify(info.value)
+    assert (c.code, c.retryable) == (code, False)
+    assert elapsed < 1.0
+    if pooler is None:
+        assert "pooler='transaction'" in " ".join(getattr(info.value, "__notes__", []))
+
+
+# --- session mode ----------------------------------------------------------------------------
+
+
+def test_session_mode_keeps_prepared_statements_and_sets_timeouts(
+    session_bouncer: TemporaryPgBouncer, pg_dsn: str
+) -> None:
+    """pooler="session": no startup options (PgBouncer refuses them), the timeouts are SET on
+    each new connection, prepared statements and LISTEN work."""
+    dsn = session_bouncer.conninfo(_dbname(pg_dsn))
+    with dbr.Pool(dsn, pooler="session", statement_timeout=3, min_size=1, max_size=2) as pool:
+        assert pool.fetchone("show statement_timeout") == ("3s",)
+        for i in range(20):
+            assert pool.fetchone("select %s::int", (i,), prepare=True) == (i,)
+        pool.execute("listen dbr_channel")
+
+
+def test_sqlalchemy_engine_detects_the_pooler(
+    bouncer: TemporaryPgBouncer, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """create_engine() with the default pooler="auto" through PgBouncer: its refused startup
+    options switch the engine to transaction mode on the first connection, logged; then 500
+    repeated parameterised queries on two connections pass."""
+    caplog.set_level(logging.INFO, logger="dbresilience.pool")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{bouncer.port}/{_dbname(pg_dsn)}"
+    engine = create_engine(url, pool_size=2, max_overflow=0)
+    try:
+        with engine.connect() as a, engine.connect() as b:
+            for i in range(250):
+                for conn in (a, b):
+                    assert conn.execute(sa.text("select :v"), {"v": i}).scalar_one() == i
+                    conn.commit()
+    finally:
+        engine.dispose()
+    assert "refused the startup parameter 'options'" in caplog.text
