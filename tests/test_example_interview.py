@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from starlette.applications import Starlette
 
-from dbresilience.examples.interview_service import (
+from dbresilience._examples.interview_service import (
     Settings,
     apply_schema,
     create_app,

@@ -10,7 +10,7 @@ import psycopg
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbresilience.examples.slot_generator import apply_schema, create_app, free_slots
+from dbresilience._examples.slot_generator import apply_schema, create_app, free_slots
 from dbresilience.faults import TemporaryPostgres
 
 from .test_example_interview import serve

@@ -81,7 +81,7 @@ def test_no_module_defines_an_exception_outside_errors() -> None:
 
     ours = {getattr(_errors, name) for name in _errors.__all__}
     for info in pkgutil.walk_packages(dbr.__path__, "dbresilience."):
-        if info.name.startswith("dbresilience.examples") or info.name.endswith("__main__"):
+        if info.name.startswith("dbresilience._examples") or info.name.endswith("__main__"):
             continue  # examples are application code; __main__ runs the command
         module = importlib.import_module(info.name)
         for name, cls in _exception_classes(vars(module)).items():

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from dbresilience import __version__
 from dbresilience._classify import classify
 from dbresilience._errors import MissingExtra, require
 from dbresilience._redact import redact_text, secrets_of
@@ -26,21 +29,31 @@ _TIMEOUT_SETTINGS = (
 )
 
 
-def check(dsn: str, *, connect_timeout: float = 5.0) -> int:
-    """Connect once to *dsn*; print latency, server version and timeouts, or the classification.
+def check(dsn: str, *, connect_timeout: float = 5.0, as_json: bool = False) -> int:
+    """Connect once to *dsn*; print latency, server version and timeouts, or the classification
+    (as one JSON object with *as_json*).
 
     Returns 0 when the database answered, 1 otherwise. Neither the DSN nor its password is ever
     printed: a DSN that does not parse is reported without psycopg's message (which quotes it),
     and an error's text has every password of the DSN and of ``PGPASSWORD`` masked.
     """
+    report = _probe(dsn, connect_timeout)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    return 0 if report["ok"] else 1
+
+
+def _probe(dsn: str, connect_timeout: float) -> dict[str, Any]:
     try:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
-        print(
-            "failed: the DSN is not a valid libpq connection string or URL "
-            "(not shown: it may hold a password)"
-        )
-        return 1
+        return {
+            "ok": False,
+            "error": "the DSN is not a valid libpq connection string or URL "
+            "(not shown: it may hold a password)",
+        }
     secrets = [*secrets_of(dsn), os.environ.get("PGPASSWORD", "")]
     start = time.perf_counter()
     try:
@@ -53,30 +66,64 @@ def check(dsn: str, *, connect_timeout: float = 5.0) -> int:
             ).fetchall()
             done = time.perf_counter()
             info = conn.info
-            print(f"ok: {info.host}:{info.port} database {info.dbname} as {info.user}")
-            print(f"  server version   {version[0] if version else '?'}")
-            print(f"  connect          {(connected - start) * 1000:.1f} ms")
-            print(f"  two queries      {(done - connected) * 1000:.1f} ms")
-            for name, setting, unit in settings:
-                shown = "off" if setting == "0" else f"{setting}{unit or ''}"
-                print(f"  {name:<36} {shown}")
-            return 0
+            return {
+                "ok": True,
+                "host": info.host,
+                "port": info.port,
+                "database": info.dbname,
+                "user": info.user,
+                "server_version": version[0] if version else None,
+                "connect_ms": round((connected - start) * 1000, 1),
+                "queries_ms": round((done - connected) * 1000, 1),
+                "settings": {
+                    name: "off" if setting == "0" else f"{setting}{unit or ''}"
+                    for name, setting, unit in settings
+                },
+            }
     except Exception as exc:
         c = classify(exc)
-        print(
-            f"failed after {(time.perf_counter() - start) * 1000:.0f} ms: {c.code} ({c.kind.name})"
-        )
-        print(f"  retryable {c.retryable}, HTTP {c.http_status}", end="")
-        print(f", Retry-After {c.retry_after:g} s" if c.retry_after else "")
         lines = str(exc).splitlines()
-        print(f"  {type(exc).__name__}: {redact_text(lines[0] if lines else '', secrets)}")
-        return 1
+        return {
+            "ok": False,
+            "elapsed_ms": round((time.perf_counter() - start) * 1000),
+            "code": c.code,
+            "kind": c.kind.name,
+            "retryable": c.retryable,
+            "http_status": c.http_status,
+            "retry_after": c.retry_after,
+            "error_type": type(exc).__name__,
+            "error": redact_text(lines[0] if lines else "", secrets),
+        }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dbresilience`` console script."""
+def _print_report(report: dict[str, Any]) -> None:
+    if report["ok"]:
+        print(
+            f"ok: {report['host']}:{report['port']} database {report['database']} "
+            f"as {report['user']}"
+        )
+        print(f"  server version   {report['server_version'] or '?'}")
+        print(f"  connect          {report['connect_ms']:.1f} ms")
+        print(f"  two queries      {report['queries_ms']:.1f} ms")
+        for name, shown in report["settings"].items():
+            print(f"  {name:<36} {shown}")
+    elif "code" not in report:
+        print(f"failed: {report['error']}")
+    else:
+        print(f"failed after {report['elapsed_ms']:.0f} ms: {report['code']} ({report['kind']})")
+        print(f"  retryable {report['retryable']}, HTTP {report['http_status']}", end="")
+        retry_after = report["retry_after"]
+        print(f", Retry-After {retry_after:g} s" if retry_after else "")
+        print(f"  {report['error_type']}: {report['error']}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line: every command and argument, each with its help."""
     parser = argparse.ArgumentParser(prog="dbresilience", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, help="the command to run")
     demo = sub.add_parser(
         "demo",
         help="the interview service under real faults: naive vs dbresilience",
@@ -114,12 +161,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         "acknowledged writes lost or applied twice, calls past their deadline and secrets "
         "seen in logs. Exit status 1 on any of them. Touches nothing it did not start.",
     )
-    chaos.add_argument("--seconds", type=float, default=600.0, help="how long (default 600)")
+    chaos.add_argument(
+        "--seconds", type=float, default=600.0, help="how long to run, in seconds (default 600)"
+    )
     chaos.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     chaos.add_argument("--phase", type=float, default=3.0, help="seconds per fault (default 3)")
-    probe = sub.add_parser("check", help="probe a database and classify any failure")
-    probe.add_argument("dsn", nargs="?", default=os.environ.get("DATABASE_URL"))
-    probe.add_argument("--connect-timeout", type=float, default=5.0)
+    probe = sub.add_parser(
+        "check",
+        help="probe a database and classify any failure",
+        description="Connects once to DSN and prints the latency, the server version and the "
+        "timeout settings in force, or how dbresilience classifies the failure (code, "
+        "retryable, HTTP status). Never prints the DSN or its password. Exit status 0 when "
+        "the database answered, 1 otherwise.",
+    )
+    probe.add_argument(
+        "dsn",
+        nargs="?",
+        default=os.environ.get("DATABASE_URL"),
+        metavar="DSN",
+        help="a libpq connection string or postgresql:// URL; default: $DATABASE_URL",
+    )
+    probe.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up connecting after this long (default 5; libpq counts whole seconds, "
+        "at least 2)",
+    )
+    probe.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (ok, server_version, settings ... or code, kind, "
+        "retryable, http_status, retry_after, error) instead of text",
+    )
     doc = sub.add_parser(
         "doctor",
         help="read-only checks of a database: indexes, RLS, json, slow queries, timeouts",
@@ -127,10 +202,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "transaction) and reports what the seeds fixed by hand, with the SQL to fix each "
         "finding; never runs that SQL. See docs/doctor.md.",
     )
-    doc.add_argument("dsn", nargs="?", default=os.environ.get("DATABASE_URL"))
+    doc.add_argument(
+        "dsn",
+        nargs="?",
+        default=os.environ.get("DATABASE_URL"),
+        metavar="DSN",
+        help="a libpq connection string or postgresql:// URL; default: $DATABASE_URL",
+    )
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--schema", action="append", help="a schema to check (repeatable)")
     doc.add_argument("--fail-on", choices=["warning", "error"], help="exit 1 from this severity")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dbresilience`` console script."""
+    parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would echo them, and a DSN with a space splits into two of them
         parser.error(
@@ -168,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_doctor_command(
             args.dsn, as_json=args.json, schemas=args.schema, fail_on=args.fail_on
         )
-    return check(args.dsn, connect_timeout=args.connect_timeout)
+    return check(args.dsn, connect_timeout=args.connect_timeout, as_json=args.json)
 
 
 if __name__ == "__main__":

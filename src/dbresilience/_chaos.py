@@ -95,7 +95,7 @@ def _start(worker: Worker, dsn: str, redis_url: str | None, workdir: Path) -> No
 async def _serve(args: argparse.Namespace) -> int:
     import httpx
 
-    from dbresilience.examples.interview_service import (
+    from dbresilience._examples.interview_service import (
         Settings,
         create_app,
         create_provider,
@@ -234,7 +234,7 @@ def run_chaos(
 ) -> int:
     """Run the soak for *seconds*; 0 when nothing was lost, doubled, overrun or leaked."""
     from dbresilience._demo import _seed
-    from dbresilience.examples.interview_service import apply_schema
+    from dbresilience._examples.interview_service import apply_schema
     from dbresilience.faults import TemporaryPostgres, TemporaryRedis
 
     out(f"dbresilience chaos: {workers} worker processes, {seconds:g} s of faults\n")

@@ -33,8 +33,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from dbresilience._validate import one_of
-from dbresilience.examples.interview_service import (
+from dbresilience._examples.interview_service import (
     Settings,
     apply_schema,
     create_app,
@@ -42,6 +41,7 @@ from dbresilience.examples.interview_service import (
     create_provider,
     start_session,
 )
+from dbresilience._validate import one_of
 from dbresilience.faults import (
     FaultProxy,
     TemporaryPostgres,

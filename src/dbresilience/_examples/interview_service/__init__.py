@@ -1,13 +1,13 @@
 """The AI interview service from the seeds, on dbresilience: ``create_app(Settings(dsn))``."""
 
-from dbresilience.examples.interview_service.app import (
+from dbresilience._examples.interview_service.app import (
     Settings,
     apply_schema,
     create_app,
     create_naive_app,
 )
-from dbresilience.examples.interview_service.client import start_session
-from dbresilience.examples.interview_service.provider import create_provider
+from dbresilience._examples.interview_service.client import start_session
+from dbresilience._examples.interview_service.provider import create_provider
 
 __all__ = [
     "Settings",

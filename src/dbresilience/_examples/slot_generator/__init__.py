@@ -1,5 +1,5 @@
 """The course slot generator from seed 004, on dbresilience: ``create_app(dsn)``."""
 
-from dbresilience.examples.slot_generator.app import apply_schema, create_app, free_slots
+from dbresilience._examples.slot_generator.app import apply_schema, create_app, free_slots
 
 __all__ = ["apply_schema", "create_app", "free_slots"]
