@@ -18,6 +18,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import ParamSpec, Protocol, TypeVar
 
+from dbresilience import _instrument
 from dbresilience._classify import classify
 from dbresilience._errors import CircuitOpen
 from dbresilience._events import (
@@ -316,6 +317,12 @@ class CircuitBreaker:
             self._shared.publish(self.name, change.open_for)  # queued: never blocks
         if self._hooks:
             call_hooks(self._hooks, change)
+        if _instrument.hooks:
+            _instrument.emit(
+                _instrument.BreakerStateChanged(
+                    change.breaker, change.old.value, change.new.value, change.reason
+                )
+            )
 
     # --- conveniences -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+from dbresilience import _instrument
 from dbresilience._events import BudgetExhausted, BudgetHook, call_hooks, logger
 from dbresilience._validate import callable_or_none, number, seconds, string
 from dbresilience._window import SlidingWindow
@@ -90,6 +91,8 @@ class RetryBudget:
                 budget=self.name, retried=retried, code=code, calls=calls, retries=retries
             )
             call_hooks(self._hooks, details)
+        if _instrument.hooks:
+            _instrument.emit(_instrument.BudgetRefused(self.name, retried, code))
 
     def stats(self) -> dict[str, float]:
         """``calls`` and ``retries`` in the current window, ``allowed`` retries in it,

@@ -72,6 +72,11 @@ def log_retry(details: RetryDetails) -> None:
         details.attempt,
         details.attempts,
         details.delay,
+        extra={
+            "code": details.classification.code,
+            "attempt": details.attempt,
+            "elapsed": details.elapsed,
+        },
     )
 
 

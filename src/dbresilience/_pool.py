@@ -20,9 +20,12 @@ import psycopg_pool
 from psycopg.abc import Params
 from psycopg.rows import RowFactory
 
+from dbresilience import _instrument
 from dbresilience._acompat import sleep
+from dbresilience._classify import classify
 from dbresilience._deadline import seconds
 from dbresilience._lifecycle import ResourceState
+from dbresilience._logsummary import CONNECT_SUMMARY
 from dbresilience._pool_base import (
     PoolBase,
     PoolCounters,
@@ -63,8 +66,15 @@ class _CorePool(psycopg_pool.ConnectionPool[Conn]):
             self._dbr_owner._detect_rejected_options(exc)
             counters.last_connect_error = exc
             counters.last_connect_error_at = now()
+            if _instrument.hooks:
+                _instrument.emit(
+                    _instrument.ConnectionOpened(self.name, "failed", classify(exc).code)
+                )
             raise
         counters.last_connect_error = None
+        CONNECT_SUMMARY.connected(self.name)
+        if _instrument.hooks:
+            _instrument.emit(_instrument.ConnectionOpened(self.name, "connected", None))
         conn._dbr_generation = counters.generation
         conn._dbr_used_at = now()
         return conn
@@ -228,17 +238,20 @@ class Pool(PoolBase):
                     wait = self._acquire_wait(deadline_at)  # raises AcquireTimeout
             else:
                 wait = self._acquire_wait(deadline_at)
+            waited_from = _monotonic() if _instrument.hooks else 0.0
             try:
                 conn = pool.getconn(timeout=wait)
             except psycopg_pool.PoolTimeout:
                 raise self._acquire_timed_out(wait) from None
+            if waited_from:
+                _instrument.emit(_instrument.AcquireWaited(self.name, _monotonic() - waited_from))
             if has_pending_input(conn) and connection_is_dead(conn):
                 # the server hung up on it while it sat idle: nothing was sent, try another
-                self._discard(pool, conn)
+                self._discard(pool, conn, "dead_idle")
                 continue
             idle = _monotonic() - conn._dbr_used_at
             if idle > idle_check_after and (not self._ping(conn, deadline_at)):
-                self._discard(pool, conn)
+                self._discard(pool, conn, "ping_failed")
                 continue
             return conn
 
@@ -254,9 +267,11 @@ class Pool(PoolBase):
             if self._watchdog.done(entry):
                 conn.close()
 
-    def _discard(self, pool: _CorePool, conn: Conn) -> None:
+    def _discard(self, pool: _CorePool, conn: Conn, reason: str) -> None:
         """Drop a connection found dead before use, and with it its whole generation."""
         self._counters.discarded += 1
+        if _instrument.hooks:
+            _instrument.emit(_instrument.ConnectionDiscarded(self.name, reason))
         self._new_generation(pool, conn)
         conn.close()
         pool.putconn(conn)
@@ -273,10 +288,14 @@ class Pool(PoolBase):
         the pool opened again, meanwhile), after rolling back what the caller left open."""
         conn._dbr_used_at = _monotonic()
         if error is not None and starts_new_generation(error):
+            if _instrument.hooks:
+                _instrument.emit(_instrument.ConnectionLost(self.name, classify(error).code))
             self._new_generation(pool, conn)
         try:
             if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
                 self._counters.discarded += 1
+                if _instrument.hooks:
+                    _instrument.emit(_instrument.ConnectionDiscarded(self.name, "broken"))
             elif conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self._rollback(conn, deadline_at)
         finally:  # even when cancelled meanwhile: psycopg_pool closes a connection left busy
@@ -353,9 +372,9 @@ class Pool(PoolBase):
                     sleep(delay)
                 continue
             except BaseException as exc:
-                self._record(permit, exc, start)
+                self._record(permit, exc, start, what, failed + 1)
                 raise
-            self._record(permit, None, start)
+            self._record(permit, None, start, what, failed + 1)
             return result
 
     def _statement(

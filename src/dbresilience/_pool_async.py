@@ -18,9 +18,12 @@ import psycopg_pool
 from psycopg.abc import Params
 from psycopg.rows import AsyncRowFactory
 
+from dbresilience import _instrument
 from dbresilience._acompat import asleep
+from dbresilience._classify import classify
 from dbresilience._deadline import seconds
 from dbresilience._lifecycle import ResourceState
+from dbresilience._logsummary import CONNECT_SUMMARY
 from dbresilience._pool_base import (
     PoolBase,
     PoolCounters,
@@ -61,8 +64,15 @@ class _CoreAsyncPool(psycopg_pool.AsyncConnectionPool[Conn]):
             self._dbr_owner._detect_rejected_options(exc)
             counters.last_connect_error = exc
             counters.last_connect_error_at = now()
+            if _instrument.hooks:
+                _instrument.emit(
+                    _instrument.ConnectionOpened(self.name, "failed", classify(exc).code)
+                )
             raise
         counters.last_connect_error = None
+        CONNECT_SUMMARY.connected(self.name)
+        if _instrument.hooks:
+            _instrument.emit(_instrument.ConnectionOpened(self.name, "connected", None))
         conn._dbr_generation = counters.generation
         conn._dbr_used_at = now()
         return conn
@@ -231,17 +241,20 @@ class AsyncPool(PoolBase):
                     wait = self._acquire_wait(deadline_at)  # raises AcquireTimeout
             else:
                 wait = self._acquire_wait(deadline_at)
+            waited_from = _monotonic() if _instrument.hooks else 0.0
             try:
                 conn = await pool.getconn(timeout=wait)
             except psycopg_pool.PoolTimeout:
                 raise self._acquire_timed_out(wait) from None
+            if waited_from:
+                _instrument.emit(_instrument.AcquireWaited(self.name, _monotonic() - waited_from))
             if has_pending_input(conn) and connection_is_dead(conn):
                 # the server hung up on it while it sat idle: nothing was sent, try another
-                await self._discard(pool, conn)
+                await self._discard(pool, conn, "dead_idle")
                 continue
             idle = _monotonic() - conn._dbr_used_at
             if idle > idle_check_after and not await self._ping(conn, deadline_at):
-                await self._discard(pool, conn)
+                await self._discard(pool, conn, "ping_failed")
                 continue
             return conn
 
@@ -257,9 +270,11 @@ class AsyncPool(PoolBase):
             if self._watchdog.done(entry):
                 await conn.close()
 
-    async def _discard(self, pool: _CoreAsyncPool, conn: Conn) -> None:
+    async def _discard(self, pool: _CoreAsyncPool, conn: Conn, reason: str) -> None:
         """Drop a connection found dead before use, and with it its whole generation."""
         self._counters.discarded += 1
+        if _instrument.hooks:
+            _instrument.emit(_instrument.ConnectionDiscarded(self.name, reason))
         await self._new_generation(pool, conn)
         await conn.close()
         await pool.putconn(conn)
@@ -280,10 +295,14 @@ class AsyncPool(PoolBase):
         the pool opened again, meanwhile), after rolling back what the caller left open."""
         conn._dbr_used_at = _monotonic()
         if error is not None and starts_new_generation(error):
+            if _instrument.hooks:
+                _instrument.emit(_instrument.ConnectionLost(self.name, classify(error).code))
             await self._new_generation(pool, conn)
         try:
             if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
                 self._counters.discarded += 1
+                if _instrument.hooks:
+                    _instrument.emit(_instrument.ConnectionDiscarded(self.name, "broken"))
             elif conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await self._rollback(conn, deadline_at)
         finally:  # even when cancelled meanwhile: psycopg_pool closes a connection left busy
@@ -360,9 +379,9 @@ class AsyncPool(PoolBase):
                     await asleep(delay)
                 continue
             except BaseException as exc:
-                self._record(permit, exc, start)
+                self._record(permit, exc, start, what, failed + 1)
                 raise
-            self._record(permit, None, start)
+            self._record(permit, None, start, what, failed + 1)
             return result
 
     async def _statement(

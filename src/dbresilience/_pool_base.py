@@ -21,12 +21,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typing_extensions import LiteralString
 
+from dbresilience import _instrument
 from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
 from dbresilience._budget import RetryBudget
 from dbresilience._classify import ErrorKind, classify
 from dbresilience._errors import AcquireTimeout, CommitUnknown, DatabaseUnavailable, QueryTimeout
 from dbresilience._lifecycle import Lifecycle
+from dbresilience._logsummary import CONNECT_SUMMARY
 from dbresilience._pool_compat import AsyncPoolConnection, PoolConnection
 from dbresilience._pooler import POOLER_CHOICES, rejected_startup_parameter
 from dbresilience._retry import DEFAULT, RetryPolicy, _Default
@@ -564,6 +566,8 @@ class PoolBase(Lifecycle):
         self._connect_kwargs = self._connect_kwargs_for(self._pooler)
         self._begin_sql = config.begin_sql(self._pooler)
         self._pool = self._core_pool()
+        _instrument.pools.add(self)  # weak: for gauges read at scrape time
+        CONNECT_SUMMARY.install()  # one line per outage, not one per failed reconnect
 
     def _connect_kwargs_for(self, mode: str | None) -> dict[str, Any]:
         """``connect()``'s keyword arguments for pooler *mode* (the twin adds its cursor)."""
@@ -717,6 +721,8 @@ class PoolBase(Lifecycle):
         if conn._dbr_generation != counters.generation:
             return False  # already retired with its generation
         counters.generation += 1
+        if _instrument.hooks:
+            _instrument.emit(_instrument.GenerationRetired(self.name, counters.generation - 1))
         return True
 
     def _begin(self, timeout: float | timedelta | None) -> tuple[float, float, int]:
@@ -752,18 +758,41 @@ class PoolBase(Lifecycle):
         )
         if delay is None:
             self._counters.failures += 1
-            self._record(permit, exc, start)
+            self._record(permit, exc, start, what, failed)
         else:
             self._counters.retries += 1
         return delay
 
-    def _record(self, permit: int, exc: BaseException | None, start: float) -> None:
+    def _record(
+        self, permit: int, exc: BaseException | None, start: float, what: str, attempts: int
+    ) -> None:
+        """Record a call's outcome: to the breaker, and to the process-wide hooks if any."""
         breaker = self._policy.breaker
         if breaker is not None:
             breaker.record(permit, exc, start)
+        if _instrument.hooks:
+            self._emit_call_done(exc, start, what, attempts)
+
+    def _emit_call_done(
+        self, exc: BaseException | None, start: float, what: str, attempts: int
+    ) -> None:
+        if exc is None:
+            outcome, code, sqlstate = "ok", None, None
+        elif isinstance(exc, Exception):
+            outcome, code = "error", classify(exc).code
+            sqlstate = getattr(exc, "sqlstate", None)
+        else:
+            outcome, code, sqlstate = "cancelled", None, None
+        _instrument.emit(
+            _instrument.PoolCallDone(
+                self.name, what, now() - start, outcome, code, sqlstate, attempts
+            )
+        )
 
     def _timed_out(self, what: str, *, commit_unknown: bool) -> QueryTimeout:
         self._counters.query_timeouts += 1
+        if _instrument.hooks:
+            _instrument.emit(_instrument.DeadlineFired(self.name, what))
         return QueryTimeout(
             f"{what} on pool {self.name!r} did not finish by its deadline; "
             "the connection was shut down",

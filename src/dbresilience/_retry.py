@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import ParamSpec, TypeVar, cast, overload
 
+from dbresilience import _instrument
 from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
 from dbresilience._budget import RetryBudget
@@ -134,9 +135,11 @@ class RetryPolicy:
         if test_mode is not None and test_mode.attempts is not None:
             attempts = min(attempts, test_mode.attempts)
         if failed >= attempts:
+            _given_up(name, exc, failed, start, "attempts")
             return None
         retry, classification = self.should_retry(exc, idempotent)
         if not retry:
+            _given_up(name, exc, failed, start, "not_retryable", classification)
             return None
         delay = 0.0 if test_mode is not None else self.backoff.delay(failed)
         now = _monotonic()
@@ -144,11 +147,16 @@ class RetryPolicy:
         if deadline is None and self.deadline is not None:
             deadline = start + self.deadline
         if deadline is not None and now + delay >= deadline:
-            return None  # never start a sleep that would end past the deadline
+            # never start a sleep that would end past the deadline
+            _given_up(name, exc, failed, start, "deadline", classification)
+            return None
         if self.breaker is not None and self.breaker.state is not CircuitState.CLOSED:
-            return None  # the circuit opened meanwhile, or this call is a half-open probe
+            # the circuit opened meanwhile, or this call is a half-open probe
+            _given_up(name, exc, failed, start, "breaker", classification)
+            return None
         if self.budget is not None and not self.budget.try_withdraw():
             self.budget.exhausted(name, classification.code)
+            _given_up(name, exc, failed, start, "budget", classification)
             return None
         details = RetryDetails(
             name=name,
@@ -162,6 +170,12 @@ class RetryPolicy:
         log_retry(details)
         if self.on_retry:
             call_hooks(self.on_retry, details)
+        if _instrument.hooks:
+            _instrument.emit(
+                _instrument.RetryScheduled(
+                    name, failed + 1, attempts, delay, elapsed, classification.code
+                )
+            )
         return delay
 
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]:
@@ -172,6 +186,20 @@ class RetryPolicy:
         if inspect.iscoroutinefunction(fn):
             return cast(Callable[P, T], wrap_async(self, fn, name))
         return wrap(self, fn, name)
+
+
+def _given_up(
+    name: str,
+    exc: Exception,
+    failed: int,
+    start: float,
+    reason: str,
+    classification: Classification | None = None,
+) -> None:
+    """Announce that *name* stops retrying (to the process-wide hooks, if any)."""
+    if _instrument.hooks:
+        code = (classification or classify(exc)).code
+        _instrument.emit(_instrument.RetryGivenUp(name, failed, _monotonic() - start, code, reason))
 
 
 @overload

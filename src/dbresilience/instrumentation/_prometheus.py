@@ -1,0 +1,252 @@
+"""Prometheus metrics from the event stream (the ``prometheus`` extra)."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    import prometheus_client
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "dbresilience.instrumentation.enable_prometheus needs prometheus-client: "
+        "pip install 'dbresilience[prometheus]'"
+    ) from exc
+
+from dbresilience import _instrument as ins
+
+__all__ = ["PrometheusHook", "enable"]
+
+_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+# seconds: from a warm-pool read (~0.2 ms) to a call that used its whole default deadline
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _ScrapeCollector(Collector):
+    """Gauges read when scraped: psycopg_pool's full ``get_stats()`` per live pool, and each
+    live queue's pending writes."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families: dict[str, GaugeMetricFamily] = {}
+        for pool in list(ins.pools):
+            core = getattr(pool, "_pool", None)
+            if core is None:
+                continue
+            try:
+                raw = core.get_stats()
+            except Exception:  # noqa: S112 - a pool being rebuilt: skip it this scrape
+                continue
+            for key, value in sorted(raw.items()):
+                family = families.get(key)
+                if family is None:
+                    family = families[key] = GaugeMetricFamily(
+                        f"dbresilience_pool_{key}",
+                        f"psycopg_pool get_stats()[{key!r}] of the pool",
+                        labels=["pool"],
+                    )
+                family.add_metric([pool.name], float(value))
+        pending = GaugeMetricFamily(
+            "dbresilience_queue_pending", "writes accepted but not yet written", labels=["name"]
+        )
+        for queue in list(ins.queues):
+            try:
+                count = queue.pending()
+            except Exception:  # noqa: S112 - a queue closing: skip it this scrape
+                continue
+            pending.add_metric([queue.name], float(count))
+        yield from families.values()
+        yield pending
+
+
+class PrometheusHook:
+    """The hook :func:`enable_prometheus` installs; holds the metric objects."""
+
+    def __init__(self, registry: Any) -> None:
+        """Create and register every ``dbresilience_*`` metric on *registry*."""
+        c, h, g = prometheus_client.Counter, prometheus_client.Histogram, prometheus_client.Gauge
+        r = registry
+        self.calls = c(
+            "dbresilience_calls",
+            "pool calls by outcome",
+            ["pool", "operation", "outcome", "code"],
+            registry=r,
+        )
+        self.call_duration = h(
+            "dbresilience_call_duration_seconds",
+            "pool call duration, all attempts and backoff included",
+            ["pool", "operation", "outcome"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.retries = c("dbresilience_retries", "retries scheduled", ["name", "code"], registry=r)
+        self.given_up = c(
+            "dbresilience_retries_given_up",
+            "retried calls that stopped failing",
+            ["name", "code", "reason"],
+            registry=r,
+        )
+        self.acquire_wait = h(
+            "dbresilience_acquire_wait_seconds",
+            "time waited for a pooled connection",
+            ["pool"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.connections = c(
+            "dbresilience_connection_events",
+            "connections opened, failed, lost and discarded",
+            ["pool", "event", "code"],
+            registry=r,
+        )
+        self.generations = c(
+            "dbresilience_generations_retired",
+            "idle connection generations retired after a disconnect",
+            ["pool"],
+            registry=r,
+        )
+        self.deadlines = c(
+            "dbresilience_deadlines_fired",
+            "calls whose deadline shut their socket down",
+            ["pool"],
+            registry=r,
+        )
+        self.breaker_state = g(
+            "dbresilience_breaker_state",
+            "circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ["name"],
+            registry=r,
+        )
+        self.breaker_transitions = c(
+            "dbresilience_breaker_transitions",
+            "circuit breaker transitions by new state",
+            ["name", "state"],
+            registry=r,
+        )
+        self.budget_refused = c(
+            "dbresilience_budget_refused",
+            "retries refused by a retry budget",
+            ["name", "code"],
+            registry=r,
+        )
+        self.cache_requests = c(
+            "dbresilience_cache_requests",
+            "cache lookups by result: hit_memory, hit_redis, hit_negative, miss, stale",
+            ["name", "result"],
+            registry=r,
+        )
+        self.cache_loads = c(
+            "dbresilience_cache_loads", "cache loader runs", ["name", "outcome", "code"], registry=r
+        )
+        self.cache_load_duration = h(
+            "dbresilience_cache_load_duration_seconds",
+            "cache loader duration",
+            ["name"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.cache_degraded = g(
+            "dbresilience_cache_degraded",
+            "1 while the cache runs without Redis",
+            ["name"],
+            registry=r,
+        )
+        self.queue_written = c(
+            "dbresilience_queue_written", "writes committed by a queue", ["name"], registry=r
+        )
+        self.queue_batch_duration = h(
+            "dbresilience_queue_batch_duration_seconds",
+            "queue batch transaction duration",
+            ["name"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.queue_failed = c(
+            "dbresilience_queue_failed",
+            "writes set aside (see failed_writes())",
+            ["name", "code", "sqlstate"],
+            registry=r,
+        )
+        self.journal_replayed = c(
+            "dbresilience_journal_replayed",
+            "writes found in a journal at start",
+            ["name"],
+            registry=r,
+        )
+        self.worker_restarts = c(
+            "dbresilience_worker_restarts",
+            "background workers restarted",
+            ["name", "code"],
+            registry=r,
+        )
+        registry.register(_ScrapeCollector())
+
+    def __call__(self, event: ins.Event, /) -> None:
+        """Update the metrics for one event."""
+        if type(event) is ins.PoolCallDone:
+            self.calls.labels(event.pool, event.operation, event.outcome, event.code or "").inc()
+            self.call_duration.labels(event.pool, event.operation, event.outcome).observe(
+                event.duration
+            )
+        elif type(event) is ins.AcquireWaited:
+            self.acquire_wait.labels(event.pool).observe(event.waited)
+        elif type(event) is ins.RetryScheduled:
+            self.retries.labels(event.name, event.code).inc()
+        elif type(event) is ins.RetryGivenUp:
+            self.given_up.labels(event.name, event.code, event.reason).inc()
+        elif type(event) is ins.CacheHit:
+            self.cache_requests.labels(event.name, f"hit_{event.tier}").inc()
+        elif type(event) is ins.CacheMiss:
+            self.cache_requests.labels(event.name, "miss").inc()
+        elif type(event) is ins.CacheStaleServed:
+            self.cache_requests.labels(event.name, "stale").inc()
+        elif type(event) is ins.CacheLoaded:
+            self.cache_loads.labels(event.name, event.outcome, event.code or "").inc()
+            self.cache_load_duration.labels(event.name).observe(event.duration)
+        elif type(event) is ins.CacheDegraded:
+            self.cache_degraded.labels(event.name).set(1)
+        elif type(event) is ins.CacheRestored:
+            self.cache_degraded.labels(event.name).set(0)
+        elif type(event) is ins.BreakerStateChanged:
+            self.breaker_state.labels(event.name).set(_STATES.get(event.new, -1.0))
+            self.breaker_transitions.labels(event.name, event.new).inc()
+        elif type(event) is ins.BudgetRefused:
+            self.budget_refused.labels(event.name, event.code).inc()
+        elif type(event) is ins.ConnectionOpened:
+            self.connections.labels(event.pool, event.outcome, event.code or "").inc()
+        elif type(event) is ins.ConnectionLost:
+            self.connections.labels(event.pool, "lost", event.code).inc()
+        elif type(event) is ins.ConnectionDiscarded:
+            self.connections.labels(event.pool, f"discarded_{event.reason}", "").inc()
+        elif type(event) is ins.GenerationRetired:
+            self.generations.labels(event.pool).inc()
+        elif type(event) is ins.DeadlineFired:
+            self.deadlines.labels(event.pool).inc()
+        elif type(event) is ins.QueueBatchCommitted:
+            self.queue_written.labels(event.name).inc(event.rows)
+            self.queue_batch_duration.labels(event.name).observe(event.duration)
+        elif type(event) is ins.WriteSetAside:
+            self.queue_failed.labels(event.name, event.code, event.sqlstate or "").inc()
+        elif type(event) is ins.JournalReplayed:
+            self.journal_replayed.labels(event.name).inc(event.writes)
+        elif type(event) is ins.WorkerRestarted:
+            self.worker_restarts.labels(event.name, event.code).inc()
+
+
+_installed: weakref.WeakKeyDictionary[Any, PrometheusHook] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def enable(registry: Any = None) -> PrometheusHook:
+    """See :func:`dbresilience.instrumentation.enable_prometheus`."""
+    if registry is None:
+        registry = prometheus_client.REGISTRY
+    with _lock:
+        hook = _installed.get(registry)
+        if hook is None:
+            hook = _installed[registry] = PrometheusHook(registry)
+    ins.add_hook(hook)
+    return hook

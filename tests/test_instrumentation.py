@@ -1,0 +1,356 @@
+"""The process-wide event stream, Prometheus, OpenTelemetry and logs, after real faults."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import dbresilience as dbr
+from dbresilience import _instrument, instrumentation
+from dbresilience.faults import TemporaryPostgres
+
+KILL_SELF = "select pg_terminate_backend(pg_backend_pid())"
+
+
+@pytest.fixture(autouse=True)
+def _no_hooks() -> Iterator[None]:
+    """Every test starts and ends with no process-wide hook installed."""
+    instrumentation.set_hooks([])
+    yield
+    instrumentation.set_hooks([])
+
+
+def scrape(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The registry's real exposition text, parsed: sample name -> [(labels, value)]."""
+    text = generate_latest(registry).decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def value(
+    samples: dict[str, list[tuple[dict[str, str], float]]], metric: str, **labels: str
+) -> float:
+    """The sum of *metric*'s samples whose labels include *labels* (0 when none)."""
+    return sum(
+        v for lab, v in samples.get(metric, []) if all(lab.get(k) == x for k, x in labels.items())
+    )
+
+
+def event_classes() -> list[type[_instrument.Event]]:
+    """Every concrete event class."""
+    return [
+        obj
+        for obj in vars(_instrument).values()
+        if isinstance(obj, type)
+        and issubclass(obj, _instrument.Event)
+        and obj is not _instrument.Event
+    ]
+
+
+def test_every_event_is_frozen_and_exported() -> None:
+    """Each occurrence has one frozen, slotted event class, exported by the public module."""
+    classes = event_classes()
+    assert len(classes) == 21
+    for cls in classes:
+        assert dataclasses.is_dataclass(cls)
+        assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        assert "__slots__" in vars(cls)
+        assert getattr(instrumentation, cls.__name__) is cls
+        assert cls.kind != "event"
+
+
+def test_no_hook_means_no_event_is_built(
+    pg_cluster: TemporaryPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no hook installed, retries, lost connections, give-ups and breaker moves build no
+    event object at all (every event class refuses to be built)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an event was built with no hook installed")
+
+    for cls in event_classes():
+        monkeypatch.setattr(cls, "__init__", refuse)
+    breaker = dbr.CircuitBreaker("nohook", minimum_calls=2, failure_rate=0.5, open_for=60)
+    with dbr.Pool(pg_cluster.dsn, min_size=1, name="nohook", breaker=breaker) as pool:
+        assert pool.fetchone("select 1") == (1,)
+        with pytest.raises(psycopg.OperationalError):
+            pool.fetchone(KILL_SELF)  # 1 of 2 calls failed: the breaker opens
+        with pytest.raises(dbr.CircuitOpen):
+            pool.fetchone("select 1")
+
+    @dbr.with_retry(attempts=2, base_delay=0)
+    def flaky() -> None:
+        raise psycopg.errors.SerializationFailure("conflict")
+
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        flaky()
+
+
+def test_hook_errors_never_change_the_outcome(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hook that raises is logged and skipped; the call still answers."""
+
+    def broken(event: instrumentation.Event) -> None:
+        raise RuntimeError("hook bug")
+
+    seen: list[instrumentation.Event] = []
+    instrumentation.set_hooks([broken, seen.append])
+    with dbr.Pool(pg_dsn, min_size=1, name="hookerr") as pool:
+        assert pool.fetchone("select 1") == (1,)
+    assert any(isinstance(e, instrumentation.PoolCallDone) for e in seen)
+    assert "instrumentation hook" in caplog.text
+    with pytest.raises(TypeError, match="callables"):
+        instrumentation.set_hooks([3])  # type: ignore[list-item]
+
+
+def test_prometheus_after_killed_backends_and_an_open_breaker(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """Backends killed under a call, then a breaker opening: the scraped exposition text has
+    the calls, retries, give-ups, lost connections, retired generations, the breaker state and
+    psycopg_pool's gauges, with low-cardinality labels (never the query text)."""
+    registry = CollectorRegistry()
+    hook = instrumentation.enable_prometheus(registry)
+    assert instrumentation.enable_prometheus(registry) is hook  # idempotent per registry
+    assert instrumentation.get_hooks() == (hook,)
+    breaker = dbr.CircuitBreaker("prom-breaker", minimum_calls=2, failure_rate=0.5, open_for=60)
+    with dbr.Pool(pg_cluster.dsn, min_size=2, name="prom", breaker=breaker) as pool:
+        assert pool.fetchone("select 1") == (1,)
+        with pytest.raises(psycopg.OperationalError):
+            pool.fetchone(KILL_SELF)  # 1 of 2 calls failed: the breaker opens
+        with pytest.raises(dbr.CircuitOpen):
+            pool.fetchone("select 1")
+        s = scrape(registry)
+        assert value(s, "dbresilience_pool_pool_max", pool="prom") == 10  # read at scrape time
+        assert "dbresilience_pool_connections_lost" in s or "dbresilience_pool_pool_size" in s
+    ok = dict(pool="prom", operation="fetchone", outcome="ok", code="")
+    assert value(s, "dbresilience_calls_total", **ok) == 1
+    failed = dict(pool="prom", operation="fetchone", outcome="error", code="P1017")
+    assert value(s, "dbresilience_calls_total", **failed) == 1
+    assert value(s, "dbresilience_call_duration_seconds_count", pool="prom", outcome="error") == 1
+    assert value(s, "dbresilience_retries_total", name="prom fetchone", code="P1017") >= 2
+    given_up = dict(name="prom fetchone", code="P1017")
+    assert value(s, "dbresilience_retries_given_up_total", **given_up) == 1
+    assert value(s, "dbresilience_connection_events_total", pool="prom", event="lost") == 3
+    assert value(s, "dbresilience_generations_retired_total", pool="prom") >= 1
+    assert value(s, "dbresilience_breaker_state", name="prom-breaker") == 2  # open
+    assert (
+        value(s, "dbresilience_breaker_transitions_total", name="prom-breaker", state="open") == 1
+    )
+    text = generate_latest(registry).decode()
+    assert "pg_terminate_backend" not in text
+    assert "select" not in text
+
+
+def test_opentelemetry_spans_and_metrics_after_a_killed_backend(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """A pool call whose backend is killed under it becomes a CLIENT span with the database
+    attributes, one span event per retry, ERROR status and the classification code as
+    ``error.type``; the metrics are read back through the SDK's in-memory reader."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    reader = InMemoryMetricReader()
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentation.enable_opentelemetry(MeterProvider(metric_readers=[reader]), tracer_provider)
+    with dbr.Pool(pg_cluster.dsn, min_size=1, name="otel", breaker=None) as pool:
+        assert pool.fetchone("select 1") == (1,)
+        with pytest.raises(psycopg.OperationalError):
+            pool.fetchone(KILL_SELF)
+    spans = [s for s in exporter.get_finished_spans() if s.name == "fetchone otel"]
+    assert len(spans) == 2
+    ok, failed = spans
+    assert ok.kind is SpanKind.CLIENT
+    assert ok.attributes is not None
+    assert ok.attributes["db.system"] == "postgresql"
+    assert ok.attributes["db.operation.name"] == "fetchone"
+    assert ok.status.status_code is StatusCode.UNSET
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes is not None
+    assert failed.attributes["error.type"] == "P1017"
+    assert failed.attributes["db.response.status_code"] == "57P01"
+    assert [e.name for e in failed.events] == ["retry", "retry"]
+    assert failed.events[0].attributes == {
+        "dbresilience.attempt": 2,
+        "dbresilience.code": "P1017",
+        "dbresilience.delay": pytest.approx(failed.events[0].attributes["dbresilience.delay"]),  # type: ignore[index]
+    }
+    assert failed.start_time is not None
+    assert failed.end_time is not None
+    assert failed.end_time > failed.start_time
+    data = reader.get_metrics_data()
+    assert data is not None
+    points: dict[str, list[Any]] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    calls = {
+        (p.attributes["outcome"], p.attributes["code"]): p.value
+        for p in points["dbresilience.calls"]
+    }
+    assert calls == {("ok", ""): 1, ("error", "P1017"): 1}
+    retries = {p.attributes["code"]: p.value for p in points["dbresilience.retries"]}
+    assert retries == {"P1017": 2}
+    assert "dbresilience.call.duration" in points
+
+
+def test_outage_logs_one_line_when_it_starts_and_one_when_it_ends(
+    pg_cluster: TemporaryPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stopped server: psycopg_pool's repeated "error connecting" WARNINGs become one line
+    when the outage starts and one when the pool connects again, with the duration and the
+    number of failed attempts."""
+    caplog.set_level(logging.WARNING)
+    with dbr.Pool(pg_cluster.dsn, min_size=2, name="outage", breaker=None) as pool:
+        pg_cluster.stop(mode="immediate")
+        with contextlib.suppress(psycopg.Error, dbr.DBResilienceError):
+            pool.fetchone("select 1", timeout=0.5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and instrumentation_failures(pool) < 3:
+            time.sleep(0.1)
+        assert instrumentation_failures(pool) >= 3
+        pg_cluster.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psycopg.Error, dbr.DBResilienceError):
+                if pool.fetchone("select 1", timeout=1) == (1,) and not _in_outage(pool):
+                    break
+            time.sleep(0.1)
+    lines = [r.getMessage() for r in caplog.records]
+    raw = [m for m in lines if m.startswith("error connecting in 'outage'")]
+    started = [m for m in lines if "'outage' cannot connect" in m]
+    ended = [m for m in lines if "'outage' connects again" in m]
+    assert raw == []
+    assert len(started) == 1
+    assert "outage started" in started[0]
+    assert len(ended) == 1
+    assert " failed connection attempts" in ended[0]
+    failures = int(ended[0].split("(")[1].split()[0])
+    assert failures >= 3
+
+
+def _in_outage(pool: dbr.Pool) -> bool:
+    return instrumentation.summarise_connect_errors().in_outage(pool.name)
+
+
+def instrumentation_failures(pool: dbr.Pool) -> int:
+    """How many connect errors the summary has counted for *pool*'s current outage."""
+    outage = instrumentation.summarise_connect_errors()._outages.get(pool.name)
+    return 0 if outage is None else outage.failures
+
+
+def test_request_context_filter_adds_the_request_id_and_extra_fields() -> None:
+    """The logging filter gives every record request_id, code, attempt and elapsed; inside a
+    request (dbresilience.web's context) request_id is that request's."""
+    from dbresilience import web
+
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "m", (), None)
+    flt = instrumentation.RequestContextFilter()
+    assert flt.filter(record)
+    assert (record.request_id, record.code, record.attempt, record.elapsed) == (None,) * 4  # type: ignore[attr-defined]
+    token = web._REQUEST_ID.set("req_abc")
+    try:
+        record = logging.LogRecord("x", logging.WARNING, __file__, 1, "m", (), None)
+        flt.filter(record)
+        assert record.request_id == "req_abc"  # type: ignore[attr-defined]
+        assert instrumentation.add_request_context(None, "info", {})["request_id"] == "req_abc"
+    finally:
+        web._REQUEST_ID.reset(token)
+
+
+def test_retry_log_lines_carry_code_attempt_and_elapsed(caplog: pytest.LogCaptureFixture) -> None:
+    """The retry WARNING carries code, attempt and elapsed as extra fields."""
+
+    @dbr.with_retry(attempts=2, base_delay=0, budget=None)
+    def flaky() -> None:
+        raise psycopg.errors.SerializationFailure("conflict")
+
+    with caplog.at_level(logging.WARNING, "dbresilience"), pytest.raises(psycopg.Error):
+        flaky()
+    record = next(r for r in caplog.records if r.getMessage().startswith("retrying"))
+    assert record.code == "P2034"  # type: ignore[attr-defined]
+    assert record.attempt == 2  # type: ignore[attr-defined]
+    assert record.elapsed >= 0  # type: ignore[attr-defined]
+
+
+def test_structlog_and_logging_hooks_log_every_event() -> None:
+    """The ready hooks turn events into structured log entries, fields as key/values."""
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        hook = instrumentation.StructlogHook()
+        hook(instrumentation.RetryScheduled("load", 2, 3, 0.1, 0.01, "P1001"))
+    assert logs == [
+        {
+            "event": "retry_scheduled",
+            "log_level": "info",
+            "name": "load",
+            "attempt": 2,
+            "attempts": 3,
+            "delay": 0.1,
+            "elapsed": 0.01,
+            "code": "P1001",
+        }
+    ]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("dbresilience.test_events")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        instrumentation.LoggingHook(logger)(instrumentation.WriteSetAside("q", "P2002", "23505"))
+    finally:
+        logger.removeHandler(handler)
+    assert records[0].levelno == logging.WARNING
+    assert records[0].sqlstate == "23505"  # type: ignore[attr-defined]
+
+
+def test_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without prometheus-client, enable_prometheus says which pip command installs it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    monkeypatch.delitem(sys.modules, "dbresilience.instrumentation._prometheus", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'dbresilience\[prometheus\]'"):
+        instrumentation.enable_prometheus()
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    monkeypatch.delitem(sys.modules, "dbresilience.instrumentation._otel", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'dbresilience\[otel\]'"):
+        instrumentation.enable_opentelemetry()
+
+
+def test_instrumentation_imports_no_optional_dependency() -> None:
+    """import dbresilience.instrumentation imports neither prometheus_client, OpenTelemetry nor
+    structlog: each is imported only when its adapter is enabled."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dbresilience.instrumentation; "
+        "print(sorted(m for m in ('prometheus_client', 'opentelemetry', 'structlog') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
