@@ -333,12 +333,15 @@ def test_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     monkeypatch.delitem(sys.modules, "dbresilience.instrumentation._prometheus", raising=False)
-    with pytest.raises(ImportError, match=r"pip install 'dbresilience\[prometheus\]'"):
+    with pytest.raises(dbr.MissingExtra, match=r"pip install 'dbresilience\[prometheus\]'"):
         instrumentation.enable_prometheus()
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     monkeypatch.delitem(sys.modules, "dbresilience.instrumentation._otel", raising=False)
-    with pytest.raises(ImportError, match=r"pip install 'dbresilience\[otel\]'"):
+    with pytest.raises(dbr.MissingExtra, match=r"pip install 'dbresilience\[otel\]'"):
         instrumentation.enable_opentelemetry()
+    monkeypatch.setitem(sys.modules, "structlog", None)
+    with pytest.raises(dbr.MissingExtra, match=r"pip install 'dbresilience\[structlog\]'"):
+        instrumentation.StructlogHook()
 
 
 def test_instrumentation_imports_no_optional_dependency() -> None:

@@ -9,6 +9,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from dbresilience import _instrument as ins
+from dbresilience._errors import require
 from dbresilience._logsummary import CONNECT_SUMMARY, ConnectErrorSummary
 
 __all__ = [
@@ -106,13 +107,9 @@ class StructlogHook:
 
     def __init__(self, logger: Any = None) -> None:
         """Log to *logger*, or ``structlog.get_logger("dbresilience")``."""
-        try:
-            import structlog
-        except ImportError as exc:
-            raise ImportError(
-                "dbresilience.instrumentation.StructlogHook needs structlog: "
-                "pip install 'dbresilience[structlog]'"
-            ) from exc
+        require("structlog", extra="structlog", what="instrumentation.StructlogHook()")
+        import structlog
+
         self.logger = logger if logger is not None else structlog.get_logger("dbresilience")
 
     def __call__(self, event: ins.Event, /) -> None:

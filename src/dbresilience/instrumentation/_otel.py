@@ -13,16 +13,14 @@ import threading
 import time
 from typing import Any
 
-try:
-    from opentelemetry import metrics, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
-except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError(
-        "dbresilience.instrumentation.enable_opentelemetry needs opentelemetry-api: "
-        "pip install 'dbresilience[otel]'"
-    ) from exc
+from dbresilience._errors import require
 
-from dbresilience import _instrument as ins
+require("opentelemetry", extra="otel", what="instrumentation.enable_opentelemetry()")
+
+from opentelemetry import metrics, trace  # noqa: E402 - after the check that names the extra
+from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: E402
+
+from dbresilience import _instrument as ins  # noqa: E402
 
 __all__ = ["OpenTelemetryHook", "enable"]
 

@@ -7,17 +7,15 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-try:
-    import prometheus_client
-    from prometheus_client.core import GaugeMetricFamily
-    from prometheus_client.registry import Collector
-except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError(
-        "dbresilience.instrumentation.enable_prometheus needs prometheus-client: "
-        "pip install 'dbresilience[prometheus]'"
-    ) from exc
+from dbresilience._errors import require
 
-from dbresilience import _instrument as ins
+require("prometheus_client", extra="prometheus", what="instrumentation.enable_prometheus()")
+
+import prometheus_client  # noqa: E402 - after the check that names the extra
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.registry import Collector  # noqa: E402
+
+from dbresilience import _instrument as ins  # noqa: E402
 
 __all__ = ["PrometheusHook", "enable"]
 
