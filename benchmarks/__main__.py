@@ -14,6 +14,7 @@ from . import (
     bench_queue,
     bench_retry,
     bench_router,
+    bench_serialize,
 )
 
 
@@ -25,6 +26,7 @@ def main() -> int:
     bench_pool.run(quick=quick)
     bench_pooler.run(quick=quick)
     bench_cache.run(quick=quick)
+    bench_serialize.run(quick=quick)
     bench_queue.run(quick=quick)
     bench_router.run(quick=quick)
     bench_failover.run(quick=quick)

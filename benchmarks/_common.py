@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 
 def _calibrated(number: int, probe_seconds: float, target: float) -> int:
@@ -59,6 +61,39 @@ def per_call_async(
         return best
 
     return asyncio.run(run())
+
+
+def interleaved(
+    calls: Mapping[str, Callable[[], object]], *, rounds: int = 7, per_round: int = 2_000
+) -> dict[str, list[float]]:
+    """Per-round median seconds of each call, the calls alternated one by one in shuffled
+    order: whatever the machine or the server does to one round, it does to every call alike.
+    """
+    medians: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls.items())
+    rng = random.Random(20261122)
+    for _ in range(rounds):
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(per_round):
+            rng.shuffle(order)
+            for name, fn in order:
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+        for name, values in samples.items():
+            medians[name].append(statistics.median(values))
+    return medians
+
+
+def ratio_row(
+    medians: Mapping[str, Sequence[float]], name: str, base: str | None
+) -> tuple[float, float | str, str]:
+    """``(median us, median ratio to base, "lowest-highest" per-round ratio)`` for *name*."""
+    us = statistics.median(medians[name]) * 1e6
+    if base is None:
+        return us, 1.0, ""
+    ratios = [a / b for a, b in zip(medians[name], medians[base], strict=True)]
+    return us, statistics.median(ratios), f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -84,10 +84,11 @@ def test_memory_only_caches_and_counts() -> None:
         assert (stats["hits"], stats["misses"], stats["backend"]) == (1, 1, "memory")
 
 
-def test_two_instances_share_values_and_redis_holds_json(
+def test_two_instances_share_values_and_redis_holds_the_serializer_bytes(
     redis_url: str, namespace: str, store: redis.Redis
 ) -> None:
-    """What one instance loaded, another reads from Redis; the stored value is plain JSON."""
+    """What one instance loaded, another reads from Redis; Redis holds the format-2 frame around
+    the serializer's bytes (MessagePack by default), never pickle."""
     calls, load = counting()
     with (
         dbr.CredentialCache(redis_url, namespace=namespace) as a,
@@ -99,7 +100,8 @@ def test_two_instances_share_values_and_redis_holds_json(
         assert b.stats()["redis_hits"] == 1
         raw = store.get(f"{namespace}:v1:7")
         assert raw is not None
-        assert json.loads(raw) == {"f": 1, "d": CREDS}
+        assert raw.startswith(b"2 mp1 v")
+        assert dbr.MsgpackSerializer().loads(raw[len(b"2 mp1 v") :]) == CREDS
 
 
 def test_invalidate_is_seen_by_the_other_instance_within_a_second(
@@ -190,7 +192,7 @@ def test_a_redis_hit_invalidated_before_it_is_kept_is_not_served_again(
         assert b._lookup("7") is None
 
 
-@pytest.mark.parametrize("failure", ["loader raises", "value not JSON", "stale served"])
+@pytest.mark.parametrize("failure", ["loader raises", "value not storable", "stale served"])
 def test_a_failed_lease_holder_gives_the_lease_back(
     redis_url: str, namespace: str, store: redis.Redis, failure: str
 ) -> None:
@@ -198,7 +200,7 @@ def test_a_failed_lease_holder_gives_the_lease_back(
     at once instead of waiting out lease_ttl."""
 
     def broken() -> object:
-        if failure == "value not JSON":
+        if failure == "value not storable":
             return {"roles": {"admin"}}
         raise psycopg.OperationalError("connection refused")  # transient
 
@@ -222,16 +224,17 @@ def test_a_failed_lease_holder_gives_the_lease_back(
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
-def test_values_must_be_json_with_or_without_redis(
+def test_values_must_be_storable_with_or_without_redis(
     redis_url: str, namespace: str, backend: str
 ) -> None:
-    """A value JSON cannot encode is the caller's TypeError, memory-only as with Redis, and is
-    never kept: the next call loads (and fails) again."""
+    """A value the serializer cannot give back as it is (a set) is the caller's TypeError naming
+    the type, memory-only as with Redis, and is never kept: the next call loads (and fails)
+    again."""
     calls, load = counting({"roles": {"admin"}})
     url = redis_url if backend == "redis" else None
     with dbr.CredentialCache(url, namespace=namespace) as cache:
         for _ in range(2):
-            with pytest.raises(TypeError, match="JSON"):
+            with pytest.raises(TypeError, match="type set"):
                 cache.get_or_load(7, load)
         assert len(calls) == 2
         assert cache._lookup("7") is None

@@ -64,13 +64,14 @@ def test_a_read_in_flight_across_a_flush_is_not_kept() -> None:
 
 @pytest.mark.parametrize("signing_key", [None, b"k" * 32])
 def test_values_that_are_not_json_are_a_type_error(signing_key: bytes | None) -> None:
-    """Sets, objects, circular and too-deep values: TypeError naming JSON, signed or not."""
+    """Sets, objects, circular and too-deep values: TypeError naming the type (or the depth),
+    signed or not."""
     cache = CacheBase(None, signing_key=signing_key)
     circular: list[object] = []
     circular.append(circular)
     deep: list[object] = []
     for _ in range(100_000):
         deep = [deep]
-    for value in ({1, 2}, object(), circular, deep):
-        with pytest.raises(TypeError, match="JSON"):
+    for value, named in (({1, 2}, "set"), (object(), "object"), (circular, "deep"), (deep, "deep")):
+        with pytest.raises(TypeError, match=named):
             cache._encode("7", value)

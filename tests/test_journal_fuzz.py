@@ -8,6 +8,7 @@ hangs, and a torn last line (a crash mid-write) is dropped, not fatal.
 
 from __future__ import annotations
 
+import binascii
 import json
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dbresilience as dbr
-from dbresilience._journal import Journal, Record, parse_line
+from dbresilience._journal import Journal, Record, format_line, parse_line
 
 _SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -25,8 +26,17 @@ _SETTINGS = settings(
 
 
 def _line(record: Record) -> bytes:
+    """A line of format 1 (JSON), as journals written before the serializer hold."""
     return json.dumps({"s": record.seq, "q": record.sql, "p": record.params, "k": record.key})\
         .encode()  # fmt: skip
+
+
+def _new_line(record: Record) -> bytes:
+    """A line of format 2 (the serializer's), without its newline."""
+    return format_line(record).rstrip(b"\n")
+
+
+LINE_FORMATS = {"old": _line, "new": _new_line}
 
 
 records = st.builds(
@@ -68,19 +78,59 @@ def test_random_bytes_open_or_raise_journal_corrupt(tmp_path: Path, data: bytes)
 
 
 @_SETTINGS
-@given(good=st.lists(records, max_size=20, unique_by=lambda r: r.seq), cut=st.integers(0, 200))
+@given(
+    good=st.lists(records, max_size=20, unique_by=lambda r: r.seq),
+    cut=st.integers(0, 200),
+    formats=st.lists(st.sampled_from(sorted(LINE_FORMATS)), min_size=21, max_size=21),
+)
 def test_a_torn_tail_loses_only_the_torn_write(
-    tmp_path: Path, good: list[Record], cut: int
+    tmp_path: Path, good: list[Record], cut: int, formats: list[str]
 ) -> None:
-    """Whole records then a last line cut anywhere: every whole record is replayed, in order,
-    and the torn one is dropped (its submit never returned)."""
+    """Whole records (old and new line formats mixed) then a last line cut anywhere: every
+    whole record is replayed, in order, and the torn one is dropped (its submit never
+    returned)."""
     torn = Record(20_000, "insert into t values (%s)", [1], "torn")
-    lines = [_line(r) for r in good]
-    tail = _line(torn)[: cut % (len(_line(torn)))]
+    lines = [LINE_FORMATS[f](r) for f, r in zip(formats, good, strict=False)]
+    torn_line = LINE_FORMATS[formats[-1]](torn)
+    tail = torn_line[: cut % len(torn_line)]
     path = tmp_path / "torn.journal"
     path.write_bytes(b"".join(line + b"\n" for line in lines) + tail)
     replay, _ = _open(path)
     assert replay == sorted(good, key=lambda r: r.seq)
+
+
+def _b64(data: bytes) -> bytes:
+    return b"2 mp1 " + binascii.b2a_base64(data, newline=False)
+
+
+_mp = dbr.MsgpackSerializer()
+new_format_garbage = st.one_of(
+    st.binary(max_size=100).map(_b64),  # bytes that are not MessagePack
+    st.text("ABCDEFabcdef0123456789+/=!-_ ", max_size=60).map(lambda t: b"2 mp1 " + t.encode()),
+    st.builds(
+        lambda r, cut: _b64(_mp.dumps([r.seq, r.sql, r.params, r.key])[:cut]),  # truncated
+        records,
+        st.integers(0, 30),
+    ),
+    st.sampled_from(
+        [
+            _b64(b"\x91" * 100_000 + b"\xc0"),  # 100,000 nested arrays
+            _b64(_mp.dumps([1, 2, 3])),
+            _b64(_mp.dumps(["1", "x", [], None])),
+            _b64(_mp.dumps([0, "x", [], None])),
+            _b64(_mp.dumps([1, 5, [], None])),
+            _b64(_mp.dumps([1, "x", "notalist", None])),
+            _b64(_mp.dumps([1, "x", (1, 2), None])),
+            _b64(_mp.dumps([1, "x", [], 7])),
+            _b64(_mp.dumps({"s": 1})),
+            _b64(b"\xc7\x01\x63\x00"),  # an unknown extension
+            b"2 json1 " + binascii.b2a_base64(b'[1,"x",[],null]', newline=False),
+            b"2 mp1",
+            b"2 ",
+            b"2 mp1 " + b"=" * 8,
+        ]
+    ),
+)
 
 
 @_SETTINGS
@@ -105,6 +155,7 @@ def test_a_torn_tail_loses_only_the_torn_write(
                 b'{"s": 1e400, "q": "x"}',
             ]
         ),
+        new_format_garbage,
     ),
 )
 def test_garbage_in_the_middle_is_refused_by_name(

@@ -24,10 +24,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec.msgpack import Ext
 
 import dbresilience as dbr
 
@@ -37,7 +39,7 @@ DEEP = 100_000  # nested lists: far past any recursion limit
 CALL_BOUND = 2.0  # seconds one call may take against a garbage value (lease_ttl is 0.2 s)
 
 FUZZ = settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,  # time is asserted per call, with a bound that means something
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -89,7 +91,74 @@ bad_macs = st.builds(
     json_values,
     st.one_of(st.text(max_size=70), st.integers(), st.none(), st.just("é" * 64)),
 )
+# --- the current format (``2 mp1 <kind>...``) with something wrong inside -----------------------
+
+HEADER = b"2 mp1 "
+MP = dbr.MsgpackSerializer()
+_encode = msgspec.msgpack.encode
+
+
+def _deep_tuples(depth: int) -> bytes:
+    inner = _encode(None)
+    for _ in range(depth):
+        inner = _encode(Ext(1, inner))
+    return inner
+
+
+BAD_EXTENSIONS = [
+    Ext(3, b"not a decimal"),
+    Ext(3, b"\xff"),
+    Ext(3, b"1e999999999999999999999"),
+    Ext(4, b"2020-01-01T00:00:00|0|z../../../etc/passwd"),
+    Ext(4, b"2020-01-01T00:00:00|0|zNo/Such_Zone"),
+    Ext(4, b"2020-01-01T00:00:00|0|o999999999999999"),
+    Ext(4, b"2020-01-01T00:00:00|7|"),
+    Ext(4, b"garbage"),
+    Ext(6, b"25:00|0|"),
+    Ext(5, b"2020-13-45"),
+    Ext(7, b"999999999999,0,0"),
+    Ext(7, b"1,2"),
+    Ext(8, b"short"),
+    Ext(9, b"999.1.1.1"),
+    Ext(12, b"::1/129"),
+    Ext(15, _encode([1, 2, 3])),
+    Ext(15, _encode([[1], 2])),  # an unhashable key
+    Ext(15, _encode({"not": "pairs"})),
+    Ext(16, _encode([99, 1, 2, "[)"])),
+    Ext(16, _encode([0, 1, 2, "<>"])),
+    Ext(16, _encode([0, 1])),
+    Ext(17, _encode([0, [1, 2]])),
+    Ext(18, _encode([5, {}])),
+    Ext(18, b"\xc1"),
+    Ext(1, b"\xc1"),
+    Ext(1, _encode(5)),  # a "tuple" of an int
+    Ext(2, b""),
+    Ext(99, b""),
+    Ext(-1, b"\x00"),  # a timestamp of the wrong size
+]
+bad_extensions = st.sampled_from(BAD_EXTENSIONS)
+current_format_garbage = st.one_of(
+    st.builds(
+        lambda kind, b: HEADER + kind + b,
+        st.sampled_from([b"v", b"n", b"V", b"N", b"x"]),
+        st.binary(max_size=80),
+    ),
+    st.tuples(json_values, st.integers(min_value=0, max_value=200)).map(
+        lambda pair: HEADER + b"v" + _encode(pair[0])[: pair[1]]  # truncated MessagePack
+    ),
+    st.just(HEADER + b"v" + b"\x91" * DEEP + b"\xc0"),
+    st.just(HEADER + b"v" + _deep_tuples(5_000)),
+    bad_extensions.map(lambda ext: HEADER + b"v" + _encode([1, ext])),
+    st.just(HEADER + b"n" + _encode(1)),
+    st.just(HEADER + b"N" + b"0" * 31),
+    st.builds(lambda d: b"2 json1 v" + _dumps(d), json_values),  # another serializer's
+    st.builds(lambda d: b"1 mp1 v" + _encode(d), json_values),  # another format
+    st.builds(lambda d: HEADER + b"V" + b"\x00" * 32 + _encode(d), json_values),  # bad MAC
+)
+
+
 garbage = st.one_of(
+    current_format_garbage,
     st.binary(max_size=300),
     st.binary(max_size=50).map(lambda b: b'{"f":1,"d":"\xff\xfe' + b + b'"}'),  # bad UTF-8
     st.tuples(json_values, st.integers(min_value=0, max_value=10_000))
@@ -116,19 +185,24 @@ def _is_json(raw: bytes) -> bool:
 
 
 def _valid_unsigned(raw: bytes) -> bool:
-    """What an unsigned cache rightly takes as a hit: exactly what it writes itself."""
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError):
+    """What an unsigned cache rightly takes as a hit: exactly the frame it writes (a signed one
+    too: an unsigned cache ignores the MAC), around bytes its serializer reads."""
+    if not raw.startswith(HEADER) or len(raw) == len(HEADER):
         return False
-    return (
-        isinstance(payload, dict)
-        and type(payload.get("f")) is int
-        and payload["f"] == 1
-        and "d" in payload
-        and set(payload) <= {"f", "d", "nf", "m"}  # an unsigned cache ignores a MAC
-        and ("nf" not in payload or (type(payload["nf"]) is int and payload["nf"] == 1))
-    )
+    kind, body = raw[len(HEADER)], raw[len(HEADER) + 1 :]
+    if kind in b"VN":
+        if len(body) < 32:
+            return False
+        body = body[32:]
+    if kind in b"nN":
+        return body == b""
+    if kind not in b"vV":
+        return False
+    try:
+        MP.loads(body)
+    except Exception:
+        return False
+    return True
 
 
 class Loader:
@@ -340,3 +414,16 @@ def test_garbage_in_the_breaker_set_keeps_decisions_finite(
     finally:
         state.close()
         store.delete(key)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_every_bad_extension_is_a_miss_never_an_error(signed: bool) -> None:
+    """Each forged extension (a bad Decimal, a time zone path outside the zone database, a huge
+    timedelta, odd key/value pairs, an unhashable key, an unknown range class, 5,000 nested
+    tuples ...) decodes as a miss (or, where the bytes happen to be valid, a value): never an
+    exception."""
+    cache = dbr.CredentialCache(None, signing_key=SIGNING_KEY if signed else None)
+    for ext in BAD_EXTENSIONS:
+        ok, _ = cache._decode("7", HEADER + b"v" + _encode([1, ext]))
+        assert ok is (not signed and _valid_unsigned(HEADER + b"v" + _encode([1, ext])))
+    assert cache._decode("7", HEADER + b"v" + _deep_tuples(5_000)) == (False, None)

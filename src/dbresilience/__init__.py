@@ -67,6 +67,7 @@ from dbresilience._retry import RetryPolicy, testing, with_retry, withRetry
 from dbresilience._router import ReadRouter, ReadSession
 from dbresilience._router_async import AsyncReadRouter, AsyncReadSession
 from dbresilience._router_base import Position
+from dbresilience._serialize import JsonSerializer, MsgpackSerializer, Serializer
 
 __version__ = "0.1.0.dev0"
 
@@ -99,9 +100,11 @@ __all__ = [
     "FailedWrite",
     "JournalCorrupt",
     "JournalLocked",
+    "JsonSerializer",
     "KeyReused",
     "LedgerUnavailable",
     "MissingExtra",
+    "MsgpackSerializer",
     "Pool",
     "Position",
     "QueryTimeout",
@@ -117,6 +120,7 @@ __all__ = [
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",
+    "Serializer",
     "SessionStateUnsupported",
     "Severity",
     "UpstreamError",

@@ -62,18 +62,22 @@ class CredentialCache(CacheBase):
     """A memory cache in front of Redis (or memory only) for values loaded from the database.
 
     ``cache.get_or_load(user_id, lambda: load_credentials(user_id))`` returns the cached
-    value, or calls the loader once per key at a time (single-flight), keeps the
-    result (JSON-serialisable; ``None`` is remembered as "not found" for ``negative_ttl``) and
-    returns it. A loader that raises is not cached; within ``stale_ttl`` after expiry the last
-    value is served instead when the failure is transient (counted as ``stale_served``).
+    value, or calls the loader once per key at a time (single-flight), keeps the result
+    (``None`` is remembered as "not found" for ``negative_ttl``) and returns it. A loader that
+    raises is not cached; within ``stale_ttl`` after expiry the last value is served instead
+    when the failure is transient (counted as ``stale_served``).
 
-    With ``redis_url``, values are shared through Redis (JSON, never pickle; keys start with
-    ``namespace:``), and :meth:`invalidate` reaches every instance on the same Redis and
-    namespace. Redis trouble never reaches the caller and is paid once: the first connection
-    failure or timeout (100 ms by default, redis-py's retries off) switches the cache to memory
-    only, with TTLs shortened to ``degraded_ttl``, while a background worker probes Redis
-    every ``probe_interval``; when Redis answers again the memory tier is flushed and Redis
-    is used again. Redis is contacted on first use (or :meth:`open`), not in the constructor.
+    Values must be what ``serializer`` (default :class:`dbresilience.MsgpackSerializer`) gives
+    back equal and of the same type — a row's ``Decimal``, ``datetime``, ``UUID``, tuple …; see
+    docs/cache.md — with Redis or without: anything else is the caller's ``TypeError``, naming
+    the type, and is not kept. With ``redis_url``, values are shared through Redis (that
+    serializer's bytes, never pickle; keys start with ``namespace:``), and :meth:`invalidate`
+    reaches every instance on the same Redis and namespace. Redis trouble never reaches the
+    caller and is paid once: the first connection failure or timeout (100 ms by default,
+    redis-py's retries off) switches the cache to memory only, with TTLs shortened to
+    ``degraded_ttl``, while a background worker probes Redis every ``probe_interval``; when
+    Redis answers again the memory tier is flushed and Redis is used again. Redis is contacted
+    on first use (or :meth:`open`), not in the constructor.
 
     The asyncio cache uses ``redis.asyncio``, its loader is a coroutine function and its
     workers (the prober, the invalidation subscriber) are tasks held by strong references;
@@ -184,6 +188,8 @@ class CredentialCache(CacheBase):
         k = memory_key(key)
         with self._lock:
             entry = self._memory.get(k)
+            if entry is not None:
+                self._memory.move_to_end(k)  # least recently used goes first
         if entry is not None and entry.fresh_until > _monotonic():
             self.counters["memory_hits"] += 1
             if entry.value is NOT_FOUND:
@@ -194,7 +200,7 @@ class CredentialCache(CacheBase):
             self._start()
         version = b""
         if self._client is not None and (not self.degraded):
-            since = self._since()  # before the GET: an invalidation arriving after it wins
+            since = self._tick  # before the GET: an invalidation arriving after it wins
             try:
                 ok, value = self._decode(k, self._client.get(self.redis_key(k)))
                 if ok:
@@ -238,9 +244,9 @@ class CredentialCache(CacheBase):
                 flight.result = old
                 return self._public(old)
             self.counters["loads"] += 1
-            # JSON only, with Redis or without (memory-only mode must not accept what
-            # production refuses): a value it cannot encode is the caller's TypeError, and is
-            # neither kept nor shared. Encoded once, on the load: a hit never pays for it.
+            # Encoded with Redis or without (memory-only mode must not accept what production
+            # refuses): a value the serializer cannot give back as it is is the caller's
+            # TypeError, neither kept nor shared. Encoded once, on the load: a hit never pays.
             payload = self._encode(k, value)
             self._remember(k, value, since)
             self._share(k, value, payload, version)

@@ -1,7 +1,9 @@
-"""A crash-safe local journal for the write queue: append-only JSON lines, no pickle.
+"""A crash-safe local journal for the write queue: append-only lines, no pickle.
 
-Each submitted write is one line ``{"s": seq, "q": sql, "p": params, "k": key}`` written with
-one ``os.write`` before ``submit`` returns, so it has reached the operating system: it survives
+Each submitted write is one line, ``2 <serializer name> <base64 of the serializer's bytes for
+[seq, sql, params, key]>`` (format 2: the parameters come back as the same types — a
+``Decimal``, a ``datetime``, a tuple — see :mod:`dbresilience._serialize`), written with one
+``os.write`` before ``submit`` returns, so it has reached the operating system: it survives
 the process dying (``os._exit``, a crash, SIGKILL). With ``fsync="always"`` it is also on disk
 before ``submit`` returns (survives power loss; costs a disk flush per write); ``"batch"``
 (default) fsyncs before each database batch; ``"never"`` leaves it to the OS.
@@ -12,6 +14,10 @@ everything after the last watermark is returned for replay. A torn last line (th
 mid-write) is dropped: that write's ``submit`` never returned. Compaction rewrites the file with
 the pending writes only and renames it over the old one (atomic).
 
+Lines of format 1 (``{"s": seq, "q": sql, "p": params, "k": key}``, JSON, written before the
+serializer) are still read, so a journal left by an older version replays; new lines are
+always format 2, and compaction rewrites old ones as new.
+
 A journal has one owner. ``open`` takes an exclusive ``flock`` on ``<path>.lock`` (a file of its
 own: compaction replaces the journal file, which would drop a lock held on it) and raises
 :class:`dbresilience.JournalLocked` when another queue holds it, in this process or another. The
@@ -21,15 +27,18 @@ the next one.
 
 from __future__ import annotations
 
+import binascii
 import errno
 import fcntl
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from dbresilience._errors import JournalCorrupt, JournalLocked
+from dbresilience._serialize import DEFAULT, Serializer
 from dbresilience._validate import one_of
 
 __all__ = ["Journal", "Record", "format_line", "parse_line"]
@@ -50,19 +59,27 @@ class Record(NamedTuple):
     key: str | None
 
 
-def format_line(record: Record) -> bytes:
-    """*record* as one journal line (what :func:`parse_line` reads back), newline included."""
-    line = {"s": record.seq, "q": record.sql, "p": record.params, "k": record.key}
-    return json.dumps(line, separators=(",", ":")).encode() + b"\n"
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
 
-def parse_line(line: bytes) -> Record | int:
+def format_line(record: Record, serializer: Serializer = DEFAULT) -> bytes:
+    """*record* as one journal line (what :func:`parse_line` reads back), newline included.
+
+    Raises ``TypeError`` naming the type of a parameter *serializer* cannot give back as it is.
+    """
+    body = serializer.dumps([record.seq, record.sql, record.params, record.key])
+    return b"2 %s %s" % (serializer.name.encode(), binascii.b2a_base64(body, newline=True))
+
+
+def parse_line(line: bytes, serializer: Serializer = DEFAULT) -> Record | int:
     """One journal line: a :class:`Record`, or a watermark (an int). Anything else, whatever
     the bytes (the file is input like any other), raises ``ValueError`` saying why."""
+    if line.startswith(b"2 "):
+        return _parse_v2(line, serializer)
     try:
         item = json.loads(line)
     except (ValueError, RecursionError):  # bad UTF-8, bad JSON, absurdly deep JSON
-        raise ValueError("not a JSON line") from None
+        raise ValueError("not a journal line") from None
     if not isinstance(item, dict):
         raise ValueError("not a JSON object")
     if "w" in item:
@@ -70,7 +87,29 @@ def parse_line(line: bytes) -> Record | int:
         if type(mark) is not int or mark < 0:
             raise ValueError("a watermark that is not a sequence number")
         return mark
-    seq, statement, params, key = item.get("s"), item.get("q"), item.get("p"), item.get("k")
+    return _record(item.get("s"), item.get("q"), item.get("p"), item.get("k"))
+
+
+def _parse_v2(line: bytes, serializer: Serializer) -> Record:
+    _, name, body = line.split(b" ", 2) if line.count(b" ") >= 2 else (b"", b"", b"")
+    if name != serializer.name.encode():
+        shown = name.decode(errors="replace")[:32]
+        raise ValueError(
+            f"a record written with serializer {shown!r}, not {serializer.name!r}: "
+            "open the journal with the serializer that wrote it"
+        )
+    if not _BASE64.fullmatch(body):
+        raise ValueError("a record that is not base64")
+    try:
+        item = serializer.loads(binascii.a2b_base64(body))
+    except Exception:  # untrusted bytes: whatever the serializer raises is a corrupt line
+        raise ValueError("a record the serializer cannot read") from None
+    if type(item) is not list or len(item) != 4:
+        raise ValueError("a record that is not [seq, sql, params, key]")
+    return _record(*item)
+
+
+def _record(seq: object, statement: object, params: object, key: object) -> Record:
     if type(seq) is not int or seq < 1:
         raise ValueError("a record without a sequence number")
     if not isinstance(statement, str):
@@ -85,8 +124,14 @@ def parse_line(line: bytes) -> Record | int:
 class Journal:
     """The append-only file behind a write queue (thread-safe)."""
 
-    def __init__(self, path: str | os.PathLike[str], fsync: str = "batch") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fsync: str = "batch",
+        serializer: Serializer = DEFAULT,
+    ) -> None:
         self.fsync = one_of("fsync", fsync, _FSYNC_POLICIES)
+        self.serializer = serializer
         self.path = Path(path)
         self._fd: int | None = None
         self._owner_fd: int | None = None  # the flock on <path>.lock
@@ -139,7 +184,7 @@ class Journal:
                 if not line:
                     continue
                 try:
-                    item = parse_line(line)
+                    item = parse_line(line, self.serializer)
                 except ValueError as exc:
                     if n == len(lines) - 1:  # the last line, cut short by a crash
                         self.torn += 1
@@ -164,7 +209,7 @@ class Journal:
 
     def append(self, record: Record) -> None:
         """Write *record* to the OS (and to disk with ``fsync="always"``); raises on failure."""
-        self._write(format_line(record), self.fsync == "always")
+        self._write(format_line(record, self.serializer), self.fsync == "always")
 
     def append_at(self, record: Record) -> int:
         """Like :meth:`append`, returning the byte offset where the record's line starts."""
@@ -185,7 +230,7 @@ class Journal:
                     break
                 offset += len(line)
                 try:
-                    item = parse_line(line.rstrip(b"\n"))
+                    item = parse_line(line.rstrip(b"\n"), self.serializer)
                 except ValueError as exc:
                     raise JournalCorrupt(f"journal {self.path} is corrupt ({exc})") from None
                 if isinstance(item, Record) and item.seq >= min_seq:
@@ -233,7 +278,7 @@ class Journal:
         with open(tmp, "wb") as f:
             f.write(b'{"w":%d}\n' % done)
             for r in pending:
-                f.write(format_line(r))
+                f.write(format_line(r, self.serializer))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

@@ -43,6 +43,7 @@ from dbresilience._queue_base import (
     runs,
     text_array,
 )
+from dbresilience._serialize import Serializer
 from dbresilience._validate import seconds
 
 __all__ = ["WriteQueue"]
@@ -101,6 +102,7 @@ class WriteQueue(QueueBase):
         on_commit: CommitHook | None = None,
         use_copy: bool = False,
         use_unnest: bool = True,
+        serializer: Serializer | None = None,
     ) -> None:
         """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
         for ``WriteQueue`` and ``"block"`` for ``WriteQueue``. ``WriteQueue``'s
@@ -125,6 +127,7 @@ class WriteQueue(QueueBase):
             on_commit=on_commit,
             use_copy=use_copy,
             use_unnest=use_unnest,
+            serializer=serializer,
         )
         self._wakeup = Signal()  # the worker waits on it: a due batch, a flush, closing
         self._progress = Signal()  # flush() waits on it: a batch committed or set aside

@@ -38,6 +38,7 @@ from dbresilience._queue_base import (
     runs,
     text_array,
 )
+from dbresilience._serialize import Serializer
 from dbresilience._validate import seconds
 
 if True:  # ASYNC
@@ -104,6 +105,7 @@ class AsyncWriteQueue(QueueBase):
         on_commit: ACommitHook | None = None,
         use_copy: bool = False,
         use_unnest: bool = True,
+        serializer: Serializer | None = None,
     ) -> None:
         """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
         for ``AsyncWriteQueue`` and ``"block"`` for ``WriteQueue``. ``AsyncWriteQueue``'s
@@ -135,6 +137,7 @@ class AsyncWriteQueue(QueueBase):
             on_commit=on_commit,
             use_copy=use_copy,
             use_unnest=use_unnest,
+            serializer=serializer,
         )
         self._wakeup = ASignal()  # the worker waits on it: a due batch, a flush, closing
         self._progress = ASignal()  # flush() waits on it: a batch committed or set aside

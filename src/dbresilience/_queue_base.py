@@ -32,6 +32,7 @@ from dbresilience._errors import DBResilienceError, QueueClosed, QueueFull, Queu
 from dbresilience._events import logger
 from dbresilience._journal import Journal, Record
 from dbresilience._lifecycle import Lifecycle, ResourceState
+from dbresilience._serialize import Serializer, check_serializer
 from dbresilience._validate import (
     callable_or_none,
     instance_or_none,
@@ -379,6 +380,7 @@ class QueueBase(Lifecycle):
         on_commit: Callable[[list[Record]], object] | None = None,
         use_copy: bool = False,
         use_unnest: bool = True,
+        serializer: Serializer | None = None,
     ) -> None:
         """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O."""
         self.pool = pool
@@ -405,7 +407,8 @@ class QueueBase(Lifecycle):
         # per statement and again after a failed batch or a minute (a table altered meanwhile)
         self._shapes: dict[str, FastShape | None] = {}
         self._shapes_read = 0.0
-        self._journal = None if journal is None else Journal(journal, fsync)
+        self.serializer = check_serializer("serializer", serializer)
+        self._journal = None if journal is None else Journal(journal, fsync, self.serializer)
         self._state = ResourceState.UNOPENED  # in __init__: keeps the instance layout fixed
         self._on_failed = callable_or_none("on_failed", on_failed)
         self._on_commit = callable_or_none("on_commit", on_commit)
@@ -445,7 +448,10 @@ class QueueBase(Lifecycle):
     ) -> None:
         """Queue a write; returns once it is buffered (and journaled, with ``journal=``).
 
-        *params* must be JSON-serialisable when a journal is used. *key* makes the write take
+        With a journal, *params* must be what ``serializer`` (default
+        :class:`dbresilience.MsgpackSerializer`: ``Decimal``, ``datetime``, ``UUID``, ``bytes``,
+        tuples …, see docs/queue.md) gives back equal and of the same type; anything else is a
+        ``TypeError`` naming the type, before the write is accepted. *key* makes the write take
         effect at most once per key, across retries, restarts and instances. Raises
         :class:`QueueFull` (``on_full="raise"``, or ``"block"`` past ``block_timeout``),
         :class:`QueueClosed`, ``TypeError`` for a bad statement, params or key.
@@ -473,11 +479,9 @@ class QueueBase(Lifecycle):
             if self._journal is not None:
                 try:
                     self._journal.append(record)
-                except (TypeError, ValueError) as exc:
+                except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
                     self._seq -= 1
-                    raise TypeError(
-                        f"params must be JSON-serialisable with a journal: {exc}"
-                    ) from None
+                    raise TypeError(f"params cannot be journaled: {exc}") from None
                 except BaseException:  # OSError (a full disk): not accepted, not numbered
                     self._seq -= 1
                     raise
@@ -496,9 +500,9 @@ class QueueBase(Lifecycle):
         record = Record(self._seq, statement, params, key)
         try:
             offset = self._journal.append_at(record)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
             self._seq -= 1
-            raise TypeError(f"params must be JSON-serialisable with a journal: {exc}") from None
+            raise TypeError(f"params cannot be journaled: {exc}") from None
         except BaseException:
             self._seq -= 1
             raise
