@@ -609,3 +609,40 @@ def test_format_line_has_no_newline_inside(tmp_path: Path) -> None:
     assert line.count(b"\n") == 1
     assert line.endswith(b"\n")
     assert same(parse_line(line.rstrip(b"\n")), Record(1, "a\nb", [b"\n\n", "\n", ("\n",)], "\n"))
+
+
+async def test_the_async_twins_use_the_same_serializer(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """AsyncCredentialCache shares typed values through Redis like the threaded one, and
+    AsyncWriteQueue journals with the serializer it is given (its name on every line)."""
+    row = (Decimal("1.10"), datetime(2026, 1, 1, tzinfo=timezone.utc), uuid.uuid4(), (1, [2]))
+    async with (
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as writer,
+        dbr.AsyncCredentialCache(redis_url, namespace=namespace) as reader,
+    ):
+
+        async def load() -> Any:
+            return row
+
+        async def never() -> Any:
+            pytest.fail("Redis missed")
+
+        await writer.get_or_load(1, load)
+        assert same(await reader.get_or_load(1, never), row)
+    path = tmp_path / "async.journal"
+    queue = dbr.AsyncWriteQueue(
+        object(),  # type: ignore[arg-type]
+        journal=str(path),
+        flush_interval=3600,
+        drain_timeout=0,
+        serializer=dbr.JsonSerializer(),
+    )
+    async with queue:
+        queue.submit("select %s", [{"a": [1, 2.5]}])
+        with pytest.raises(TypeError, match="tuple"):
+            queue.submit("select %s", [(1, 2)])
+    assert path.read_bytes().startswith(b"2 json1 ")
+    journal = Journal(path, serializer=dbr.JsonSerializer())
+    assert [r.params for r in journal.open()[0]] == [[{"a": [1, 2.5]}]]
+    journal.close()
