@@ -192,7 +192,7 @@ _SQLSTATE_EXACT: dict[str, ErrorKind] = {
     "57P03": _K.UNREACHABLE,  # cannot_connect_now: starting up, shutting down, in recovery
     "57P01": _K.CONNECTION_LOST,  # admin_shutdown (pg_terminate_backend, fast shutdown)
     "57P02": _K.CONNECTION_LOST,  # crash_shutdown
-    "57P04": _K.CONNECTION_LOST,  # database_dropped
+    "57P04": _K.DATABASE_MISSING,  # database_dropped: it will not come back
     "57P05": _K.IDLE_TIMEOUT,  # idle_session_timeout: nothing was in flight
     "25P03": _K.IDLE_TIMEOUT,  # idle_in_transaction_session_timeout: transaction rolled back
     "57014": _K.QUERY_TIMEOUT,  # query_canceled (statement_timeout or a cancel request)
