@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,redis,sqlalchemy,embedded,web,demo,doctor,tenacity,prometheus,otel,structlog]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,redis,sqlalchemy,embedded,web,demo,doctor,tenacity,testing,prometheus,otel,structlog]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -82,6 +82,9 @@ def test_wheel_holds_no_importable_examples(built: Built) -> None:
     assert not [n for n in names if n.startswith("dbresilience/examples")]
     assert "dbresilience/_examples/interview_service/schema.sql" in names
     assert "dbresilience/py.typed" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    text = built.wheel.read(entry_points).decode()
+    assert "[pytest11]\ndbresilience = dbresilience.pytest_plugin" in text
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
