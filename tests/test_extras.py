@@ -20,9 +20,13 @@ import tomllib
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# distributions whose import name is not their normalised name
+_IMPORT_NAMES = {"opentelemetry_api": "opentelemetry", "psycopg_pool": "psycopg_pool"}
+
+
 def _module(requirement: str) -> str:
-    name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0]
-    return name.lower().replace("-", "_")
+    name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("-", "_")
+    return _IMPORT_NAMES.get(name, name)
 
 
 def optional_modules() -> list[str]:
