@@ -115,6 +115,7 @@ new_format_garbage = st.one_of(
     st.sampled_from(
         [
             _b64(b"\x91" * 100_000 + b"\xc0"),  # 100,000 nested arrays
+            _b64(b"\xdd\xff\xff\xff\xff"),  # an array of 4 G items, none there
             _b64(_mp.dumps([1, 2, 3])),
             _b64(_mp.dumps(["1", "x", [], None])),
             _b64(_mp.dumps([0, "x", [], None])),

@@ -147,6 +147,9 @@ current_format_garbage = st.one_of(
         lambda pair: HEADER + b"v" + _encode(pair[0])[: pair[1]]  # truncated MessagePack
     ),
     st.just(HEADER + b"v" + b"\x91" * DEEP + b"\xc0"),
+    st.sampled_from([b"\xdd", b"\xdf", b"\xdb", b"\xc6", b"\xc9"]).map(
+        lambda head: HEADER + b"v" + head + b"\xff\xff\xff\xff"  # 4 G items, none there
+    ),
     st.just(HEADER + b"v" + _deep_tuples(5_000)),
     bad_extensions.map(lambda ext: HEADER + b"v" + _encode([1, ext])),
     st.just(HEADER + b"n" + _encode(1)),
