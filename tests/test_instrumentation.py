@@ -357,3 +357,50 @@ def test_instrumentation_imports_no_optional_dependency() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_prometheus_cache_series_when_redis_stops_and_returns(redis_server: Any) -> None:
+    """A throwaway Redis stopped then started: the scrape shows misses, loads, memory and Redis
+    hits, the cache degraded (1) and then restored (0); a failing loader with a stale value
+    shows as a stale hit and a failed load. No key appears in any label."""
+    registry = CollectorRegistry()
+    instrumentation.enable_prometheus(registry)
+    cache = dbr.CredentialCache(
+        redis_server.url, namespace="obs-cache", probe_interval=0.1, ttl=60, stale_ttl=60
+    )
+    other = dbr.CredentialCache(redis_server.url, namespace="obs-cache")
+    try:
+        assert cache.get_or_load("secret-key-1", lambda: {"u": 1}) == {"u": 1}  # miss, load
+        assert cache.get_or_load("secret-key-1", lambda: {"u": 2}) == {"u": 1}  # memory hit
+        assert other.get_or_load("secret-key-1", lambda: {"u": 3}) == {"u": 1}  # Redis hit
+        redis_server.stop()
+        cache.get_or_load("secret-key-2", lambda: {"u": 4})
+        assert value(scrape(registry), "dbresilience_cache_degraded", name="obs-cache") == 1
+        redis_server.start()
+        deadline = time.monotonic() + 5
+        while cache.degraded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not cache.degraded
+    finally:
+        cache.close()
+        other.close()
+    s = scrape(registry)
+    assert value(s, "dbresilience_cache_degraded", name="obs-cache") == 0
+    assert value(s, "dbresilience_cache_requests_total", name="obs-cache", result="miss") >= 2
+    assert value(s, "dbresilience_cache_requests_total", name="obs-cache", result="hit_memory") == 1
+    assert value(s, "dbresilience_cache_requests_total", name="obs-cache", result="hit_redis") == 1
+    assert value(s, "dbresilience_cache_loads_total", name="obs-cache", outcome="ok") >= 2
+    assert value(s, "dbresilience_cache_load_duration_seconds_count", name="obs-cache") >= 2
+    assert "secret-key" not in generate_latest(registry).decode()
+
+    def down() -> object:
+        raise psycopg.OperationalError("connection refused")  # P1001: transient
+
+    with dbr.CredentialCache(None, namespace="obs-stale", ttl=0.05, stale_ttl=30, jitter=0) as mem:
+        mem.get_or_load(7, lambda: {"u": 7})
+        time.sleep(0.06)
+        assert mem.get_or_load(7, down) == {"u": 7}
+    s = scrape(registry)
+    assert value(s, "dbresilience_cache_requests_total", name="obs-stale", result="stale") == 1
+    failed = dict(name="obs-stale", outcome="error", code="P1001")
+    assert value(s, "dbresilience_cache_loads_total", **failed) == 1

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from dbresilience import _instrument
 from dbresilience._acompat import Event, sleep, spawn
 from dbresilience._cache_base import (
     INVALIDATE,
@@ -25,6 +26,7 @@ from dbresilience._cache_base import (
     Entry,
     memory_key,
 )
+from dbresilience._classify import classify
 from dbresilience._events import logger
 from dbresilience._lifecycle import ResourceState
 
@@ -132,7 +134,10 @@ class CredentialCache(CacheBase):
             if self.degraded or not self._is_open:
                 return
             self.degraded = True
+            self._degraded_at = _monotonic()
             epoch = self._epoch
+        if _instrument.hooks:
+            _instrument.emit(_instrument.CacheDegraded(self.namespace, classify(exc).code))
         logger.warning(
             "cache %r: Redis unavailable (%s); serving from memory, probing every %.1f s",
             self.namespace,
@@ -154,6 +159,10 @@ class CredentialCache(CacheBase):
             self.flush_memory()  # what memory kept may have been invalidated meanwhile
             self.degraded = False
             logger.warning("cache %r: Redis is back; memory tier flushed", self.namespace)
+            if _instrument.hooks:
+                _instrument.emit(
+                    _instrument.CacheRestored(self.namespace, _monotonic() - self._degraded_at)
+                )
             return
 
     def _subscriber(self, epoch: int) -> None:
@@ -192,6 +201,9 @@ class CredentialCache(CacheBase):
                 self._memory.move_to_end(k)  # least recently used goes first
         if entry is not None and entry.fresh_until > _monotonic():
             self.counters["memory_hits"] += 1
+            if _instrument.hooks:
+                tier = "negative" if entry.value is NOT_FOUND else "memory"
+                _instrument.emit(_instrument.CacheHit(self.namespace, tier))
             if entry.value is NOT_FOUND:
                 self.counters["negative_hits"] += 1
                 return cast(T, None)  # only a loader that returned None leaves this entry
@@ -205,6 +217,8 @@ class CredentialCache(CacheBase):
                 ok, value = self._decode(k, self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
+                    if _instrument.hooks:
+                        _instrument.emit(_instrument.CacheHit(self.namespace, "redis"))
                     self._remember(k, value, since)
                     return self._public(value)  # type: ignore[no-any-return]
                 # a miss: the version the load's write-back must still find (read before
@@ -214,6 +228,8 @@ class CredentialCache(CacheBase):
             except Exception as exc:
                 self._degrade(exc)
         self.counters["misses"] += 1
+        if _instrument.hooks:
+            _instrument.emit(_instrument.CacheMiss(self.namespace))
         return self._load(k, loader, version, entry)  # type: ignore[no-any-return]
 
     def _load(self, k: str, loader: Callable[[], Any], version: bytes, stale: Entry | None) -> Any:
@@ -234,16 +250,25 @@ class CredentialCache(CacheBase):
                 if found:
                     flight.result = shared
                     return self._public(shared)
+            started = _monotonic()
             try:
                 value = self._stored(loader())
             except Exception as exc:
                 self.counters["load_failures"] += 1
+                if _instrument.hooks:
+                    self._loaded(started, exc)
                 serve, old = self._stale_value(stale, exc)
                 if not serve:
                     raise
+                if _instrument.hooks:
+                    _instrument.emit(
+                        _instrument.CacheStaleServed(self.namespace, classify(exc).code)
+                    )
                 flight.result = old
                 return self._public(old)
             self.counters["loads"] += 1
+            if _instrument.hooks:
+                self._loaded(started, None)
             # Encoded with Redis or without (memory-only mode must not accept what production
             # refuses): a value the serializer cannot give back as it is is the caller's
             # TypeError, neither kept nor shared. Encoded once, on the load: a hit never pays.
@@ -263,6 +288,14 @@ class CredentialCache(CacheBase):
                 done.set()
             if lease is not None:  # stored or not: the next instance need not wait it out
                 self._release_lease(k, lease)
+
+    def _loaded(self, started: float, exc: Exception | None) -> None:
+        """Announce a loader run to the process-wide hooks."""
+        code = None if exc is None else classify(exc).code
+        outcome = "ok" if exc is None else "error"
+        _instrument.emit(
+            _instrument.CacheLoaded(self.namespace, _monotonic() - started, outcome, code)
+        )
 
     def _share(self, k: str, value: Any, payload: bytes, version: bytes) -> None:
         """Put a fresh value in Redis unless someone invalidated the key meanwhile."""

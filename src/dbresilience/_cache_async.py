@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
 
+from dbresilience import _instrument
 from dbresilience._acompat import AEvent, asleep, aspawn, spawn
 from dbresilience._cache_base import (
     INVALIDATE,
@@ -23,6 +24,7 @@ from dbresilience._cache_base import (
     Entry,
     memory_key,
 )
+from dbresilience._classify import classify
 from dbresilience._events import logger
 from dbresilience._lifecycle import ResourceState
 
@@ -139,7 +141,10 @@ class AsyncCredentialCache(CacheBase):
             if self.degraded or not self._is_open:
                 return
             self.degraded = True
+            self._degraded_at = _monotonic()
             epoch = self._epoch
+        if _instrument.hooks:
+            _instrument.emit(_instrument.CacheDegraded(self.namespace, classify(exc).code))
         logger.warning(
             "cache %r: Redis unavailable (%s); serving from memory, probing every %.1f s",
             self.namespace,
@@ -161,6 +166,10 @@ class AsyncCredentialCache(CacheBase):
             self.flush_memory()  # what memory kept may have been invalidated meanwhile
             self.degraded = False
             logger.warning("cache %r: Redis is back; memory tier flushed", self.namespace)
+            if _instrument.hooks:
+                _instrument.emit(
+                    _instrument.CacheRestored(self.namespace, _monotonic() - self._degraded_at)
+                )
             return
 
     async def _subscriber(self, epoch: int) -> None:
@@ -199,6 +208,9 @@ class AsyncCredentialCache(CacheBase):
                 self._memory.move_to_end(k)  # least recently used goes first
         if entry is not None and entry.fresh_until > _monotonic():
             self.counters["memory_hits"] += 1
+            if _instrument.hooks:
+                tier = "negative" if entry.value is NOT_FOUND else "memory"
+                _instrument.emit(_instrument.CacheHit(self.namespace, tier))
             if entry.value is NOT_FOUND:
                 self.counters["negative_hits"] += 1
                 return cast(T, None)  # only a loader that returned None leaves this entry
@@ -212,6 +224,8 @@ class AsyncCredentialCache(CacheBase):
                 ok, value = self._decode(k, await self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
+                    if _instrument.hooks:
+                        _instrument.emit(_instrument.CacheHit(self.namespace, "redis"))
                     self._remember(k, value, since)
                     return self._public(value)  # type: ignore[no-any-return]
                 # a miss: the version the load's write-back must still find (read before
@@ -221,6 +235,8 @@ class AsyncCredentialCache(CacheBase):
             except Exception as exc:
                 self._degrade(exc)
         self.counters["misses"] += 1
+        if _instrument.hooks:
+            _instrument.emit(_instrument.CacheMiss(self.namespace))
         return await self._load(k, loader, version, entry)  # type: ignore[no-any-return]
 
     async def _load(
@@ -243,16 +259,25 @@ class AsyncCredentialCache(CacheBase):
                 if found:
                     flight.result = shared
                     return self._public(shared)
+            started = _monotonic()
             try:
                 value = self._stored(await loader())
             except Exception as exc:
                 self.counters["load_failures"] += 1
+                if _instrument.hooks:
+                    self._loaded(started, exc)
                 serve, old = self._stale_value(stale, exc)
                 if not serve:
                     raise
+                if _instrument.hooks:
+                    _instrument.emit(
+                        _instrument.CacheStaleServed(self.namespace, classify(exc).code)
+                    )
                 flight.result = old
                 return self._public(old)
             self.counters["loads"] += 1
+            if _instrument.hooks:
+                self._loaded(started, None)
             # Encoded with Redis or without (memory-only mode must not accept what production
             # refuses): a value the serializer cannot give back as it is is the caller's
             # TypeError, neither kept nor shared. Encoded once, on the load: a hit never pays.
@@ -272,6 +297,14 @@ class AsyncCredentialCache(CacheBase):
                 done.set()
             if lease is not None:  # stored or not: the next instance need not wait it out
                 await self._release_lease(k, lease)
+
+    def _loaded(self, started: float, exc: Exception | None) -> None:
+        """Announce a loader run to the process-wide hooks."""
+        code = None if exc is None else classify(exc).code
+        outcome = "ok" if exc is None else "error"
+        _instrument.emit(
+            _instrument.CacheLoaded(self.namespace, _monotonic() - started, outcome, code)
+        )
 
     async def _share(self, k: str, value: Any, payload: bytes, version: bytes) -> None:
         """Put a fresh value in Redis unless someone invalidated the key meanwhile."""

@@ -136,6 +136,7 @@ class CacheBase(Lifecycle):
         self._floor = 0
         self._generation: dict[str, int] = {}
         self.degraded = False  # True while Redis fails: memory only, short TTLs
+        self._degraded_at = 0.0  # monotonic time Redis was lost (for CacheRestored)
         self.instance = f"{id(self):x}{random.getrandbits(32):08x}"  # to skip our own echoes
         self.counters = {
             "memory_hits": 0,
