@@ -404,3 +404,62 @@ def test_prometheus_cache_series_when_redis_stops_and_returns(redis_server: Any)
     assert value(s, "dbresilience_cache_requests_total", name="obs-stale", result="stale") == 1
     failed = dict(name="obs-stale", outcome="error", code="P1001")
     assert value(s, "dbresilience_cache_loads_total", **failed) == 1
+
+
+def test_a_write_set_aside_is_counted_and_its_row_never_logged(
+    pg_dsn: str, table_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A check-constraint violation in a write queue: the scrape shows the written rows, the
+    write set aside with its code and SQLSTATE and the pending gauge; the row's data (which
+    PostgreSQL quotes in ``DETAIL: Failing row contains (...)``) reaches no log record, even
+    with the logging hook on, while failed_writes() keeps the full error."""
+    secret = "PRIVATE-ROW-DATA-4711"
+    registry = CollectorRegistry()
+    instrumentation.enable_prometheus(registry)
+    instrumentation.add_hook(instrumentation.LoggingHook())
+    caplog.set_level(logging.DEBUG)
+    t = psycopg.sql.Identifier(table_name)
+    ledger = f"{table_name}_ledger"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("create table {} (k int, v text check (v not like 'PRIVATE%'))").format(
+                t
+            )
+        )
+    insert = f"insert into {t.as_string()} (k, v) values (%s, %s)"
+    try:
+        with (
+            dbr.Pool(pg_dsn, min_size=1, name="obs-queue") as pool,
+            dbr.WriteQueue(pool, ledger_table=ledger) as queue,
+        ):
+            s = scrape(registry)
+            assert value(s, "dbresilience_queue_pending", name="obs-queue") == 0
+            for i in range(20):
+                queue.submit(insert, (i, "fine"))
+            queue.submit(insert, (99, secret))
+            assert queue.flush(timeout=30)
+            failed = queue.failed_writes()
+            s = scrape(registry)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("drop table if exists {}").format(t))
+            conn.execute(
+                psycopg.sql.SQL("drop table if exists {}").format(psycopg.sql.Identifier(ledger))
+            )
+    assert len(failed) == 1
+    assert secret in failed[0].error
+    assert "Failing row contains" in failed[0].error
+    aside = dict(name="obs-queue", code="P2004", sqlstate="23514")
+    assert value(s, "dbresilience_queue_failed_total", **aside) == 1, s.get(
+        "dbresilience_queue_failed_total"
+    )
+    assert value(s, "dbresilience_queue_written_total", name="obs-queue") == 20
+    assert value(s, "dbresilience_queue_batch_duration_seconds_count", name="obs-queue") >= 1
+    set_aside = [r for r in caplog.records if "set aside" in r.getMessage()]
+    assert set_aside
+    assert set_aside[0].sqlstate == "23514"
+    for record in caplog.records:
+        assert secret not in record.getMessage()
+        assert secret not in repr(vars(record))
+        if record.exc_info:
+            assert secret not in logging.Formatter().formatException(record.exc_info)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from dbresilience import _instrument
 from dbresilience._acompat import Signal, Worker, join_worker, spawn
 from dbresilience._breaker import Permit
 from dbresilience._classify import classify
@@ -259,6 +260,7 @@ class WriteQueue(QueueBase):
         delay = 0.05
         timeouts = 0
         while True:
+            started = time.monotonic()
             try:
                 written, duplicates, reused = self._attempt(batch)
             except Exception as exc:
@@ -285,6 +287,12 @@ class WriteQueue(QueueBase):
             if self._on_commit is not None:  # before flush() can return: it sees the hook's work
                 self._run_hook(self._on_commit, batch)
             self._done_with(batch, written, duplicates, [(r, _reused(r)) for r in reused])
+            if _instrument.hooks:
+                _instrument.emit(
+                    _instrument.QueueBatchCommitted(
+                        self.name, written, time.monotonic() - started, self._pending()
+                    )
+                )
             return True
 
     def _run_hook(self, hook: Callable[[Any], object], arg: Any) -> None:

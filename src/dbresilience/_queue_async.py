@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from dbresilience import _instrument
 from dbresilience._acompat import ASignal, AWorker, aspawn, await_worker
 from dbresilience._breaker import Permit
 from dbresilience._classify import classify
@@ -276,6 +277,7 @@ class AsyncWriteQueue(QueueBase):
         delay = 0.05
         timeouts = 0
         while True:
+            started = time.monotonic()
             try:
                 written, duplicates, reused = await self._attempt(batch)
             except Exception as exc:
@@ -304,6 +306,12 @@ class AsyncWriteQueue(QueueBase):
             if self._on_commit is not None:  # before flush() can return: it sees the hook's work
                 await self._run_hook(self._on_commit, batch)
             await self._done_with(batch, written, duplicates, [(r, _reused(r)) for r in reused])
+            if _instrument.hooks:
+                _instrument.emit(
+                    _instrument.QueueBatchCommitted(
+                        self.name, written, time.monotonic() - started, self._pending()
+                    )
+                )
             return True
 
     async def _run_hook(self, hook: Callable[[Any], object], arg: Any) -> None:

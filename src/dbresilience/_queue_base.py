@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
+from dbresilience import _instrument
 from dbresilience._classify import ErrorKind, classify
 from dbresilience._errors import DBResilienceError, QueueClosed, QueueFull, QueueStalled
 from dbresilience._events import logger
@@ -384,6 +385,7 @@ class QueueBase(Lifecycle):
     ) -> None:
         """Validate the settings (``TypeError``/``ValueError`` naming the argument); no I/O."""
         self.pool = pool
+        _instrument.queues.add(self)  # weak: for the pending gauge read at scrape time
         self.batch_size = positive_int("batch_size", batch_size)
         self.flush_interval = seconds("flush_interval", flush_interval)
         self.max_pending = positive_int("max_pending", max_pending)
@@ -593,14 +595,29 @@ class QueueBase(Lifecycle):
             c.code,
             type(exc).__name__,
             c.sqlstate or "-",
+            extra={"code": c.code, "sqlstate": c.sqlstate},
         )
+        if _instrument.hooks:
+            _instrument.emit(_instrument.WriteSetAside(self.name, c.code, c.sqlstate))
         return failed
+
+    @property
+    def name(self) -> str:
+        """What metrics and events call this queue: its pool's name."""
+        return str(getattr(self.pool, "name", "queue"))
+
+    def _pending(self) -> int:
+        """Writes accepted and not yet written (read without the lock: a gauge)."""
+        return len(self._buffer) + self._spilled
 
     def _note_worker_failure(self, exc: BaseException) -> None:
         """Under the condition: the worker failed outside any batch's own triage."""
         self.counters["worker_restarts"] += 1
         self._worker_failures += 1
-        self._worker_error = f"{type(exc).__name__} ({classify(exc).code})"
+        code = classify(exc).code
+        self._worker_error = f"{type(exc).__name__} ({code})"
+        if _instrument.hooks:
+            _instrument.emit(_instrument.WorkerRestarted(self.name, code))
 
     def _note_journal_error(self, exc: OSError) -> None:
         """Under the condition: the journal could not record progress (a full disk, a file
@@ -623,6 +640,8 @@ class QueueBase(Lifecycle):
             self._seq = max(self._seq, top)
             self._done = replay[0].seq - 1 if replay else self._seq
             self.counters["replayed"] += len(replay)
+            if replay and _instrument.hooks:
+                _instrument.emit(_instrument.JournalReplayed(self.name, len(replay)))
         else:
             self._done = self._seq
         self._state = ResourceState.OPEN

@@ -52,7 +52,7 @@ class _ScrapeCollector(Collector):
         )
         for queue in list(ins.queues):
             try:
-                count = queue.pending()
+                count = queue._pending()
             except Exception:  # noqa: S112 - a queue closing: skip it this scrape
                 continue
             pending.add_metric([queue.name], float(count))
