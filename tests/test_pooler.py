@@ -18,9 +18,12 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg import sql
 
 import dbresilience as dbr
+from dbresilience._pooler import session_state_use
 from dbresilience.faults import TemporaryPgBouncer
 from dbresilience.sqlalchemy import create_async_engine, create_engine, warm_async_engine
 from tests.conftest import start_pgbouncer
@@ -377,3 +380,105 @@ def test_sqlalchemy_engine_detects_the_pooler(
     finally:
         engine.dispose()
     assert "refused the startup parameter 'options'" in caplog.text
+
+
+# --- the pooler itself failing ---------------------------------------------------------------
+
+
+def test_pool_rides_through_a_pgbouncer_restart(pg_dsn: str) -> None:
+    """PgBouncer restarted under a read load (its client connections all cut): reads are
+    retried on fresh connections; a read that finds no connection while PgBouncer is down
+    fails fast with a transient 503 (DatabaseUnavailable, the pool's policy for an outage),
+    never with a write in doubt or past its deadline; the generation is retired and reads
+    go on at once after."""
+    b = start_pgbouncer(pg_dsn, databases=[_dbname(pg_dsn)], default_pool_size=2)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    try:
+        with dbr.Pool(
+            b.conninfo(_dbname(pg_dsn)), pooler="transaction", min_size=2, max_size=2
+        ) as pool:
+
+            def reader() -> None:
+                i = 0
+                while not stop.is_set():
+                    start = time.monotonic()
+                    try:
+                        assert pool.fetchone("select %s::int", (i,), timeout=2) == (i,)
+                    except BaseException as exc:
+                        errors.append(exc)
+                        assert time.monotonic() - start < 2.5
+                    i += 1
+
+            threads = [threading.Thread(target=reader) for _ in range(2)]
+            for t in threads:
+                t.start()
+            time.sleep(0.2)
+            b.restart()
+            time.sleep(0.5)
+            stop.set()
+            for t in threads:
+                t.join()
+            assert pool.fetchone("select 1", timeout=2) == (1,)
+            assert pool.stats()["generation"] >= 1
+    finally:
+        stop.set()
+        b.close()
+    for exc in errors:
+        c = dbr.classify(exc)
+        assert c.transient, (exc, c)
+        assert not c.commit_unknown, (exc, c)
+
+
+async def test_paused_pgbouncer_holds_calls_to_their_deadline(
+    bouncer: TemporaryPgBouncer, pg_dsn: str
+) -> None:
+    """PAUSE (a maintenance switch-over): a call waits in PgBouncer, ends by its own deadline
+    with QueryTimeout (P1008) and not later; after RESUME calls are served again."""
+    dsn = bouncer.conninfo(_dbname(pg_dsn))
+    async with dbr.AsyncPool(dsn, pooler="transaction", min_size=1, max_size=2) as pool:
+        assert await pool.fetchone("select 1") == (1,)
+        await asyncio.to_thread(bouncer.pause)
+        try:
+            start = time.monotonic()
+            with pytest.raises(dbr.QueryTimeout):
+                await pool.fetchone("select 1", timeout=0.5)
+            assert time.monotonic() - start < 0.5 + 0.5
+        finally:
+            await asyncio.to_thread(bouncer.resume)
+        assert await pool.fetchone("select 2", timeout=5) == (2,)
+
+
+# --- what counts as session state: no false alarms on ordinary SQL ---------------------------
+
+_WORDS = st.sampled_from(
+    ["listen", "set", "temp", "temporary", "prepare", "hold", "lock", "advisory", "session"]
+)
+_NAMES = st.builds(lambda a, b: f"{a}_{b}", _WORDS, st.text("abcxyz", min_size=1, max_size=5))
+
+
+@given(_NAMES, _NAMES)
+def test_ordinary_statements_naming_keywords_are_not_refused(column: str, table: str) -> None:
+    """Columns and tables named after the keywords (listen_count, set_x, temp_y) and UPDATE …
+    SET are ordinary SQL: never taken for session state."""
+    for query in (
+        f"select {column} from {table} where {column} = %s",
+        f"update {table} set {column} = %s where id = %s",
+        f"insert into {table} ({column}) values (%s) on conflict do nothing",
+        f"with {table} as (select 1 as {column}) select * from {table}",
+    ):
+        assert session_state_use(query) is None, query
+
+
+@given(
+    st.sampled_from(REFUSED),
+    st.sampled_from(["", " ", "\n\t", "select 1; "]),
+    st.booleans(),
+)
+def test_session_statements_are_refused_whatever_their_spelling(
+    query: str, prefix: str, upper: bool
+) -> None:
+    """The refused statements stay refused in any case, after whitespace or another
+    statement."""
+    text = prefix + (query.upper() if upper else query)
+    assert session_state_use(text) is not None, text

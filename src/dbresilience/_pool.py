@@ -63,7 +63,8 @@ class _CorePool(psycopg_pool.ConnectionPool[Conn]):
         except Exception as exc:
             # pooler="auto": a pooler refusing our startup options switches the pool over,
             # and psycopg_pool's next attempt (0.1 s later) connects without them
-            self._dbr_owner._detect_rejected_options(exc)
+            if self._dbr_owner._detect_rejected_options(exc):
+                raise
             counters.last_connect_error = exc
             counters.last_connect_error_at = now()
             if _instrument.hooks:

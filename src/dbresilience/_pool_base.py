@@ -73,6 +73,7 @@ _CANNOT_CONNECT = frozenset(
         ErrorKind.ACCESS_DENIED,
         ErrorKind.TLS_ERROR,
         ErrorKind.TOO_MANY_CONNECTIONS,
+        ErrorKind.CONFIGURATION,
     }
 )
 # Failures during COMMIT after which nobody knows whether it committed.
