@@ -280,6 +280,15 @@ def test_too_deep_or_circular_is_a_type_error() -> None:
             MP.dumps(value)
 
 
+def test_a_lone_surrogate_is_a_type_error_naming_str() -> None:
+    """A str that UTF-8 cannot encode (a lone surrogate): TypeError naming str, in the cache
+    (memory-only too) as in the serializer."""
+    with pytest.raises(TypeError, match="str"):
+        MP.dumps(["ok", "\ud800"])
+    with dbr.CredentialCache(None) as cache, pytest.raises(TypeError, match="str"):
+        cache.get_or_load(1, lambda: {"name": "\udfff"})
+
+
 def test_a_serializer_is_checked_at_construction() -> None:
     """serializer= takes anything with name/dumps/loads; anything else fails at construction,
     naming the argument."""

@@ -313,6 +313,10 @@ class MsgpackSerializer:
             raise TypeError(
                 f"{_MP} cannot store this value: too deeply nested (or circular)"
             ) from None
+        except UnicodeEncodeError:
+            raise TypeError(
+                f"{_MP} cannot store a str that is not valid Unicode (a lone surrogate)"
+            ) from None
 
     def loads(self, data: bytes) -> Any:
         """The value *data* holds. Raises ``msgspec.DecodeError`` (a ``ValueError``),
