@@ -655,3 +655,18 @@ async def test_the_async_twins_use_the_same_serializer(
     journal = Journal(path, serializer=dbr.JsonSerializer())
     assert [r.params for r in journal.open()[0]] == [[{"a": [1, 2.5]}]]
     journal.close()
+
+
+def test_spilled_writes_are_read_back_typed(tmp_path: Path) -> None:
+    """on_full="spill" reads writes back from the journal (read_from): typed, like a replay."""
+    row = [Decimal("0.10"), (1, "x"), b"\x00", uuid.uuid4(), date(2026, 1, 1)]
+    journal = Journal(tmp_path / "spill.journal")
+    journal.open()
+    try:
+        offset = journal.append_at(Record(1, "insert", row, "k"))
+        journal.append(Record(2, "insert", [row], None))
+        records, end = journal.read_from(offset, 10, 1)
+    finally:
+        journal.close()
+    assert end == journal.bytes
+    assert same(records, [Record(1, "insert", row, "k"), Record(2, "insert", [row], None)])
