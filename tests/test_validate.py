@@ -562,3 +562,22 @@ def test_prepare_threshold_goes_to_the_connection(pg_dsn: str) -> None:
         pool = dbr.Pool(pg_dsn, min_size=1, max_size=1, kwargs={"prepare_threshold": threshold})
         with pool, pool.connection() as conn:
             assert conn.prepare_threshold == threshold
+
+
+@pytest.mark.parametrize(
+    ("connect_args", "message"),
+    [
+        ({"nosuch": 1}, "connect_args key 'nosuch'"),
+        ({"port": "notaport"}, "connect_args: port must be an integer"),
+        ({"sslmode": "always"}, "connect_args: sslmode"),
+    ],
+)
+def test_bad_engine_connect_args_fail_at_construction(
+    connect_args: dict[str, object], message: str
+) -> None:
+    """The engines check connect_args like the pools check kwargs: at construction, no I/O."""
+    from dbresilience.sqlalchemy import create_async_engine, create_engine
+
+    for factory in (create_engine, create_async_engine):
+        with pytest.raises(ValueError, match=message):
+            factory("postgresql+psycopg://u@127.0.0.1:1/db", connect_args=connect_args)

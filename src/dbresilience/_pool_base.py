@@ -165,6 +165,24 @@ def split_kwargs(kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], dict[st
     return libpq, options
 
 
+# What psycopg's connect() takes besides libpq parameters (SQLAlchemy's connect_args go there).
+_CONNECT_KEYWORDS = frozenset(
+    {"prepare_threshold", "autocommit", "row_factory", "cursor_factory", "context"}
+)
+
+
+def check_connect_args(connect_args: dict[str, Any]) -> None:
+    """``ValueError`` for a SQLAlchemy ``connect_args`` key that is neither a libpq parameter
+    nor one of psycopg's ``connect()`` keywords, or a libpq value it would reject."""
+    for key in connect_args:
+        if key not in _LIBPQ_PARAMS and key not in _CONNECT_KEYWORDS:
+            raise ValueError(
+                f"connect_args key {key!r} is neither a libpq connection parameter nor a "
+                f"psycopg connect() keyword ({', '.join(sorted(_CONNECT_KEYWORDS))})"
+            )
+    check_params(connect_args, "connect_args")
+
+
 def pooler_setting(value: object) -> str | None:
     """*value* if it is a valid ``pooler=``: ``None``, ``"auto"``, ``"session"`` or
     ``"transaction"``."""

@@ -17,6 +17,7 @@ from dbresilience._classify import classify
 from dbresilience._errors import QueryTimeout
 from dbresilience._pool_base import (
     PoolConfig,
+    check_connect_args,
     connection_is_dead,
     explain_connect_error,
     has_pending_input,
@@ -123,7 +124,9 @@ def prepare(
     n_warm = pool_size if warm is None else non_negative_int("warm", warm)
     at_most("warm", n_warm, "pool_size", pool_size)
     mode = None if config.pooler == "auto" else config.pooler
-    connect_args = config.connect_params(dict(engine_kwargs.pop("connect_args", {}) or {}), mode)
+    given = dict(engine_kwargs.pop("connect_args", {}) or {})
+    check_connect_args(given)
+    connect_args = config.connect_params(given, mode)
     if mode == "transaction":
         connect_args["prepare_threshold"] = None
         if cursor_factory is not None:
