@@ -105,6 +105,49 @@ print(json.dumps({{"acked": acked, "refused": refused, "during": during, "after"
                   "replayed": replayed}}))
 """
 
+#: the same with the asyncio twin
+FULL_DISK_CHILD_ASYNC = """
+import asyncio, json, os, resource, signal
+import dbresilience as dbr
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+async def main():
+    pool = dbr.AsyncPool({dsn!r}, min_size=1)
+    await pool.open()
+    queue = await dbr.AsyncWriteQueue(pool, journal={journal!r}, batch_size=10_000,
+                                      flush_interval=60).open()
+    acked = []
+    def submit(i, v):
+        queue.submit({insert!r}, (i, v), key=f"disk-{{i}}")
+        acked.append(i)
+    for i in range(40):
+        submit(i, "before")
+    assert await queue.flush(timeout=30)
+    for i in range(40, 80):
+        submit(i, "journaled")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize({journal!r}), hard))
+    assert await queue.flush(timeout=30)  # committed; the watermark cannot be written
+    refused = 0
+    for i in range(80, 120):
+        try:
+            submit(i, "full")
+        except OSError:
+            refused += 1
+    during = queue.stats()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    submit(1000, "after")
+    assert await queue.flush(timeout=30)
+    after = queue.stats()
+    await queue.aclose()
+    again = await dbr.AsyncWriteQueue(pool, journal={journal!r}).open()
+    replayed = again.stats()["replayed"]
+    await again.aclose()
+    await pool.aclose()
+    print(json.dumps({{"acked": acked, "refused": refused, "during": during, "after": after,
+                      "replayed": replayed}}))
+asyncio.run(main())
+"""
+
 #: a process that tries to open a journal another queue owns; format with journal
 LOCKED_CHILD = """
 import dbresilience as dbr
@@ -112,4 +155,67 @@ try:
     dbr.WriteQueue(object(), journal={journal!r}).open()
 except dbr.JournalLocked as exc:
     print("locked:", exc)
+"""
+
+#: one queue process of the multi-process model test (tests/test_queue_model_processes.py):
+#: ``python -c MODEL_CHILD dsn journal app``. It opens a Pool and a journaled WriteQueue, prints
+#: ``{"ready": ..., "stats": ...}``, then answers one JSON command per stdin line with one JSON
+#: line: submit (an OSError or library error is a refusal, never an acknowledgement), stats (with
+#: the writes set aside), full (a file-size limit at the journal's size: a full disk) and room,
+#: close_pool, close (drain, then exit), exit (os._exit at once: no answer, no drain).
+MODEL_CHILD = """
+import json, os, resource, signal, sys
+import dbresilience as dbr
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+dsn, journal, app = sys.argv[1:4]
+pool = dbr.Pool(dsn, min_size=1, max_size=2, connect_timeout=1.0, acquire_timeout=1.0,
+                query_timeout=1.0, breaker=None, budget=None,
+                kwargs={"application_name": app})
+pool.open()
+queue = dbr.WriteQueue(pool, journal=journal, batch_size=50, flush_interval=0.01,
+                       batch_timeout=1.0, drain_timeout=5.0).open()
+limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+def stats():
+    s = queue.stats()
+    s["set_aside"] = [[f.params, f.key, f.code, type(f).__name__, f.error.split(":")[0]]
+                      for f in queue.failed_writes()]
+    return s
+
+def say(obj):
+    sys.stdout.write(json.dumps(obj, default=str) + "\\n")
+    sys.stdout.flush()
+
+say({"ready": True, "stats": stats()})
+for line in sys.stdin:
+    cmd = json.loads(line)
+    op = cmd["op"]
+    if op == "submit":
+        try:
+            queue.submit(cmd["sql"], cmd["params"], key=cmd["key"])
+            say({"ok": True})
+        except (OSError, dbr.DBResilienceError) as exc:
+            say({"ok": False, "error": type(exc).__name__})
+    elif op == "stats":
+        say(stats())
+    elif op == "flush":
+        say({"ok": queue.flush(timeout=cmd["timeout"])})
+    elif op == "full":
+        resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(journal), limits[1]))
+        say({"ok": True})
+    elif op == "room":
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        say({"ok": True})
+    elif op == "close_pool":
+        pool.close()
+        say({"ok": True})
+    elif op == "close":
+        queue.drain_timeout = cmd["drain"]
+        queue.close()
+        s = stats()
+        pool.close()
+        say(s)
+        break
+    elif op == "exit":
+        os._exit(0)
 """

@@ -508,8 +508,9 @@ def test_a_full_journal_never_kills_the_worker(
     """The journal hits a file-size limit (as on a full disk): submit refuses what it cannot
     journal, the worker keeps committing and says so in stats(); every acknowledged write lands
     exactly once, and when the limit goes the journal records progress again."""
+    source = FULL_DISK_CHILD
     journal = str(tmp_path / "full.journal")
-    child = FULL_DISK_CHILD.format(dsn=pg_cluster.dsn, journal=journal, insert=insert(events))
+    child = source.format(dsn=pg_cluster.dsn, journal=journal, insert=insert(events))
     out = subprocess.run(
         [sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=False
     )

@@ -30,6 +30,7 @@ from .queue_support import (
     CRASH_CHILD,
     CRASH_CHILD_ASYNC,
     FULL_DISK_CHILD,
+    FULL_DISK_CHILD_ASYNC,
     LOCKED_CHILD,
     OWNER_CHILD,
     Ident,
@@ -528,9 +529,11 @@ async def test_a_full_journal_never_kills_the_worker(
     journal, the worker keeps committing and says so in stats(); every acknowledged write lands
     exactly once, and when the limit goes the journal records progress again."""
     if True:  # ASYNC
-        pytest.skip("the child process drives the threaded queue; run by the sync twin")
+        source = FULL_DISK_CHILD_ASYNC
+    else:
+        source = FULL_DISK_CHILD
     journal = str(tmp_path / "full.journal")
-    child = FULL_DISK_CHILD.format(dsn=pg_cluster.dsn, journal=journal, insert=insert(events))
+    child = source.format(dsn=pg_cluster.dsn, journal=journal, insert=insert(events))
     out = subprocess.run(
         [sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=False
     )
