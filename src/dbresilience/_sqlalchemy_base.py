@@ -226,27 +226,61 @@ def instrument(
             finally:
                 watchdog.done(entry)
 
+    def _finish_all(info: dict[Any, Any]) -> None:
+        """Finish every entry left on a connection (statements that ended unseen)."""
+        for _, entry in info.pop(_WATCH, ()):
+            watchdog.done(entry)
+
     @event.listens_for(engine.pool, "checkin")
     def _checkin(dbapi_connection: Any, record: Any) -> None:
         if record is not None:
             record.info[_USED_AT] = time.monotonic()
+            _finish_all(record.info)  # no deadline outlives its checkout
 
+    @event.listens_for(engine.pool, "invalidate")
+    def _invalidate(dbapi_connection: Any, record: Any, exc: BaseException | None) -> None:
+        if record is not None:
+            _finish_all(record.info)
+
+    # The entries of a connection are a stack of (cursor, entry): a statement may run on the
+    # same connection from inside another's before_cursor_execute (a listener setting a
+    # tenant), and each keeps its own deadline. An entry whose cursor is closed belongs to a
+    # statement that failed unseen (skip_user_error_events: no handle_error); it is finished
+    # when the next statement starts, and whatever is left when the connection is checked in.
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn: sa.Connection, cursor: Any, statement: Any, *args: Any) -> None:
         driver = _driver_connection(conn.connection.dbapi_connection)
-        if driver is not None:
-            conn.info[_WATCH] = watchdog.watch(driver.pgconn.socket, time.monotonic() + deadline)
+        if driver is None:
+            return
+        stack = conn.info.get(_WATCH)
+        if stack is None:
+            stack = conn.info[_WATCH] = []
+        elif stack:
+            for item in [item for item in stack if _cursor_closed(item[0])]:
+                stack.remove(item)
+                watchdog.done(item[1])
+        stack.append((cursor, watchdog.watch(driver.pgconn.socket, time.monotonic() + deadline)))
+
+    def _pop(conn: sa.Connection | None, cursor: Any) -> Any:
+        """The entry of *cursor*'s statement, taken off the connection's stack (or None)."""
+        stack = conn.info.get(_WATCH) if conn is not None else None
+        if not stack:
+            return None
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i][0] is cursor:
+                return stack.pop(i)[1]
+        return None
 
     @event.listens_for(engine, "after_cursor_execute")
     def _after(conn: sa.Connection, cursor: Any, statement: Any, *args: Any) -> None:
-        entry = conn.info.pop(_WATCH, None)
+        entry = _pop(conn, cursor)
         if entry is not None and watchdog.done(entry):
             conn.invalidate()  # the answer came, but the socket is already shut
 
     @event.listens_for(engine, "handle_error")
     def _handle_error(context: sa.engine.ExceptionContext) -> None:
         conn = context.connection
-        entry = conn.info.pop(_WATCH, None) if conn is not None else None
+        entry = _pop(conn, getattr(context.execution_context, "cursor", None))
         fired = entry is not None and watchdog.done(entry)
         original = context.original_exception
         if fired:
@@ -272,6 +306,13 @@ def warming_of(engine: sa.Engine) -> tuple[int, float]:
             "engine: expected an engine made by dbresilience.sqlalchemy's create_engine or "
             f"create_async_engine, got {type(engine).__name__}"
         ) from None
+
+
+def _cursor_closed(cursor: Any) -> bool:
+    """Whether a DBAPI cursor (psycopg's, or SQLAlchemy's asyncio adapter around one) is
+    closed: its statement is over."""
+    inner = getattr(cursor, "_cursor", cursor)  # the asyncio adapter keeps psycopg's cursor
+    return inner is None or bool(getattr(inner, "closed", False))
 
 
 def connect_delay(exc: BaseException, delay: float, deadline_at: float) -> float:
