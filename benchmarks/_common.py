@@ -114,3 +114,33 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value)
+
+
+def interleaved_rounds(
+    candidates: Sequence[tuple[str, Callable[[], float]]], rounds: int, seed: int = 19
+) -> dict[str, list[float]]:
+    """Run every candidate once per round, in a shuffled order each round; each call returns
+    its own figure (rows/s, us …). Alternating candidates round by round lets all of them meet
+    the same machine: on this shared 2-core box a block of one candidate can land in a quiet
+    minute and the next in a busy one."""
+    import random
+
+    figures: dict[str, list[float]] = {name: [] for name, _ in candidates}
+    order = list(candidates)
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name, fn in order:
+            figures[name].append(fn())
+    return figures
+
+
+def spread(values: Sequence[float], scale: float = 1.0, unit: str = "") -> str:
+    """``median (min-max)`` of *values* times *scale*, thousands separated."""
+    import statistics
+
+    def fmt(x: float) -> str:
+        x *= scale
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
+
+    return f"{fmt(statistics.median(values))}{unit} ({fmt(min(values))}-{fmt(max(values))})"

@@ -237,6 +237,7 @@ class WriteQueue(QueueBase):
                 delay = min(delay * 2, 5.0)
 
     def _run(self) -> None:
+        self._prepare()
         while True:
             seen = self._wakeup.count
             with self._cond:
@@ -252,6 +253,24 @@ class WriteQueue(QueueBase):
                 self._journal.sync()
             if not self._process(batch):
                 return  # closing, and the drain deadline passed while retrying
+
+    def _prepare(self) -> None:
+        """Before the first batch: create the ledger and prune it, so that a lone first write
+        pays for its own transaction only. A failure is left to the first batch (which does
+        both when they are not done, and retries)."""
+        try:
+            with self.pool.connection(timeout=min(5.0, self.batch_timeout)) as conn:
+                self._maintain(conn, self._ledger_sql())
+        except Exception:
+            logger.debug("write queue: ledger not prepared before the first batch", exc_info=True)
+
+    def _maintain(self, conn: Any, ledger: LedgerSQL) -> None:
+        """Create the ledger if not done yet; prune it every ten minutes."""
+        if not self._ledger_ready:
+            self._ensure_ledger(conn, ledger)
+        if time.monotonic() - self._last_prune > 600:
+            conn.execute(ledger.prune, (self.ledger_retention,))
+            self._last_prune = time.monotonic()
 
     def _process(self, batch: list[Record]) -> bool:
         """Commit *batch*: retry what says nothing about the writes, bisect to set aside a write
@@ -396,11 +415,7 @@ class WriteQueue(QueueBase):
     def _transaction(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
         ledger = self._ledger_sql()
         with self.pool.connection(timeout=self.batch_timeout) as conn:
-            if not self._ledger_ready:
-                self._ensure_ledger(conn, ledger)
-            if time.monotonic() - self._last_prune > 600:
-                conn.execute(ledger.prune, (self.ledger_retention,))
-                self._last_prune = time.monotonic()
+            self._maintain(conn, ledger)
             if self.use_copy:  # COPY cannot run inside a pipeline
                 with conn.transaction():
                     todo, duplicates, reused = self._claim(conn, ledger, batch)

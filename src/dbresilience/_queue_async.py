@@ -254,6 +254,7 @@ class AsyncWriteQueue(QueueBase):
                 delay = min(delay * 2, 5.0)
 
     async def _run(self) -> None:
+        await self._prepare()
         while True:
             seen = self._wakeup.count
             with self._cond:
@@ -269,6 +270,24 @@ class AsyncWriteQueue(QueueBase):
                 self._journal.sync()
             if not await self._process(batch):
                 return  # closing, and the drain deadline passed while retrying
+
+    async def _prepare(self) -> None:
+        """Before the first batch: create the ledger and prune it, so that a lone first write
+        pays for its own transaction only. A failure is left to the first batch (which does
+        both when they are not done, and retries)."""
+        try:
+            async with self.pool.connection(timeout=min(5.0, self.batch_timeout)) as conn:
+                await self._maintain(conn, self._ledger_sql())
+        except Exception:
+            logger.debug("write queue: ledger not prepared before the first batch", exc_info=True)
+
+    async def _maintain(self, conn: Any, ledger: LedgerSQL) -> None:
+        """Create the ledger if not done yet; prune it every ten minutes."""
+        if not self._ledger_ready:
+            await self._ensure_ledger(conn, ledger)
+        if time.monotonic() - self._last_prune > 600:
+            await conn.execute(ledger.prune, (self.ledger_retention,))
+            self._last_prune = time.monotonic()
 
     async def _process(self, batch: list[Record]) -> bool:
         """Commit *batch*: retry what says nothing about the writes, bisect to set aside a write
@@ -420,11 +439,7 @@ class AsyncWriteQueue(QueueBase):
     async def _transaction(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
         ledger = self._ledger_sql()
         async with self.pool.connection(timeout=self.batch_timeout) as conn:
-            if not self._ledger_ready:
-                await self._ensure_ledger(conn, ledger)
-            if time.monotonic() - self._last_prune > 600:
-                await conn.execute(ledger.prune, (self.ledger_retention,))
-                self._last_prune = time.monotonic()
+            await self._maintain(conn, ledger)
             if self.use_copy:  # COPY cannot run inside a pipeline
                 async with conn.transaction():
                     todo, duplicates, reused = await self._claim(conn, ledger, batch)

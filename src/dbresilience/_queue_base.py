@@ -658,7 +658,8 @@ class QueueBase(Lifecycle):
     def _ledger_sql(self) -> LedgerSQL:
         return LedgerSQL(
             create=sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (scope text NOT NULL, key text NOT NULL, "
+                'CREATE TABLE IF NOT EXISTS {} (scope text COLLATE "C" NOT NULL, '
+                'key text COLLATE "C" NOT NULL, '
                 "digest text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), "
                 "PRIMARY KEY (scope, key))"
             ).format(self._ledger),
