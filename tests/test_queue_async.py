@@ -400,16 +400,17 @@ async def test_instances_starting_together_share_one_ledger(
     created yet: the creations race (two CREATE TABLE IF NOT EXISTS collide with 23505 on
     pg_type), and that must not set the write aside; every keyed write lands once."""
     ledger = f"dbr_ledger_{time.monotonic_ns()}"
+    # Hold the ledger's row type uncommitted: every CREATE TABLE IF NOT EXISTS then waits on
+    # pg_type's unique index, and when this rolls back they all go at once, as instances do
+    # when they start together (without it the window is a few microseconds wide). Each
+    # worker tries to create the ledger as it starts, and again in its first batch.
+    blocker = psycopg.connect(pg_cluster.dsn)
+    blocker.execute(sql.SQL("create type {} as (x int)").format(Ident(ledger)))
     pools = [await dbr.AsyncPool(pg_cluster.dsn, min_size=1).open() for _ in range(8)]
     queues = [
         await dbr.AsyncWriteQueue(pool, ledger_table=ledger, flush_interval=60).open()
         for pool in pools
     ]
-    # Hold the ledger's row type uncommitted: every CREATE TABLE IF NOT EXISTS then waits on
-    # pg_type's unique index, and when this rolls back they all go at once, as instances do
-    # when they start together (without it the window is a few microseconds wide).
-    blocker = psycopg.connect(pg_cluster.dsn)
-    blocker.execute(sql.SQL("create type {} as (x int)").format(Ident(ledger)))
     try:
         for n, queue in enumerate(queues):  # one write each: a lone first write
             queue.submit(insert(events), (n, "race"), key=f"race-{n}")

@@ -364,3 +364,27 @@ def test_random_batches_store_exactly_the_good_writes(
         assert len(stored[1]) == len(batch) - len(refused)
     finally:
         pg_conn.execute(f"drop table if exists {ref}; drop table if exists {got}")
+
+
+def test_a_lone_write_commits_within_flush_interval_and_one_round_trip(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], table_name: str
+) -> None:
+    """The defaults: a write after a quiet spell (the first after open, then after 0.3 s
+    idle) is committed flush_interval after its submit plus one transaction's round trip
+    (the ledger is created and pruned before the first batch, not in it)."""
+    import threading
+    import time
+
+    pg_conn.execute(f"create table {table_name} (k int, v text)")
+    committed = threading.Event()
+    with dbr.Pool(pg_dsn, min_size=1) as pool:
+        queue = dbr.WriteQueue(pool, on_commit=lambda batch: committed.set())
+        with queue:
+            for _ in range(3):
+                time.sleep(0.3)
+                committed.clear()
+                start = time.perf_counter()
+                queue.submit(f"insert into {table_name} (k, v) values (%s, %s)", (1, "lone"))
+                assert committed.wait(5)
+                took = time.perf_counter() - start
+                assert queue.flush_interval <= took < queue.flush_interval + 0.25, took

@@ -259,7 +259,7 @@ class WriteQueue(QueueBase):
         pays for its own transaction only. A failure is left to the first batch (which does
         both when they are not done, and retries)."""
         try:
-            with self.pool.connection(timeout=min(5.0, self.batch_timeout)) as conn:
+            with self.pool.connection(timeout=min(1.0, self.batch_timeout)) as conn:
                 self._maintain(conn, self._ledger_sql())
         except Exception:
             logger.debug("write queue: ledger not prepared before the first batch", exc_info=True)
