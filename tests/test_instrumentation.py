@@ -463,3 +463,65 @@ def test_a_write_set_aside_is_counted_and_its_row_never_logged(
         assert secret not in repr(vars(record))
         if record.exc_info:
             assert secret not in logging.Formatter().formatException(record.exc_info)
+
+
+def _doc_keys(section: str) -> list[str]:
+    """The keys the table under *section* of docs/observability.md lists, in order."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+    part = doc.split(f"### {section}", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    keys: list[str] = []
+    for line in part.splitlines():
+        if line.startswith("| `"):
+            keys += [k.strip(" `") for k in line.split("|")[1].split(",")]
+    return keys
+
+
+def test_stats_keys_are_documented_and_the_same_in_both_twins(pg_dsn: str) -> None:
+    """Every stats() key of every resource is documented (counter, gauge, window or state) and
+    the sync and async twins have exactly the same keys; no undocumented key."""
+    pool, apool = dbr.Pool(pg_dsn, name="k"), dbr.AsyncPool(pg_dsn, name="k")
+    cache, acache = dbr.CredentialCache(None), dbr.AsyncCredentialCache(None)
+    queue, aqueue = dbr.WriteQueue(pool), dbr.AsyncWriteQueue(apool)
+    pairs = {
+        "`Pool.stats()` / `AsyncPool.stats()`": (pool.stats(), apool.stats()),
+        "`CredentialCache.stats()` / `AsyncCredentialCache.stats()`": (
+            cache.stats(),
+            acache.stats(),
+        ),
+        "`WriteQueue.stats()` / `AsyncWriteQueue.stats()`": (queue.stats(), aqueue.stats()),
+    }
+    for section, (sync, async_) in pairs.items():
+        assert list(sync) == list(async_), section
+        assert sorted(_doc_keys(section)) == sorted(sync), section
+    assert sorted(_doc_keys("`CircuitBreaker.stats()`")) == sorted(dbr.CircuitBreaker("b").stats())
+    assert sorted(_doc_keys("`RetryBudget.stats()`")) == sorted(dbr.RetryBudget("b").stats())
+
+
+def test_pop_stats_returns_the_counts_and_resets_only_counters(pg_dsn: str) -> None:
+    """pop_stats() returns stats() and takes the counters off: the next pop sees only what
+    happened since; gauges, states and the generation stay."""
+    with dbr.Pool(pg_dsn, min_size=1, name="pop") as pool:
+        for _ in range(3):
+            pool.fetchone("select 1")
+        first = pool.pop_stats()
+        pool.fetchone("select 1")
+        second = pool.pop_stats()
+        assert (first["calls"], second["calls"], pool.stats()["calls"]) == (3, 1, 0)
+        assert second["size"] >= 1
+        assert second["breaker"] == "closed"
+    with dbr.CredentialCache(None, namespace="pop") as cache:
+        cache.get_or_load(1, lambda: 1)
+        cache.get_or_load(1, lambda: 1)
+        popped = cache.pop_stats()
+        assert (popped["misses"], popped["memory_hits"], popped["size"]) == (1, 1, 1)
+        after = cache.stats()
+        assert (after["misses"], after["memory_hits"], after["size"]) == (0, 0, 1)
+    queue = dbr.WriteQueue(object(), flush_interval=3600, batch_size=10**6)
+    with queue:
+        queue.submit("insert into t (k) values (%s)", (1,))
+        popped = queue.pop_stats()
+        assert (popped["submitted"], popped["pending"]) == (1, 1)
+        assert (queue.stats()["submitted"], queue.stats()["pending"]) == (0, 1)
+        queue._buffer.clear()  # nothing to write: the pool is not a pool

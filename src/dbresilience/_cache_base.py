@@ -342,6 +342,15 @@ class CacheBase(Lifecycle):
             backend = "degraded" if self.degraded else "redis"
         return {**counters, "size": len(self._memory), "backend": backend}
 
+    def pop_stats(self) -> dict[str, Any]:
+        """:meth:`stats`, then every counter set back to 0 (``size`` and ``backend`` are
+        gauges): for a scraper that reports increments. docs/observability.md lists every key."""
+        stats = self.stats()
+        with self._lock:  # subtract what was read: an increment meanwhile is not lost
+            for name in self.counters:
+                self.counters[name] -= stats[name]
+        return stats
+
     def __repr__(self) -> str:
         where = "memory" if self.redis_url is None else redact_url(self.redis_url)
         return f"{type(self).__name__}({where!r}, namespace={self.namespace!r})"

@@ -438,6 +438,18 @@ def starts_new_generation(exc: BaseException) -> bool:
     return classify(exc).kind in _GENERATION_KINDS
 
 
+_RESETTABLE = (
+    "calls",
+    "retries",
+    "failures",
+    "acquire_timeouts",
+    "query_timeouts",
+    "discarded",
+    "fail_fast",
+    "commit_unknown",
+)
+
+
 @dataclass
 class PoolCounters:
     """The pool's own counters, added to psycopg_pool's in ``stats()``."""
@@ -453,6 +465,12 @@ class PoolCounters:
     commit_unknown: int = 0
     last_connect_error: BaseException | None = None
     last_connect_error_at: float = 0.0
+
+    def subtract(self, seen: dict[str, Any]) -> None:
+        """Take the counts in *seen* (a snapshot) off the counters, ``generation`` excepted (it
+        names the connections' generation): increments since the snapshot are kept."""
+        for name in _RESETTABLE:
+            setattr(self, name, getattr(self, name) - seen[name])
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""
@@ -840,6 +858,17 @@ class PoolBase(Lifecycle):
             "watchdog_fired": self._watchdog.fired,
             "breaker": breaker.state.value if breaker is not None else "off",
         }
+
+    def pop_stats(self) -> dict[str, Any]:
+        """:meth:`stats`, then the counters set back to 0 (``calls``, ``retries``,
+        ``failures``, ``acquire_timeouts``, ``query_timeouts``, ``discarded``, ``fail_fast``,
+        ``commit_unknown``, ``watchdog_fired``): for a scraper that reports increments, as
+        psycopg_pool's ``pop_stats()``. Gauges, ``generation`` and ``breaker`` are not reset.
+        docs/observability.md lists every key."""
+        stats = self.stats()
+        self._counters.subtract(stats)
+        self._watchdog.fired -= stats["watchdog_fired"]
+        return stats
 
 
 def lost_in_commit(exc: BaseException, fired: bool) -> bool:

@@ -765,3 +765,15 @@ class QueueBase(Lifecycle):
             "worker_error": self._worker_error,
             "journal_error": self._journal_error,
         }
+
+    def pop_stats(self) -> dict[str, Any]:
+        """:meth:`stats`, then every counter (``submitted`` … ``worker_restarts``) set back to
+        0 (gauges: ``pending``, ``oldest_pending_age``, ``journal_bytes``; the last errors stay):
+        for a scraper that reports increments. The identity of :meth:`stats` then holds for
+        the increments plus the pending count at the previous pop. docs/observability.md lists
+        every key."""
+        stats = self.stats()
+        with self._cond:  # subtract what was read: an increment meanwhile is not lost
+            for name in self.counters:
+                self.counters[name] -= stats[name]
+        return stats
