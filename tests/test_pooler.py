@@ -482,3 +482,29 @@ def test_session_statements_are_refused_whatever_their_spelling(
     statement."""
     text = prefix + (query.upper() if upper else query)
     assert session_state_use(text) is not None, text
+
+
+def test_session_state_in_warm_sql_is_refused_or_left_out(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """warm_sql that sets session state: refused at construction with pooler="transaction";
+    with a pooler detected ("auto") it is left out, with a warning, and the pool still fills."""
+    with pytest.raises(ValueError, match="warm_sql"):
+        dbr.Pool("host=127.0.0.1", pooler="transaction", warm_sql=["set work_mem = '8MB'"])
+    b = start_pgbouncer(
+        pg_dsn, databases=[_dbname(pg_dsn)], settings={"ignore_startup_parameters": "options"}
+    )
+    try:
+        with dbr.Pool(
+            b.conninfo(_dbname(pg_dsn)),
+            warm_sql=["set work_mem = '8MB'", "select 1"],
+            min_size=2,
+            max_size=2,
+        ) as pool:
+            assert pool.pooler == "transaction"
+            for _ in range(5):
+                assert pool.fetchone("select 1", timeout=2) == (1,)
+            assert pool.stats()["size"] == 2
+    finally:
+        b.close()
+    assert "no longer run" in caplog.text

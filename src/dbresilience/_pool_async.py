@@ -221,7 +221,7 @@ class AsyncPool(PoolBase):
         """
         if self._pooler == "session":
             await conn.execute(self._config.session_sql())
-        for statement in self._config.warm_sql:
+        for statement in self._warm_statements():
             await conn.execute(statement.encode())  # warm-up SQL is the operator's configuration
         row = await (await conn.execute("select pg_backend_pid()")).fetchone()
         if self._detect_pooler(conn.info.backend_pid, row[0] if row else None):

@@ -30,7 +30,7 @@ from dbresilience._errors import AcquireTimeout, CommitUnknown, DatabaseUnavaila
 from dbresilience._lifecycle import Lifecycle
 from dbresilience._logsummary import CONNECT_SUMMARY
 from dbresilience._pool_compat import AsyncPoolConnection, PoolConnection
-from dbresilience._pooler import POOLER_CHOICES, rejected_startup_parameter
+from dbresilience._pooler import POOLER_CHOICES, rejected_startup_parameter, session_state_use
 from dbresilience._retry import DEFAULT, RetryPolicy, _Default
 from dbresilience._validate import (
     at_least,
@@ -273,6 +273,14 @@ class PoolConfig:
         check_params(params, "conninfo")
         libpq_kwargs, connect_options = split_kwargs(kwargs)
         pooler = pooler_setting(pooler)
+        if pooler == "transaction":
+            for statement in warm_sql:
+                what = session_state_use(statement)
+                if what is not None:
+                    raise ValueError(
+                        f"warm_sql holds {what}: with pooler='transaction' it would land on "
+                        "one shared server connection, not on this pool's"
+                    )
         if pooler == "transaction" and connect_options.get("prepare_threshold") is not None:
             raise ValueError(
                 "kwargs['prepare_threshold'] must be None with pooler='transaction': a pooler "
@@ -610,6 +618,13 @@ class PoolBase(Lifecycle):
         """``connect()``'s keyword arguments for pooler *mode* (the twin adds its cursor)."""
         return self._config.connect_kwargs(mode)
 
+    def _warm_statements(self) -> tuple[str, ...]:
+        """``warm_sql`` for the mode in use: in transaction mode (detected: configured ones
+        are refused at construction) the session-state statements are left out."""
+        if self._pooler != "transaction":
+            return self._config.warm_sql
+        return tuple(s for s in self._config.warm_sql if session_state_use(s) is None)
+
     @property
     def pooler(self) -> str | None:
         """The pooler mode in use: ``None`` (a direct connection), ``"session"`` or
@@ -637,6 +652,14 @@ class PoolBase(Lifecycle):
             why,
             mode,
         )
+        skipped = len(self._config.warm_sql) - len(self._warm_statements())
+        if skipped:
+            _log.warning(
+                "pool %r: %d warm_sql statement(s) set session state and are no longer run "
+                "(behind a transaction pooler they would land on a shared server connection)",
+                self.name,
+                skipped,
+            )
 
     def _detect_pooler(self, announced_pid: int, backend_pid: object) -> bool:
         """With ``pooler="auto"`` and no pooler known yet: True (and switched to transaction
