@@ -220,3 +220,57 @@ def test_replica_harness_lags_stops_and_promotes(
     replica.promote()
     assert not replica.in_recovery
     replica.execute("insert into ev values ('c', 3)")
+
+
+def test_reads_and_queued_writes_come_back_at_once_after_a_long_failover(
+    pair: tuple[TemporaryPostgres, TemporaryReplica],
+) -> None:
+    """#17's scenario: 2 s without a primary, long enough for failing reads to open the pool's
+    breaker; a reader calling fetchone every 50 ms succeeds within 0.5 s of the promotion and
+    the first queued write commits within 2 s (the reconnect is evidence: the breaker probes at
+    once instead of waiting out open_for, and wakes the queue's backoff)."""
+    primary, replica = pair
+    load = Load()
+    stop = threading.Event()
+    with (
+        dbr.Pool(multi_host(primary, replica)) as pool,
+        dbr.WriteQueue(pool, on_commit=load.on_commit) as queue,
+    ):
+
+        def write() -> None:
+            i = 0
+            while not stop.is_set():
+                queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
+                i += 1
+                time.sleep(0.01)
+
+        def read() -> None:
+            while not stop.is_set():
+                t = time.monotonic()
+                try:
+                    pool.fetchone("select 1", timeout=1.0)
+                    load.reads.append((t, None))
+                except Exception as exc:
+                    load.reads.append((t, type(exc).__name__))
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=write), threading.Thread(target=read)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.3)
+            primary.kill()
+            time.sleep(2.0)
+            assert pool.breaker is not None
+            assert pool.breaker.stats()["opened"] >= 1  # the reads' failures opened it
+            load.promoted_at = replica.promote()
+            time.sleep(2.5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert queue.flush(20)
+        written = queue.stats()["written"]
+    figures = load.check(replica, written)
+    assert figures["first_read"] <= 0.5
+    assert figures["first_write"] <= 2.0

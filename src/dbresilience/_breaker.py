@@ -163,6 +163,19 @@ class CircuitBreaker:
             "probes": self._probes,
         }
 
+    def evidence(self) -> None:
+        """Evidence that the target is back (a connection made after connecting failed, a call
+        that succeeded through another path): an open circuit turns half-open now rather than
+        when ``open_for`` has elapsed, so the next calls probe it at once. Half-open probes
+        still decide: one failure opens it again for ``open_for``. Cheap when not open."""
+        if self._state is not _OPEN:
+            return
+        change = None
+        with self._lock:
+            if self._state is _OPEN:
+                change = self._move(_HALF_OPEN, 0, 0, "evidence that the target is back")
+        self._announce(change)
+
     def reset(self) -> None:
         """Close the circuit and forget every count (an operator's override)."""
         with self._lock:

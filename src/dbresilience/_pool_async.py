@@ -70,12 +70,14 @@ class _CoreAsyncPool(psycopg_pool.AsyncConnectionPool[Conn]):
                     _instrument.ConnectionOpened(self.name, "failed", classify(exc).code)
                 )
             raise
-        counters.last_connect_error = None
         CONNECT_SUMMARY.connected(self.name)
         if _instrument.hooks:
             _instrument.emit(_instrument.ConnectionOpened(self.name, "connected", None))
         conn._dbr_generation = counters.generation
         conn._dbr_used_at = now()
+        if counters.last_connect_error is not None:
+            counters.last_connect_error = None
+            self._dbr_owner._recovered()  # connecting failed, and now works: the database is back
         return conn
 
     async def _add_connection(self, attempt: Any, growing: bool = False) -> None:

@@ -11,7 +11,7 @@ import logging
 import math
 import select
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -610,6 +610,8 @@ class PoolBase(Lifecycle):
         self._conninfo = config.conninfo(conninfo, self._pooler)  # never shown either
         self._connect_kwargs = self._connect_kwargs_for(self._pooler)
         self._begin_sql = config.begin_sql(self._pooler)
+        # called when a connection is made after connecting failed (the write queue's wake-up)
+        self._recovery_hooks: list[Callable[[], None]] = []
         self._pool = self._core_pool()
         _instrument.pools.add(self)  # weak: for gauges read at scrape time
         CONNECT_SUMMARY.install()  # one line per outage, not one per failed reconnect
@@ -730,6 +732,22 @@ class PoolBase(Lifecycle):
             f"pool {self.name!r} did not open {self._config.min_size} connections "
             f"within {self._config.connect_timeout:.2f} s"
         )
+
+    def _recovered(self) -> None:
+        """A connection was made after connecting had failed: evidence the database is back.
+
+        The breaker turns half-open now, so that the next calls probe it instead of waiting out
+        ``open_for`` (a failover or a restart that ended early), and whoever waits for the
+        database (the write queue's backoff) is woken.
+        """
+        breaker = self._policy.breaker
+        if breaker is not None:
+            breaker.evidence()
+        for hook in tuple(self._recovery_hooks):
+            try:
+                hook()
+            except Exception:
+                _log.exception("a recovery hook of pool %r failed", self.name)
 
     def _note_connect_error(self, exc: BaseException) -> bool:
         """Record a failed direct connect; True when waiting could help (retry the probe)."""

@@ -7,9 +7,9 @@ connection classes below declare the attributes the pool keeps on each connectio
 
 - remembering why connecting failed, for the fail-fast decision: the core pools override
   ``_connect(self, timeout=None)``;
-- refilling within a second of the database's return: psycopg_pool's reconnect backoff starts at
-  1 s and doubles up to ``reconnect_timeout`` (psycopg #701, #1315); the core pools override
-  ``_add_connection(self, attempt, growing=False)`` to start every attempt with
+- refilling within a quarter of a second of the database's return: psycopg_pool's reconnect
+  backoff starts at 1 s and doubles up to ``reconnect_timeout`` (psycopg #701, #1315); the core
+  pools override ``_add_connection(self, attempt, growing=False)`` to start every attempt with
   :class:`QuickReconnect`, a subclass of the private ``psycopg_pool.base.AttemptWithBackoff``.
 
 ``check=`` and ``reset=`` are not used: psycopg_pool runs them without a deadline, and the pools'
@@ -113,16 +113,18 @@ class AsyncPoolerCursor(psycopg.AsyncCursor[Any]):
 
 
 class QuickReconnect(AttemptWithBackoff):
-    """psycopg_pool's reconnect backoff, started at 0.1 s and capped at 1 s.
+    """psycopg_pool's reconnect backoff, started at 0.1 s and capped at 0.25 s.
 
     psycopg_pool starts at 1 s and doubles up to ``reconnect_timeout`` (5 minutes), so a pool
     could wait minutes to refill after its database came back (psycopg #701, #1315). Capping
-    the delay keeps the refill within a second of the database's return, at the cost of one
-    connection attempt per missing connection per second while it is down.
+    the delay keeps the refill within a quarter of a second of the database's return (a
+    promoted standby, a restart), at the cost of four connection attempts per missing
+    connection per second while it is down (a refused connect costs the server nothing; a
+    standby answering ``session is read-only`` costs it a backend start each).
     """
 
     INITIAL_DELAY = 0.1
-    MAX_DELAY = 1.0
+    MAX_DELAY = 0.25
 
     def update_delay(self, now: float) -> None:
         """Grow the delay as psycopg_pool does, but never past ``MAX_DELAY``."""

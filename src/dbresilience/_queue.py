@@ -8,6 +8,7 @@ Settings, batching, the journal's use and the counters live in :mod:`dbresilienc
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import time
@@ -20,10 +21,9 @@ import psycopg
 
 from dbresilience import _instrument
 from dbresilience._acompat import Signal, Worker, join_worker, spawn
-from dbresilience._breaker import Permit
 from dbresilience._classify import classify
 from dbresilience._errors import CircuitOpen, KeyReused, LedgerUnavailable
-from dbresilience._events import logger
+from dbresilience._events import CircuitState, logger
 from dbresilience._journal import Record
 from dbresilience._lifecycle import ResourceState
 from dbresilience._pool import Pool
@@ -140,6 +140,9 @@ class WriteQueue(QueueBase):
             if self._is_open:
                 return self
             self._start_state()
+        hooks = getattr(self.pool, "_recovery_hooks", None)
+        if isinstance(hooks, list):  # the pool connects again: cut a retry's backoff short
+            hooks.append(self._wakeup.notify)
         self._worker = spawn(self._supervise, "dbr-write-queue")
         return self
 
@@ -185,6 +188,10 @@ class WriteQueue(QueueBase):
         self._wakeup.notify()
         if not join_worker(self._worker, self.drain_timeout + self.batch_timeout + 5):
             logger.error("the write queue's worker did not stop in time")
+        hooks = getattr(self.pool, "_recovery_hooks", None)
+        if isinstance(hooks, list):
+            with contextlib.suppress(ValueError):
+                hooks.remove(self._wakeup.notify)
         with self._cond:
             left = len(self._buffer) + self._spilled
             self._state = ResourceState.CLOSED
@@ -358,10 +365,20 @@ class WriteQueue(QueueBase):
                 self._run_hook(self._on_failed, item)
 
     def _attempt(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
-        """One transaction for *batch* through the pool's breaker: ``(applied, skipped as
-        already applied, key reused for another write)``."""
-        with Permit(getattr(self.pool, "breaker", None)):
-            return self._transaction(batch)
+        """One transaction for *batch*: ``(applied, skipped as already applied, key reused for
+        another write)``.
+
+        Not through the pool's breaker: the queue retries a batch for as long as the database is
+        away, and those retries, counted as failures, kept the breaker that guards the
+        service's reads open for its whole ``open_for`` after the database was back (a failover:
+        about 300 of them, reads refused 5 s). The queue backs off on its own, woken when the
+        pool connects again; a committed batch is, in turn, evidence for the breaker.
+        """
+        result = self._transaction(batch)
+        breaker = getattr(self.pool, "breaker", None)
+        if breaker is not None and breaker.state is not CircuitState.CLOSED:
+            breaker.evidence()
+        return result
 
     def _ensure_ledger(self, conn: Any, ledger: LedgerSQL) -> None:
         """Create the ledger table once, serialised between instances starting together (two

@@ -5,6 +5,7 @@ Settings, batching, the journal's use and the counters live in :mod:`dbresilienc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -15,10 +16,9 @@ import psycopg
 
 from dbresilience import _instrument
 from dbresilience._acompat import ASignal, AWorker, aspawn, await_worker
-from dbresilience._breaker import Permit
 from dbresilience._classify import classify
 from dbresilience._errors import CircuitOpen, KeyReused, LedgerUnavailable
-from dbresilience._events import logger
+from dbresilience._events import CircuitState, logger
 from dbresilience._journal import Record
 from dbresilience._lifecycle import ResourceState
 from dbresilience._pool_async import AsyncPool
@@ -150,6 +150,9 @@ class AsyncWriteQueue(QueueBase):
             if self._is_open:
                 return self
             self._start_state()
+        hooks = getattr(self.pool, "_recovery_hooks", None)
+        if isinstance(hooks, list):  # the pool connects again: cut a retry's backoff short
+            hooks.append(self._wakeup.notify)
         self._worker = aspawn(self._supervise, "dbr-write-queue")
         return self
 
@@ -198,6 +201,10 @@ class AsyncWriteQueue(QueueBase):
             if True:  # ASYNC
                 if self._worker is not None:
                     self._worker.cancel()
+        hooks = getattr(self.pool, "_recovery_hooks", None)
+        if isinstance(hooks, list):
+            with contextlib.suppress(ValueError):
+                hooks.remove(self._wakeup.notify)
         with self._cond:
             left = len(self._buffer) + self._spilled
             self._state = ResourceState.CLOSED
@@ -382,10 +389,20 @@ class AsyncWriteQueue(QueueBase):
                 await self._run_hook(self._on_failed, item)
 
     async def _attempt(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
-        """One transaction for *batch* through the pool's breaker: ``(applied, skipped as
-        already applied, key reused for another write)``."""
-        with Permit(getattr(self.pool, "breaker", None)):
-            return await self._transaction(batch)
+        """One transaction for *batch*: ``(applied, skipped as already applied, key reused for
+        another write)``.
+
+        Not through the pool's breaker: the queue retries a batch for as long as the database is
+        away, and those retries, counted as failures, kept the breaker that guards the
+        service's reads open for its whole ``open_for`` after the database was back (a failover:
+        about 300 of them, reads refused 5 s). The queue backs off on its own, woken when the
+        pool connects again; a committed batch is, in turn, evidence for the breaker.
+        """
+        result = await self._transaction(batch)
+        breaker = getattr(self.pool, "breaker", None)
+        if breaker is not None and breaker.state is not CircuitState.CLOSED:
+            breaker.evidence()
+        return result
 
     async def _ensure_ledger(self, conn: Any, ledger: LedgerSQL) -> None:
         """Create the ledger table once, serialised between instances starting together (two
