@@ -525,3 +525,35 @@ def test_pop_stats_returns_the_counts_and_resets_only_counters(pg_dsn: str) -> N
         assert (popped["submitted"], popped["pending"]) == (1, 1)
         assert (queue.stats()["submitted"], queue.stats()["pending"]) == (0, 1)
         queue._buffer.clear()  # nothing to write: the pool is not a pool
+
+
+def test_grafana_dashboard_uses_only_exported_metric_names(pg_dsn: str) -> None:
+    """Every dbresilience_* series the Grafana dashboard queries is one enable_prometheus()
+    exports (its histograms' _bucket series included)."""
+    import json
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "docs" / "grafana" / "dbresilience-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"dbresilience_\w+", target["expr"])
+    }
+    registry = CollectorRegistry()
+    instrumentation.enable_prometheus(registry)
+    with dbr.Pool(pg_dsn, min_size=1, name="dash") as pool:
+        text = generate_latest(registry).decode()
+        assert pool.name in text
+    exported = {
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    } | {
+        # families with no child yet expose only HELP/TYPE lines: take their declared names
+        f"{family.name}{suffix}"
+        for family in text_string_to_metric_families(text)
+        for suffix in ("", "_total", "_bucket")
+    }
+    assert used
+    assert used <= exported, used - exported

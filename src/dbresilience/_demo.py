@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import statistics
 import sys
@@ -77,6 +78,9 @@ class Run:
     committed: int = 0
     lost: int = 0
     doubled: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    samples: list[tuple[float, float, bool]] = field(default_factory=list)  # (at s, ms, ok)
+    phases: list[tuple[float, str]] = field(default_factory=list)  # (starts at s, fault)
 
     @property
     def requests(self) -> int:
@@ -193,6 +197,7 @@ async def _users(
             except Exception as exc:  # the naive app may fail outside any handler
                 status, code = 500, type(exc).__name__
             run.latencies.append((time.perf_counter() - start) * 1000)
+            run.samples.append((start - run.started, run.latencies[-1], status == 200))
             if status == 200:
                 run.succeeded.append(rid)
                 run.outcomes["200"] += 1
@@ -228,6 +233,7 @@ async def _run(
         load = asyncio.create_task(_users(client, run, users, profile, retrying, stop))
         for label, fault in _faults(world, profile.phase):
             out(f"  [{name}] {label} …")
+            run.phases.append((time.perf_counter() - run.started, label))
             await fault()
         stop.set()
         await load
@@ -290,6 +296,57 @@ def _seed(dsn: str, n: int) -> list[str]:
     return users
 
 
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def _spark(values: list[float | None], top: float) -> str:
+    """One character per value, a block from empty (0) to full (*top*); ``·`` for no data."""
+    chars = []
+    for v in values:
+        if v is None or math.isnan(v):
+            chars.append("·")
+        else:
+            level = 0 if top <= 0 else round(min(1.0, max(0.0, v / top)) * (len(_BLOCKS) - 1))
+            chars.append(_BLOCKS[level])
+    return "".join(chars)
+
+
+def timeline(run: Run, columns: int = 48) -> list[str]:
+    """A text picture of *run*: the fault schedule (one digit per phase, with a legend) over
+    time, against ok % and p99 latency in each time slice."""
+    if not run.samples:
+        return [f"{run.name}: no requests"]
+    origin = min([at for at, _ in run.phases] + [at for at, _, _ in run.samples])
+    end = max(at for at, _, _ in run.samples) - origin
+    width = max(end, 1e-9) / columns
+    slices: list[list[tuple[float, bool]]] = [[] for _ in range(columns)]
+    for at, ms, ok in run.samples:
+        slices[min(columns - 1, int((at - origin) / width))].append((ms, ok))
+    ok_pct: list[float | None] = []
+    p99: list[float | None] = []
+    for cell in slices:
+        if not cell:
+            ok_pct.append(None)
+            p99.append(None)
+            continue
+        ok_pct.append(100.0 * sum(ok for _, ok in cell) / len(cell))
+        latencies = sorted(ms for ms, _ in cell)
+        p99.append(latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)])
+    schedule = []
+    for i in range(columns):
+        at = origin + (i + 0.5) * width
+        index = sum(1 for starts, _ in run.phases if starts <= at)
+        schedule.append(str(index) if index else " ")
+    worst = max((v for v in p99 if v is not None), default=0.0)
+    legend = "  ".join(f"{i}={label}" for i, (_, label) in enumerate(run.phases, 1))
+    return [
+        f"{run.name}: {end:.1f} s, {columns} slices of {width:.2f} s",
+        f"  fault   |{''.join(schedule)}|  {legend}",
+        f"  ok %    |{_spark(ok_pct, 100.0)}|  0-100 %",
+        f"  p99 ms  |{_spark(p99, worst)}|  0-{worst:.0f} ms",
+    ]
+
+
 def _report(runs: list[Run], out: Callable[[str], None]) -> None:
     header = (
         f"{'client':<14} {'requests':>8} {'ok %':>6} {'p50 ms':>8} {'p99 ms':>8} "
@@ -308,6 +365,10 @@ def _report(runs: list[Run], out: Callable[[str], None]) -> None:
             f"{run.percentile(99):>8.1f} {run.committed:>9} {run.lost:>5} {run.doubled:>5}  "
             f"{errors}"
         )
+    out("")
+    for run in runs:
+        for line in timeline(run):
+            out(line)
 
 
 async def _main(dsn: str | None, profile: Profile, out: Callable[[str], None]) -> int:

@@ -4,7 +4,7 @@ psycopg_pool logs ``error connecting in 'pool': ...`` at WARNING for every faile
 attempt (52 lines during one ``make demo``). :class:`ConnectErrorSummary` lets the first of an
 outage through, rewritten to name the classification code and say that repeats are summarised,
 drops the repeats while counting them, and when the pool connects again logs one line on the
-``dbresilience`` logger with the outage's duration and the number of failed attempts. Every
+same logger with the outage's duration and the number of failed attempts. Every
 other psycopg_pool record passes untouched. Pools install it when they open; remove it with
 ``logging.getLogger("psycopg.pool").removeFilter(CONNECT_SUMMARY)`` to see every line again.
 """
@@ -20,8 +20,10 @@ from dbresilience._classify import classify
 
 __all__ = ["CONNECT_SUMMARY", "ConnectErrorSummary"]
 
-_log = logging.getLogger("dbresilience")
 _PSYCOPG_POOL_LOGGER = "psycopg.pool"
+# The end of an outage is told where its start was: on psycopg_pool's logger, so that whoever
+# sees one line (a handler on "psycopg.pool", or Python's last-resort stderr) sees both.
+_log = logging.getLogger(_PSYCOPG_POOL_LOGGER)
 _CONNECT_ERROR = "error connecting in %r: %s"
 
 
