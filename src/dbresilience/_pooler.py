@@ -30,6 +30,8 @@ from typing import Any
 
 from psycopg import sql
 
+from dbresilience._errors import SessionStateUnsupported
+
 __all__ = [
     "POOLER_CHOICES",
     "check_query",
@@ -63,7 +65,8 @@ _WHAT = {
     "prepare": "PREPARE (a named statement lives in one server session)",
     "hold": "a WITH HOLD cursor (it outlives its transaction)",
 }
-_CHECKED: dict[str, str | None] = {}
+_CHECKED: dict[str | bytes, str | None] = {}  # query text (or bytes) -> what it needs
+_MISS = object()
 _MAX_CHECKED = 4096
 _SCAN = 65536
 
@@ -98,15 +101,24 @@ def _text_of(query: Any, context: Any) -> str:
 
 def check_query(query: Any, context: Any, prepare: bool | None) -> None:
     """Raise :class:`~dbresilience.SessionStateUnsupported` when *query* (or ``prepare=True``)
-    needs a server session of its own, which a transaction pooler does not give."""
-    from dbresilience._errors import SessionStateUnsupported
+    needs a server session of its own, which a transaction pooler does not give.
 
+    On every statement in transaction mode, so a query seen before costs one dict lookup."""
     if prepare:
         raise SessionStateUnsupported(
             "prepare=True asks for a server-side prepared statement, which a pooler in "
             "transaction mode cannot keep (pooler='transaction')"
         )
-    what = session_state_use(_text_of(query, context))
+    if type(query) is str or type(query) is bytes:
+        what = _CHECKED.get(query, _MISS)
+        if what is None:
+            return
+        if what is _MISS:
+            what = session_state_use(_text_of(query, context))
+            if len(_CHECKED) < _MAX_CHECKED:
+                _CHECKED[query] = what
+    else:
+        what = session_state_use(_text_of(query, context))
     if what is not None:
         raise SessionStateUnsupported(
             f"refused: {what}; a pooler in transaction mode (pooler='transaction') shares "
