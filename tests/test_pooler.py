@@ -508,3 +508,29 @@ def test_session_state_in_warm_sql_is_refused_or_left_out(
     finally:
         b.close()
     assert "no longer run" in caplog.text
+
+
+async def test_async_pool_fails_open_at_once_on_a_pooler_configuration_error(
+    bouncer: TemporaryPgBouncer,
+) -> None:
+    """AsyncPool: PgBouncer's `no such database` fails open() at once (P1003, no retries)."""
+    pool = dbr.AsyncPool(bouncer.conninfo("dbr_no_such_db"), pooler="transaction")
+    start = time.monotonic()
+    with pytest.raises(psycopg.OperationalError, match="no such database") as info:
+        await pool.open()
+    assert time.monotonic() - start < 1.0
+    assert dbr.classify(info.value).code == "P1003"
+
+
+def test_sqlalchemy_engine_in_session_mode_sets_the_timeouts(
+    session_bouncer: TemporaryPgBouncer, pg_dsn: str
+) -> None:
+    """create_engine(pooler="session") through a session-mode PgBouncer: no startup options,
+    the statement timeout SET on each new connection."""
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{session_bouncer.port}/{_dbname(pg_dsn)}"
+    engine = create_engine(url, pooler="session", statement_timeout=3, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("show statement_timeout")).scalar_one() == "3s"
+    finally:
+        engine.dispose()
