@@ -44,6 +44,7 @@ PAIRS: list[tuple[str, str]] = [
     ("src/dbresilience/_retry_wrap_async.py", "src/dbresilience/_retry_wrap.py"),
     ("src/dbresilience/_sqlalchemy_async.py", "src/dbresilience/_sqlalchemy.py"),
     ("src/dbresilience/_router_async.py", "src/dbresilience/_router.py"),
+    ("src/dbresilience/_journal_redis_async.py", "src/dbresilience/_journal_redis.py"),
     # the tests: the async tests are the source of the sync ones, so both twins are tested alike
     ("tests/test_pool_async.py", "tests/test_pool.py"),
     ("tests/test_cache_async.py", "tests/test_cache.py"),
@@ -67,6 +68,7 @@ NAMES: dict[str, str] = {
     "AFailedHook": "FailedHook",
     "AsyncReadRouter": "ReadRouter",
     "AsyncReadSession": "ReadSession",
+    "AsyncStreamJournal": "StreamJournal",
     # dbresilience._acompat pairs
     "AEvent": "Event",
     "AWorker": "Worker",
@@ -99,6 +101,7 @@ NAMES: dict[str, str] = {
 
 MODULES: dict[str, str] = {
     "dbresilience._pool_async": "dbresilience._pool",
+    "dbresilience._journal_redis_async": "dbresilience._journal_redis",
     "sqlalchemy.ext.asyncio": "sqlalchemy",
     "redis.asyncio": "redis",
     "redis.asyncio.retry": "redis.retry",

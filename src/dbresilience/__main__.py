@@ -1,5 +1,5 @@
-"""The ``dbresilience`` command: ``demo`` (real faults, before and after), ``check DSN`` and
-``doctor DSN``."""
+"""The ``dbresilience`` command: ``demo`` (real faults, before and after), ``check DSN``,
+``doctor DSN`` and ``queue failed|replay|drain`` (the shared Redis write journal)."""
 
 from __future__ import annotations
 
@@ -212,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
     doc.add_argument("--schema", action="append", help="a schema to check (repeatable)")
     doc.add_argument("--fail-on", choices=["warning", "error"], help="exit 1 from this severity")
+    from dbresilience._queue_cli import add_queue_parser
+
+    add_queue_parser(sub)
     return parser
 
 
@@ -247,6 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(
             profile=args.profile, dsn=args.dsn, break_this_database=args.yes_break_this_database
         )
+    if args.command == "queue":
+        try:
+            require("redis", extra="redis", what="dbresilience queue")
+        except MissingExtra as exc:
+            print(f"dbresilience: {exc}", file=sys.stderr)
+            return 1
+        from dbresilience._queue_cli import run_queue_command
+
+        return run_queue_command(args)
     if not args.dsn:
         parser.error(f"{args.command} needs a DSN (or DATABASE_URL)")
     if args.command == "doctor":

@@ -41,7 +41,16 @@ from dbresilience._errors import JournalCorrupt, JournalLocked
 from dbresilience._serialize import DEFAULT, Serializer
 from dbresilience._validate import one_of
 
-__all__ = ["Journal", "Record", "format_line", "parse_line"]
+__all__ = ["Journal", "Record", "format_line", "is_stream_url", "parse_line"]
+
+#: ``journal=`` values naming a Redis stream (:mod:`dbresilience._journal_redis_async`)
+STREAM_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+
+
+def is_stream_url(journal: object) -> bool:
+    """Whether a ``journal=`` value names a Redis stream rather than a file."""
+    return isinstance(journal, str) and journal.startswith(STREAM_SCHEMES)
+
 
 _FSYNC_POLICIES = ("always", "batch", "never")
 

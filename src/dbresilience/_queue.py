@@ -24,7 +24,7 @@ from dbresilience._acompat import Signal, Worker, join_worker, spawn
 from dbresilience._classify import classify
 from dbresilience._errors import CircuitOpen, KeyReused, LedgerUnavailable
 from dbresilience._events import CircuitState, logger
-from dbresilience._journal import Record
+from dbresilience._journal import Record, is_stream_url
 from dbresilience._lifecycle import ResourceState
 from dbresilience._pool import Pool
 from dbresilience._queue_base import (
@@ -45,7 +45,7 @@ from dbresilience._queue_base import (
     text_array,
 )
 from dbresilience._serialize import Serializer
-from dbresilience._validate import seconds
+from dbresilience._validate import non_empty_str, positive_int, seconds
 
 __all__ = ["WriteQueue"]
 
@@ -75,6 +75,10 @@ class WriteQueue(QueueBase):
     - ``journal=path``: every write reaches the OS before ``submit`` returns (see
       :mod:`dbresilience._journal`); opening a queue on the same journal applies what had not
       been committed, first. The journal is compacted as it grows.
+    - ``journal="redis://host:port/db"`` (``stream=`` names it): a journal on a Redis stream
+      shared by every instance; any instance drains it into PostgreSQL (one at a time, in
+      stream order), or none does (``drain=False``: append only, for short-lived functions,
+      with ``dbresilience queue drain`` applying). See ``docs/queue.md``.
     - Leaving the block (``close()``) drains within ``drain_timeout``; what is left stays in
       the journal, and is reported.
 
@@ -86,7 +90,7 @@ class WriteQueue(QueueBase):
 
     def __init__(
         self,
-        pool: Pool,
+        pool: Pool | None,
         *,
         batch_size: int = 5000,
         flush_interval: float | timedelta = 0.05,
@@ -104,19 +108,29 @@ class WriteQueue(QueueBase):
         use_copy: bool = False,
         use_unnest: bool = True,
         serializer: Serializer | None = None,
+        stream: str = "dbr:queue",
+        drain: bool = True,
+        max_stream_len: int = 1000000,
+        lease_ttl: float | timedelta = 10.0,
     ) -> None:
         """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
         for ``WriteQueue`` and ``"block"`` for ``WriteQueue``. ``WriteQueue``'s
         ``on_commit`` and ``on_failed`` may be coroutine functions: the worker awaits them (at
         most ``batch_timeout`` each) before its next batch. ``on_commit`` has run for a batch
-        before :meth:`flush` counts that batch as done."""
+        before :meth:`flush` counts that batch as done. *pool* may be None with
+        ``journal="redis://…"`` and ``drain=False``."""
         on_full = "block" if on_full is None else on_full
+        shared = is_stream_url(journal)
+        if pool is None and (not (shared and drain is False)):
+            raise TypeError("pool is required unless journal='redis://…' and drain=False")
+        if shared and on_full == "spill":
+            raise ValueError("on_full='spill' needs a file journal; a Redis journal holds back")
         super().__init__(
             pool,
             batch_size=batch_size,
             flush_interval=flush_interval,
             max_pending=max_pending,
-            journal=journal,
+            journal=None if shared else journal,
             fsync=fsync,
             on_full=on_full,
             block_timeout=block_timeout,
@@ -133,6 +147,23 @@ class WriteQueue(QueueBase):
         self._wakeup = Signal()  # the worker waits on it: a due batch, a flush, closing
         self._progress = Signal()  # flush() waits on it: a batch committed or set aside
         self._worker: Worker | None = None
+        if shared:
+            from dbresilience._journal_redis import StreamJournal
+            from dbresilience._redact import check_redis_url
+
+            if not isinstance(drain, bool):
+                raise TypeError(f"drain must be a bool, got {type(drain).__name__}")
+            self._stream = StreamJournal(
+                check_redis_url("journal", str(journal), type(self).__name__),
+                stream=non_empty_str("stream", stream),
+                max_len=positive_int("max_stream_len", max_stream_len),
+                max_buffer=self.max_pending,
+                lease_ttl=seconds("lease_ttl", lease_ttl),
+                on_full=self.on_full,
+                block_timeout=self.block_timeout,
+                drain=drain,
+                serializer=self.serializer,
+            )
 
     def open(self) -> WriteQueue:
         """Replay the journal (if any) and start the worker; returns self. Idempotent."""
@@ -143,6 +174,10 @@ class WriteQueue(QueueBase):
         hooks = getattr(self.pool, "_recovery_hooks", None)
         if isinstance(hooks, list):  # the pool connects again: cut a retry's backoff short
             hooks.append(self._wakeup.notify)
+        if self._stream is not None:
+            self._stream.open()
+            if not self._stream.drain:
+                return self
         self._worker = spawn(self._supervise, "dbr-write-queue")
         return self
 
@@ -157,6 +192,8 @@ class WriteQueue(QueueBase):
         did not happen within *timeout* (seconds or a ``timedelta``; anything up to
         ``timedelta.max`` is accepted and capped at a year)."""
         deadline = time.monotonic() + seconds("timeout", timeout, allow_zero=True)
+        if self._stream is not None:  # in the stream (append only) or applied, by anyone
+            return bool(self._stream.flushed(deadline, drained=self._stream.drain))
         with self._cond:
             target = self._seq
             self._flushers += 1
@@ -196,8 +233,12 @@ class WriteQueue(QueueBase):
             left = len(self._buffer) + self._spilled
             self._state = ResourceState.CLOSED
             self._cond.notify_all()
+        if self._stream is not None:
+            left = self._stream.close(self.drain_timeout)
         if left:
             where = "kept in the journal" if self._journal is not None else "LOST (no journal)"
+            if self._stream is not None:
+                where = "LOST (held in memory while Redis could not take them)"
             logger.error("write queue closed with %d writes not committed: %s", left, where)
         if self._journal is not None:
             self._journal.close()
@@ -245,6 +286,9 @@ class WriteQueue(QueueBase):
 
     def _run(self) -> None:
         self._prepare()
+        if self._stream is not None:
+            self._run_stream()
+            return
         while True:
             seen = self._wakeup.count
             with self._cond:
@@ -278,6 +322,22 @@ class WriteQueue(QueueBase):
         if time.monotonic() - self._last_prune > 600:
             conn.execute(ledger.prune, (self.ledger_retention,))
             self._last_prune = time.monotonic()
+
+    def _run_stream(self) -> None:
+        """Drain the shared stream: batches in stream order while this instance holds its
+        lease; on closing, finish the batch in hand and leave the rest to the others."""
+        while not self._closing:
+            batch = self._stream.receive(self.batch_size, self.flush_interval)
+            if not batch:
+                continue
+            with self._cond:
+                now = time.monotonic()
+                for record in batch:
+                    self._buffer.append(record)
+                    self._submitted_at[record.seq] = now
+                self.counters["received"] += len(batch)
+            if not self._process(batch):
+                return
 
     def _process(self, batch: list[Record]) -> bool:
         """Commit *batch*: retry what says nothing about the writes, bisect to set aside a write
@@ -346,6 +406,10 @@ class WriteQueue(QueueBase):
         set_aside: Sequence[tuple[Record, BaseException]] = (),
     ) -> None:
         """*batch* (the head of the buffer) is committed, or its one write set aside."""
+        if self._stream is not None:  # acknowledged in the stream only after COMMIT
+            self._stream.done(
+                batch, set_aside, lambda: self._closing and time.monotonic() > self._drain_deadline
+            )
         failed: list[FailedWrite] = []
         with self._cond:
             for record, exc in set_aside:

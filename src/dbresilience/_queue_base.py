@@ -411,6 +411,9 @@ class QueueBase(Lifecycle):
         self._shapes_read = 0.0
         self.serializer = check_serializer("serializer", serializer)
         self._journal = None if journal is None else Journal(journal, fsync, self.serializer)
+        # a shared journal on a Redis stream (journal="redis://…"), set by the twin; None: the
+        # writes submitted here are the ones this queue applies
+        self._stream: Any = None
         self._state = ResourceState.UNOPENED  # in __init__: keeps the instance layout fixed
         self._on_failed = callable_or_none("on_failed", on_failed)
         self._on_commit = callable_or_none("on_commit", on_commit)
@@ -441,6 +444,7 @@ class QueueBase(Lifecycle):
             "replayed": 0,
             "spilled": 0,
             "worker_restarts": 0,
+            "received": 0,
         }
 
     # --- submitting (thread-safe, never does database I/O) --------------------------------------
@@ -463,6 +467,9 @@ class QueueBase(Lifecycle):
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be a str or None, got {type(key).__name__}")
         params = list(params) if params is not None else []
+        if self._stream is not None:
+            self._submit_to_stream(statement, params, key)
+            return
         with self._cond:
             if self._state is not _OPEN or self._closing:  # not the property: a hot path
                 raise QueueClosed("the write queue is not open")
@@ -494,6 +501,18 @@ class QueueBase(Lifecycle):
             if pending == 1 or pending == self.batch_size:
                 # a lone write starts the worker's flush_interval clock; a full batch is due now
                 self._wakeup.notify()
+
+    def _submit_to_stream(self, statement: str, params: list[Any], key: str | None) -> None:
+        """``journal="redis://…"``: the write goes to the shared stream (see
+        :mod:`dbresilience._journal_redis_async`), not to this queue's buffer."""
+        if self._state is not _OPEN or self._closing:
+            raise QueueClosed("the write queue is not open")
+        try:
+            self._stream.append(Record(1, statement, params, key))
+        except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+            raise TypeError(f"params cannot be journaled: {exc}") from None
+        with self._cond:
+            self.counters["submitted"] += 1
 
     def _spill(self, statement: str, params: list[Any], key: str | None) -> None:
         """Under the condition: journal the write without keeping it in memory."""
@@ -749,7 +768,9 @@ class QueueBase(Lifecycle):
         the journal), ``spilled`` (kept in the journal only, ``on_full="spill"``),
         ``worker_restarts``, ``worker_error`` and ``journal_error`` (the last failure, or
         None), ``oldest_pending_age`` (s) and ``journal_bytes``. Always
-        ``written + duplicates + failed + pending == submitted + replayed``."""
+        ``written + duplicates + failed + pending == submitted + replayed``; with a Redis
+        journal, ``received`` (read from the stream) replaces the right side, and the
+        ``stream_*`` counters of :meth:`AsyncStreamJournal.stats` are added."""
         with self._cond:
             pending = len(self._buffer) + self._spilled
             oldest = (
@@ -764,6 +785,7 @@ class QueueBase(Lifecycle):
             "journal_bytes": self._journal.bytes if self._journal is not None else 0,
             "worker_error": self._worker_error,
             "journal_error": self._journal_error,
+            **(self._stream.stats() if self._stream is not None else {}),
         }
 
     def pop_stats(self) -> dict[str, Any]:

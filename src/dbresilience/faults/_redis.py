@@ -18,15 +18,20 @@ class TemporaryRedis:
     """A throwaway ``redis-server`` on ``127.0.0.1`` and a free port, keeping nothing on disk.
 
     ``start()`` / ``stop()`` may be called repeatedly (same port); ``close()`` stops it and
-    deletes its folder. ``url`` is ``redis://127.0.0.1:<port>/0``.
+    deletes its folder. ``url`` is ``redis://127.0.0.1:<port>/0``. With ``persist=True`` it
+    keeps an append-only file fsynced on every write, so a restart (even after SIGKILL) finds
+    everything it acknowledged.
     """
 
-    def __init__(self, *, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self, *, port: int | None = None, binary: str | None = None, persist: bool = False
+    ) -> None:
         found = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(found).exists():
             raise FileNotFoundError("redis-server is not installed")
         self.binary = found
         self.port = port or free_port()
+        self.persist = persist
         self._dir = Path(tempfile.mkdtemp(prefix="dbr-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -45,7 +50,8 @@ class TemporaryRedis:
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.persist else "no",
+                "--appendfsync", "always",
                 "--dir", str(self._dir),
                 "--daemonize", "no",
                 "--loglevel", "warning",

@@ -1,0 +1,535 @@
+"""A write queue journal on Redis Streams, shared by every instance: ``AsyncStreamJournal``.
+
+The second implementation of the queue's journal (the first is the local file of
+:mod:`dbresilience._journal`). The file journal records one process's own writes; this one is a
+stream every instance appends to and one instance at a time drains:
+
+- ``append`` puts the write in a bounded memory outbox; a sender ``XADD``\\ s the outbox in
+  pipelined batches (one Lua call per batch, which also enforces ``max_len``). The threaded
+  twin's ``append`` returns once its write is in the stream; the asyncio twin's (a plain
+  method: it cannot wait) returns at once, and ``flush()`` waits for the stream.
+- Redis unavailable, or the stream at ``max_len`` (backpressure: nothing unapplied is ever
+  trimmed): the write stays in the bounded outbox, said once in the log, and goes into the
+  stream when Redis takes it again. A full outbox refuses new writes (``QueueFull``).
+- Draining: the instance holding the stream's lease (``SET NX PX``, renewed by a task) reads
+  through the consumer group (``XREADGROUP``); after it takes the lease over from an instance
+  that died, it first claims what that one left pending (``XAUTOCLAIM``, in stream order). The
+  queue commits each batch with its ledger, then this journal ``XACK``\\ s and ``XDEL``\\ s the
+  batch (one Lua call, with the dead letters of the writes set aside): the stream holds exactly
+  the writes not yet applied, so its length is the backlog.
+- One drainer at a time keeps the stream's order: per-key order holds across instances.
+
+Every key of one stream shares the hash tag ``{stream}``, so they live in one slot of a Redis
+Cluster. Anything read from Redis is untrusted: an entry that does not parse is moved to the
+dead-letter stream with its reason, never applied and never dropped in silence.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aredis
+
+from dbresilience._acompat import ASignal, AWorker, asleep, aspawn, await_worker
+from dbresilience._classify import classify
+from dbresilience._errors import QueueFull
+from dbresilience._events import logger
+from dbresilience._journal import Record, parse_line
+from dbresilience._journal_redis_base import (
+    APPEND,
+    DONE,
+    GROUP,
+    LEASE,
+    RELEASE,
+    REPLAY,
+    SEND_BATCH,
+    encode,
+    stream_keys,
+    text,
+)
+from dbresilience._redact import redact_url
+from dbresilience._serialize import DEFAULT, Serializer
+
+__all__ = ["AsyncStreamJournal", "make_client"]
+
+
+def make_client(url: str, timeout: float) -> Any:
+    """A redis-py client for *url*: ``redis://`` / ``rediss://`` / ``unix://``,
+    ``redis+sentinel://host:port[,host:port]/service[/db]`` (the service's master) or
+    ``redis+cluster://host:port`` (a Redis Cluster; a stream's keys share one hash tag)."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+    }
+    if url.startswith("redis+sentinel://"):
+        parts = urllib.parse.urlsplit(url)
+        hosts = []
+        for item in parts.netloc.rpartition("@")[2].split(","):
+            host, _, port = item.partition(":")
+            hosts.append((host, int(port or 26379)))
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError("a redis+sentinel:// journal names its service: …/service[/db]")
+        db = int(path[1]) if len(path) > 1 else 0
+        password = urllib.parse.unquote(parts.password) if parts.password else None
+        sentinels: Any = aredis.Sentinel  # redis-py ships it untyped
+        sentinel = sentinels(hosts, socket_timeout=timeout, password=password)
+        return sentinel.master_for(path[0], db=db, **options)
+    if url.startswith("redis+cluster://"):
+        options.pop("health_check_interval")
+        return aredis.RedisCluster.from_url("redis://" + url[len("redis+cluster://") :], **options)
+    return aredis.Redis.from_url(url, **options)
+
+
+class AsyncStreamJournal:
+    """The Redis stream behind one or more write queues (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str,
+        max_len: int,
+        max_buffer: int,
+        lease_ttl: float,
+        on_full: str,
+        block_timeout: float,
+        drain: bool,
+        serializer: Serializer = DEFAULT,
+        timeout: float = 2.0,
+        dead_max: int = 100_000,
+    ) -> None:
+        """Settings only, validated by the queue; no I/O."""
+        self.url = url
+        self.stream = stream
+        self.key, self.dead_key, self.lease_key = stream_keys(stream)
+        self.max_len = max_len
+        self.max_buffer = max_buffer
+        self.lease_ttl = lease_ttl
+        self.on_full = on_full
+        self.block_timeout = block_timeout
+        self.drain = drain
+        self.serializer = serializer
+        self.timeout = timeout
+        self.dead_max = dead_max
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lock = threading.Lock()
+        self._outbox: collections.deque[str] = collections.deque()
+        self._send_lock = threading.Lock()  # one sender at a time (threaded twin)
+        self._appended = 0  # tickets handed out
+        self._sent = 0  # tickets in the stream (in order)
+        self._stalled = False  # Redis down or the stream full: the outbox holds the writes
+        self._why: str | None = None
+        self._last_id: str | None = None  # the last entry this instance added
+        self._wakeup = ASignal()  # the sender waits on it
+        self._progress = ASignal()  # appenders and flush wait on it
+        self._closing = False
+        self._workers: list[AWorker] = []
+        self._client: Any = None
+        self._append: Any = None
+        self._holding = False  # this instance holds the drain lease
+        self._claim_from: str | None = None  # XAUTOCLAIM cursor after taking the lease
+        self._group_ready = False
+        self._ids: dict[int, bytes] = {}  # local seq -> entry id, for the batch in flight
+        self._seq = 0
+        self._read_error: str | None = None
+        self.counters = {"sent": 0, "received": 0, "claimed": 0, "dead_lettered": 0}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> AsyncStreamJournal:
+        """Make the client and start the sender (and, to drain, the lease keeper). Never raises
+        a Redis error: an unreachable Redis is logged once and retried."""
+        self._client = make_client(self.url, self.timeout)
+        self._append = self._client.register_script(APPEND)
+        self._closing = False
+        self._workers = [aspawn(self._sender, "dbr-stream-send")]
+        if self.drain:
+            self._workers.append(aspawn(self._lease_keeper, "dbr-stream-lease"))
+        return self
+
+    async def aclose(self, timeout: float) -> int:
+        """Send the outbox within *timeout*, release the lease, stop; the count left unsent
+        (lost: it was only in memory)."""
+        await self.flushed(time.monotonic() + timeout, drained=False)
+        self._closing = True
+        self._wakeup.notify()
+        self._progress.notify()
+        for worker in self._workers:
+            if True:  # ASYNC
+                if not await await_worker(worker, self.timeout + 2):
+                    worker.cancel()
+            else:
+                await_worker(worker, self.timeout + 2)
+        if self._holding:
+            with contextlib.suppress(aredis.RedisError):
+                await self._client.eval(RELEASE, 1, self.lease_key, self.consumer)
+            self._holding = False
+        with self._lock:
+            left = len(self._outbox)
+        with contextlib.suppress(aredis.RedisError):
+            await self._client.aclose()
+        return left
+
+    # --- appending ---------------------------------------------------------------------------
+
+    def append(self, record: Record) -> None:
+        """Queue *record* for the stream. The threaded twin returns once it is in the stream,
+        or held in the outbox while Redis cannot take it (down, or the stream full).
+
+        Raises ``TypeError`` for parameters JSON cannot carry and :class:`QueueFull` when the
+        outbox holds ``max_buffer`` writes (``on_full="block"`` first waits ``block_timeout``).
+        """
+        payload = encode(record, self.serializer)
+        with self._lock:
+            if len(self._outbox) >= self.max_buffer and self.on_full != "block":
+                raise QueueFull(
+                    f"{self.max_buffer} writes wait for the stream ({self._why or 'busy'})"
+                )
+        if True:  # ASYNC
+            pass
+        else:
+            deadline = time.monotonic() + self.block_timeout
+            while True:
+                seen = self._progress.count
+                with self._lock:
+                    if len(self._outbox) < self.max_buffer:
+                        break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    why = f"{self.block_timeout:.2f} s ({self._why or 'busy'})"
+                    raise QueueFull(
+                        f"{self.max_buffer} writes still wait for the stream after {why}"
+                    )
+                self._progress.wait(seen, left)
+        with self._lock:
+            self._appended += 1
+            ticket = self._appended
+            self._outbox.append(payload)
+        if True:  # ASYNC
+            self._wakeup.notify()
+        else:
+            if not self._stalled:  # sent from this thread: no hand-off to the sender
+                self._send_once()
+            if self._sent < ticket:
+                self._wakeup.notify()
+            # in the stream, or held while Redis cannot take it; bounded: a sender that is
+            # slow to answer leaves the write in the outbox, which it will send
+            deadline = time.monotonic() + self.timeout * 2
+            while self._sent < ticket and not self._stalled and not self._closing:
+                seen = self._progress.count
+                if self._sent >= ticket or self._stalled:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._progress.wait(seen, left)
+
+    async def _sender(self) -> None:
+        delay = 0.05
+        while True:
+            seen = self._wakeup.count
+            with self._lock:
+                empty = not self._outbox
+            if empty:
+                if self._closing:
+                    return
+                await self._wakeup.wait(seen, 1.0)
+                continue
+            sent = await self._send_once()
+            if sent is None:  # Redis unavailable
+                if self._closing:
+                    return
+                await self._wakeup.wait(self._wakeup.count, delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            if sent is False:  # the stream is full: backpressure
+                await asleep(0.05)
+
+    async def _send_once(self) -> bool | None:
+        """Send the head of the outbox in one script call: True when all of it went in, False
+        when the stream is full, None when Redis does not answer."""
+        if True:  # ASYNC
+            pass
+        else:
+            if not self._send_lock.acquire(timeout=self.timeout * 2):
+                return False  # another thread is sending (slowly): the wait decides
+        try:
+            with self._lock:
+                chunk = _take(self._outbox, SEND_BATCH)
+            if not chunk:
+                return True
+            try:
+                ids = await self._append(keys=[self.key], args=[self.max_len, *chunk])
+            except aredis.RedisError as exc:
+                self._stall(f"Redis unavailable: {type(exc).__name__}")
+                return None
+            n = len(ids)
+            with self._lock:
+                for _ in range(n):
+                    self._outbox.popleft()
+                self._sent += n
+                if n:
+                    self._last_id = text(ids[-1])
+            self.counters["sent"] += n
+            if n < len(chunk):
+                self._stall(f"the stream holds max_len={self.max_len} writes")
+                return False
+            if self._stalled:
+                with self._lock:
+                    held = len(self._outbox)
+                logger.warning(
+                    "write queue: Redis takes writes again; the %d held ones are going in", held
+                )
+                self._stalled = False
+                self._why = None
+            self._progress.notify()
+            return True
+        finally:
+            if True:  # ASYNC
+                pass
+            else:
+                self._send_lock.release()
+
+    def _stall(self, why: str) -> None:
+        if not self._stalled:
+            logger.warning(
+                "write queue: %s; writes are held in memory (up to %d) until it takes them",
+                why,
+                self.max_buffer,
+            )
+        self._stalled = True
+        self._why = why
+        self._progress.notify()
+
+    async def flushed(self, deadline: float, *, drained: bool) -> bool:
+        """Whether, by *deadline* (monotonic), everything appended so far is in the stream,
+        and with *drained* also applied (no entry up to this instance's last one is left)."""
+        with self._lock:
+            target = self._appended
+        while self._sent < target:
+            seen = self._progress.count
+            if self._sent >= target:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closing:
+                return False
+            self._wakeup.notify()
+            await self._progress.wait(seen, min(left, 0.05))
+        if not drained or self._last_id is None:
+            return True
+        while True:
+            try:
+                left_over = await self._client.xrange(self.key, "-", self._last_id, count=1)
+                if not left_over:
+                    return True
+            except aredis.RedisError:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            await asleep(min(0.02, max(0.0, deadline - time.monotonic())))
+
+    # --- draining ----------------------------------------------------------------------------
+
+    async def _lease_keeper(self) -> None:
+        ttl_ms = max(1, int(self.lease_ttl * 1000))
+        while not self._closing:
+            try:
+                got = await self._client.eval(LEASE, 1, self.lease_key, self.consumer, ttl_ms)
+                if got == 2:
+                    self._claim_from = "0-0"  # first, what the previous holder left pending
+                self._holding = got != 0
+            except aredis.RedisError:
+                self._holding = False
+            seen = self._wakeup.count
+            await self._wakeup.wait(seen, self.lease_ttl / 3)
+            while self._wakeup.count != seen and not self._closing:  # only the lease's pace
+                seen = self._wakeup.count
+                await self._wakeup.wait(seen, self.lease_ttl / 3)
+
+    async def receive(self, limit: int, wait: float) -> list[Record]:
+        """Up to *limit* writes to apply, in stream order, waiting up to *wait* seconds for
+        one; empty when this instance does not hold the lease or Redis does not answer."""
+        if not self._holding:
+            await asleep(min(wait, self.lease_ttl / 3) if wait > 0 else 0)
+            return []
+        try:
+            if not self._group_ready:
+                await self._create_group()
+            if self._claim_from is not None:
+                reply = await self._client.xautoclaim(
+                    self.key, GROUP, self.consumer, 0, self._claim_from, count=limit
+                )
+                cursor, entries = text(reply[0]), reply[1]
+                gone = [entry_id for entry_id in (reply[2] if len(reply) > 2 else [])]
+                if gone:  # deleted while pending: nothing to apply
+                    await self._client.xack(self.key, GROUP, *gone)
+                self._claim_from = None if cursor == "0-0" else cursor
+                entries = [e for e in entries if e is not None]
+                self.counters["claimed"] += len(entries)
+            else:
+                block = max(1, int(min(wait, 1.0) * 1000))
+                reply = await self._client.xreadgroup(
+                    GROUP, self.consumer, {self.key: ">"}, count=limit, block=block
+                )
+                entries = reply[0][1] if reply else []
+                if isinstance(reply, dict):  # RESP3
+                    entries = next(iter(reply.values()), [[]])[0] if reply else []
+        except aredis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream or the group is gone: made again
+                self._group_ready = False
+                self._claim_from = "0-0"
+                return []
+            raise
+        except aredis.RedisError as exc:
+            if self._read_error is None:
+                logger.warning("write queue: cannot read the stream (%s)", type(exc).__name__)
+            self._read_error = type(exc).__name__
+            self._holding = False
+            await asleep(min(wait, 0.2))
+            return []
+        if self._read_error is not None:
+            logger.warning("write queue: reading the stream again")
+            self._read_error = None
+        return await self._decode(entries)
+
+    async def _create_group(self) -> None:
+        try:
+            await self._client.xgroup_create(self.key, GROUP, id="0", mkstream=True)
+        except aredis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _decode(self, entries: Sequence[Any]) -> list[Record]:
+        records: list[Record] = []
+        bad: list[tuple[bytes, str, str]] = []
+        for entry_id, fields in entries:
+            payload = fields.get(b"d") if isinstance(fields, dict) else None
+            try:
+                if not isinstance(payload, bytes):
+                    raise ValueError("an entry without a payload")
+                parsed = parse_line(payload, self.serializer)
+                if isinstance(parsed, int):
+                    raise ValueError("a watermark, not a write")
+            except ValueError as exc:
+                bad.append((entry_id, (payload or b"")[:4096].decode(errors="replace"), str(exc)))
+                continue
+            self._seq += 1
+            records.append(Record(self._seq, parsed.sql, parsed.params, parsed.key))
+            self._ids[self._seq] = entry_id
+        if bad:
+            logger.error("write queue: %d unreadable stream entries dead-lettered", len(bad))
+            args: list[Any] = [GROUP, self.dead_max, len(bad)]
+            for entry_id, payload, why in bad:
+                args += [payload, f"unreadable entry: {why}", "unreadable", text(entry_id)]
+            args += [entry_id for entry_id, _, _ in bad]
+            await self._client.eval(DONE, 2, self.key, self.dead_key, *args)
+            self.counters["dead_lettered"] += len(bad)
+        self.counters["received"] += len(records)
+        return records
+
+    async def done(
+        self,
+        batch: Sequence[Record],
+        set_aside: Sequence[tuple[Record, BaseException]],
+        give_up: Callable[[], bool],
+    ) -> None:
+        """*batch* is committed (its *set_aside* writes with their errors): dead-letter those,
+        then ``XACK`` and ``XDEL`` the batch, retried until Redis takes it or *give_up*()
+        (then the entries stay pending: whoever drains next applies them again, which the
+        ledger makes harmless for keyed writes)."""
+        args: list[Any] = [GROUP, self.dead_max, len(set_aside)]
+        for record, exc in set_aside:
+            source = self._ids.get(record.seq, b"")
+            args += [
+                encode(record, self.serializer),
+                f"{type(exc).__name__}: {exc}",
+                classify(exc).code,
+                source,
+            ]
+        ids = [self._ids.pop(record.seq) for record in batch if record.seq in self._ids]
+        args += ids
+        if not ids and not set_aside:
+            return
+        delay = 0.05
+        while True:
+            try:
+                await self._client.eval(DONE, 2, self.key, self.dead_key, *args)
+                self.counters["dead_lettered"] += len(set_aside)
+                return
+            except aredis.RedisError as exc:
+                if give_up():
+                    logger.error(
+                        "write queue: %d committed writes not acknowledged in the stream (%s)",
+                        len(ids),
+                        type(exc).__name__,
+                    )
+                    return
+                await asleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # --- inspection --------------------------------------------------------------------------
+
+    async def length(self) -> int:
+        """How many writes the stream holds (not yet applied)."""
+        return int(await self._client.xlen(self.key))
+
+    async def dead_letters(self, count: int = 1000) -> list[dict[str, Any]]:
+        """The dead-letter stream's first *count* entries: id, sql, params, key, error, code."""
+        out: list[dict[str, Any]] = []
+        for entry_id, fields in await self._client.xrange(self.dead_key, count=count):
+            item: dict[str, Any] = {"id": text(entry_id)}
+            try:
+                parsed = parse_line(fields.get(b"d", b""), self.serializer)
+                if isinstance(parsed, Record):
+                    item.update(sql=parsed.sql, params=parsed.params, key=parsed.key)
+            except ValueError:
+                item.update(sql=None, params=None, key=None)
+            item["error"] = text(fields.get(b"error", b""))
+            item["code"] = text(fields.get(b"code", b""))
+            out.append(item)
+        return out
+
+    async def replay(self, ids: Sequence[str]) -> int:
+        """Move the dead letters *ids* back to the end of the stream; how many moved."""
+        if not ids:
+            return 0
+        return int(await self._client.eval(REPLAY, 2, self.key, self.dead_key, *ids))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``stream_buffered`` (held in memory), ``stream_stalled`` (why, or None),
+        ``stream_sent``, ``stream_received``, ``stream_claimed``, ``stream_dead_lettered``,
+        ``stream_draining`` (this instance holds the lease)."""
+        with self._lock:
+            buffered = len(self._outbox)
+        return {
+            "stream_buffered": buffered,
+            "stream_stalled": self._why,
+            "stream_draining": self._holding,
+            **{f"stream_{k}": v for k, v in self.counters.items()},
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self.url)} stream={self.stream!r}>"
+
+
+def _take(items: collections.deque[str], n: int) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        if len(out) >= n:
+            break
+        out.append(item)
+    return out

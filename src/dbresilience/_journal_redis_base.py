@@ -1,0 +1,100 @@
+"""What the sync and async stream journals share and that does no I/O: the keys of a stream, the
+payload of an entry and the Lua scripts (each one atomic, on the keys of one stream: one hash
+tag, one slot of a Redis Cluster). See :mod:`dbresilience._journal_redis_async`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbresilience._journal import Record, format_line
+from dbresilience._serialize import Serializer
+
+__all__ = ["APPEND", "DONE", "GROUP", "LEASE", "RELEASE", "REPLAY", "encode", "stream_keys"]
+
+GROUP = "dbr"
+SEND_BATCH = 1000  # entries per XADD script call
+
+# XADD each payload while the stream holds fewer than ARGV[1] entries; the ids added (the rest
+# stay with the caller: backpressure, never trimming)
+APPEND = """
+local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
+local ids = {}
+for i = 2, #ARGV do
+  if room <= 0 then break end
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
+  room = room - 1
+end
+return ids
+"""
+
+# take or renew the lease: 2 newly taken, 1 renewed, 0 held by another
+LEASE = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# a batch is done: ARGV = group, dead-letter bound, n, then n dead letters (4 values each), then
+# the batch's ids to XACK and XDEL
+DONE = """
+local n = tonumber(ARGV[3])
+local at = 4
+for i = 1, n do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+             'd', ARGV[at], 'error', ARGV[at + 1], 'code', ARGV[at + 2], 'from', ARGV[at + 3])
+  at = at + 4
+end
+if at <= #ARGV then
+  local ids = {unpack(ARGV, at)}
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
+end
+return n
+"""
+
+# dead letters back into the stream (at its end), each removed from the dead-letter stream
+REPLAY = """
+local moved = 0
+for i = 1, #ARGV do
+  local e = redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i])
+  if #e == 1 then
+    local f = e[1][2]
+    for j = 1, #f, 2 do
+      if f[j] == 'd' then
+        redis.call('XADD', KEYS[1], '*', 'd', f[j + 1])
+        redis.call('XDEL', KEYS[2], ARGV[i])
+        moved = moved + 1
+      end
+    end
+  end
+end
+return moved
+"""
+
+
+def stream_keys(stream: str) -> tuple[str, str, str]:
+    """The keys of *stream*: ``(stream, dead letters, lease)``, one hash tag for all three."""
+    return f"{{{stream}}}", f"{{{stream}}}:dead", f"{{{stream}}}:lease"
+
+
+def text(value: Any) -> str:
+    """A reply element (bytes from redis-py) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def encode(record: Record, serializer: Serializer) -> str:
+    """A write as a stream entry's payload: the file journal's line (see
+    :func:`dbresilience._journal.format_line`), without its newline."""
+    return format_line(record, serializer)[:-1].decode()

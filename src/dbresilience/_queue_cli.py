@@ -1,0 +1,130 @@
+"""``dbresilience queue failed|replay|drain``: the shared Redis journal from the command line.
+
+- ``failed``: the dead-letter stream (writes set aside, with their error), as JSON lines; the
+  parameters only with ``--params`` (they are row data).
+- ``replay``: dead letters back to the end of the stream (``--id``, repeatable, or ``--all``),
+  to be applied again once their cause is fixed.
+- ``drain``: a long-lived drainer, for instances that only append (``drain=False``): applies
+  the stream into the database until SIGTERM/SIGINT (or, ``--until-empty``, until the stream
+  holds nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+from typing import Any
+
+from dbresilience._redact import check_redis_url, redact_url
+
+__all__ = ["add_queue_parser", "run_queue_command"]
+
+
+def add_queue_parser(sub: Any) -> None:
+    """Add ``queue failed|replay|drain`` to the command's subparsers."""
+    queue = sub.add_parser("queue", help="the shared Redis write journal: failed, replay, drain")
+    actions = queue.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("failed", "list the dead letters (writes set aside, with their error) as JSON lines"),
+        ("replay", "move dead letters back to the end of the stream, to be applied again"),
+        ("drain", "apply the stream into the database (a long-lived drainer)"),
+    ):
+        p = actions.add_parser(name, help=text, description=text)
+        p.add_argument(
+            "--journal", required=True, help="redis://host:port/db (or Sentinel, Cluster)"
+        )
+        p.add_argument(
+            "--stream", default="dbr:queue", help="the stream's name (default dbr:queue)"
+        )
+        if name == "failed":
+            p.add_argument("--params", action="store_true", help="show parameters (row data)")
+            p.add_argument("--count", type=int, default=1000)
+        elif name == "replay":
+            p.add_argument("--id", action="append", default=[], help="a dead letter's id")
+            p.add_argument("--all", action="store_true", help="every dead letter")
+        else:
+            p.add_argument("dsn", help="the database to apply into")
+            p.add_argument("--batch-size", type=int, default=5000)
+            p.add_argument("--ledger-table", default="dbr_queue_ledger")
+            p.add_argument("--until-empty", action="store_true", help="exit once nothing is left")
+            p.add_argument("--max-seconds", type=float, default=None, help="exit after this long")
+
+
+def _journal(url: str, stream: str) -> Any:
+    from dbresilience._journal_redis import StreamJournal
+
+    journal = StreamJournal(
+        check_redis_url("--journal", url, "dbresilience queue"),
+        stream=stream,
+        max_len=1,
+        max_buffer=1,
+        lease_ttl=10.0,
+        on_full="raise",
+        block_timeout=0.0,
+        drain=False,
+    )
+    return journal.open()
+
+
+def run_queue_command(args: argparse.Namespace, out: Any = print) -> int:
+    """Run ``queue <action>``; the exit status."""
+    if args.action == "drain":
+        return _drain(args, out)
+    journal = _journal(args.journal, args.stream)
+    try:
+        letters = journal.dead_letters(count=getattr(args, "count", 100_000))
+        if args.action == "failed":
+            for item in letters:
+                if not args.params:
+                    item.pop("params", None)
+                out(json.dumps(item, default=str))
+            out(f"# {len(letters)} dead letters in {redact_url(args.journal)} {args.stream}")
+            return 0
+        if not args.all and not args.id:
+            out("replay: name dead letters with --id (repeatable) or --all")
+            return 2
+        ids = [item["id"] for item in letters] if args.all else args.id
+        moved = journal.replay(ids)
+        out(f"replayed {moved} of {len(ids)} dead letters")
+        return 0 if moved == len(ids) else 1
+    finally:
+        journal.close(0.0)
+
+
+def _drain(args: argparse.Namespace, out: Any) -> int:
+    from dbresilience._pool import Pool
+    from dbresilience._queue import WriteQueue
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    started = time.monotonic()
+    try:
+        with (
+            Pool(args.dsn, min_size=1) as pool,
+            WriteQueue(
+                pool,
+                journal=args.journal,
+                stream=args.stream,
+                batch_size=args.batch_size,
+                ledger_table=args.ledger_table,
+            ) as queue,
+        ):
+            journal = queue._stream
+            while not stop.is_set():
+                if args.max_seconds is not None and time.monotonic() - started > args.max_seconds:
+                    break
+                if args.until_empty and journal.length() == 0 and queue.stats()["pending"] == 0:
+                    break
+                stop.wait(0.2)
+            stats = queue.stats()
+        out(
+            f"drained: {stats['written']} written, {stats['duplicates']} duplicates, "
+            f"{stats['failed']} set aside (dead letters)"
+        )
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
