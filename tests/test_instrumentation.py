@@ -97,6 +97,14 @@ def test_no_hook_means_no_event_is_built(
     with pytest.raises(psycopg.errors.SerializationFailure):
         flaky()
 
+    def down() -> object:
+        raise psycopg.OperationalError("connection refused")
+
+    with dbr.CredentialCache(None, namespace="nohook", ttl=0.01, stale_ttl=30, jitter=0) as cache:
+        cache.get_or_load(1, lambda: 1)  # miss, load
+        time.sleep(0.02)
+        assert cache.get_or_load(1, down) == 1  # failed load, stale served
+
 
 def test_hook_errors_never_change_the_outcome(
     pg_dsn: str, caplog: pytest.LogCaptureFixture
@@ -557,3 +565,68 @@ def test_grafana_dashboard_uses_only_exported_metric_names(pg_dsn: str) -> None:
     }
     assert used
     assert used <= exported, used - exported
+
+
+def test_opentelemetry_spans_for_cache_loads_and_queue_batches(
+    pg_dsn: str, table_name: str
+) -> None:
+    """A cache load and a failed one, and a queue batch, each become a span (the failed load
+    with ERROR and its code); the cache lookups are counted by result."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    reader = InMemoryMetricReader()
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentation.enable_opentelemetry(MeterProvider(metric_readers=[reader]), tracer_provider)
+
+    def down() -> object:
+        raise psycopg.OperationalError("connection refused")
+
+    with dbr.CredentialCache(None, namespace="otel-cache") as cache:
+        cache.get_or_load(1, lambda: 1)
+        cache.get_or_load(1, lambda: 1)
+        with pytest.raises(psycopg.OperationalError):
+            cache.get_or_load(2, down)
+    t = psycopg.sql.Identifier(table_name)
+    ledger = f"{table_name}_ledger"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("create table {} (k int)").format(t))
+    try:
+        with (
+            dbr.Pool(pg_dsn, min_size=1, name="otel-queue") as pool,
+            dbr.WriteQueue(pool, ledger_table=ledger) as queue,
+        ):
+            for i in range(5):
+                queue.submit(f"insert into {t.as_string()} (k) values (%s)", (i,))
+            assert queue.flush(timeout=30)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("drop table if exists {}").format(t))
+            conn.execute(
+                psycopg.sql.SQL("drop table if exists {}").format(psycopg.sql.Identifier(ledger))
+            )
+    spans = exporter.get_finished_spans()
+    loads = [s for s in spans if s.name == "cache load otel-cache"]
+    assert [s.status.status_code for s in loads] == [StatusCode.UNSET, StatusCode.ERROR]
+    assert loads[1].attributes is not None
+    assert loads[1].attributes["error.type"] == "P1001"
+    batches = [s for s in spans if s.name == "queue batch otel-queue"]
+    assert batches
+    assert sum(s.attributes["db.operation.batch.size"] for s in batches) == 5  # type: ignore[index,misc]
+    data = reader.get_metrics_data()
+    assert data is not None
+    results = {
+        p.attributes["result"]: p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "dbresilience.cache.requests"
+        for p in m.data.data_points
+    }
+    assert results == {"miss": 2, "hit_memory": 1}
