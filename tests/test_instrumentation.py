@@ -630,3 +630,31 @@ def test_opentelemetry_spans_for_cache_loads_and_queue_batches(
         for p in m.data.data_points
     }
     assert results == {"miss": 2, "hit_memory": 1}
+
+
+def test_connect_summary_starts_a_new_outage_after_a_long_quiet() -> None:
+    """A pool closed mid-outage never reports its end: a connect error a minute after the last
+    one starts a new outage (shown), instead of being swallowed as a repeat."""
+    from dbresilience._logsummary import ConnectErrorSummary
+
+    summary = ConnectErrorSummary()
+    now = [1000.0]
+    summary._clock = lambda: now[0]  # type: ignore[method-assign]
+
+    def record() -> logging.LogRecord:
+        error = psycopg.OperationalError("connection refused")
+        args = ("p", error)
+        return logging.LogRecord(
+            "psycopg.pool", 30, "f", 1, "error connecting in %r: %s", args, None
+        )
+
+    assert summary.filter(record())  # the start is shown
+    now[0] += 0.25
+    assert not summary.filter(record())  # a repeat is counted, not shown
+    now[0] += 120
+    shown = record()
+    assert summary.filter(shown)  # a lone error after a long quiet: a new outage
+    assert "outage started" in shown.getMessage()
+    other = logging.LogRecord("psycopg.pool", 30, "f", 1, "pool %r is ready", ("p",), None)
+    assert summary.filter(other)
+    assert other.getMessage() == "pool 'p' is ready"

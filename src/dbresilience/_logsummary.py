@@ -27,11 +27,17 @@ _log = logging.getLogger(_PSYCOPG_POOL_LOGGER)
 _CONNECT_ERROR = "error connecting in %r: %s"
 
 
+# A pool that was closed during an outage never reports its end: an "outage" whose last error is
+# older than this is over, and the next error starts a new one (pools retry every 0.25 s at most).
+STALE_AFTER = 60.0
+
+
 @dataclass
 class _Outage:
     started: float
     failures: int
     code: str
+    last: float
 
 
 class ConnectErrorSummary(logging.Filter):
@@ -54,12 +60,14 @@ class ConnectErrorSummary(logging.Filter):
             return True
         name, error = record.args
         code = classify(error).code if isinstance(error, BaseException) else "unknown"
+        now = self._clock()
         with self._lock:
             outage = self._outages.get(str(name))
-            if outage is not None:
+            if outage is not None and now - outage.last < STALE_AFTER:
                 outage.failures += 1
+                outage.last = now
                 return False
-            self._outages[str(name)] = _Outage(self._clock(), 1, code)
+            self._outages[str(name)] = _Outage(now, 1, code, now)
         record.msg = (
             "pool %r cannot connect (%s): outage started; repeated connect errors are "
             "summarised until it connects again"

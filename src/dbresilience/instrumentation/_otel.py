@@ -8,6 +8,7 @@ span; the classification code of a failure is its ``error.type``.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 import time
@@ -27,10 +28,34 @@ __all__ = ["OpenTelemetryHook", "enable"]
 _STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 # The retries of the pool call running in this thread or task, kept until the call ends (its
-# PoolCallDone becomes the span that gets them as events). Set only when a retry happened.
-_PENDING: contextvars.ContextVar[list[tuple[int, ins.RetryScheduled]] | None] = (
+# PoolCallDone becomes the span that gets them as events). Set only when a retry happened. The
+# list is tagged with its owner (task or thread): a task inherits its parent's context, and
+# must not add its retries to its parent's list, nor take the parent's.
+_PENDING: contextvars.ContextVar[tuple[int, list[tuple[int, ins.RetryScheduled]]] | None] = (
     contextvars.ContextVar("dbresilience_otel_retries", default=None)
 )
+# Retries of with_retry outside any pool call are never taken: keep only the latest few.
+_KEEP = 32
+
+
+def _owner() -> int:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        task = None
+    return id(task) if task is not None else threading.get_ident()
+
+
+def _pending(create: bool) -> list[tuple[int, ins.RetryScheduled]] | None:
+    """This task's or thread's pending retries (a new list when *create*)."""
+    tagged = _PENDING.get()
+    if tagged is not None and tagged[0] == _owner():
+        return tagged[1]
+    if not create:
+        return None
+    pending: list[tuple[int, ins.RetryScheduled]] = []
+    _PENDING.set((_owner(), pending))
+    return pending
 
 
 class OpenTelemetryHook:
@@ -112,11 +137,11 @@ class OpenTelemetryHook:
             self._pool_call(event)
         elif type(event) is ins.RetryScheduled:
             self.retries.add(1, {"name": event.name, "code": event.code})
-            pending = _PENDING.get()
-            if pending is None:
-                pending = []
-                _PENDING.set(pending)
+            pending = _pending(create=True)
+            assert pending is not None
             pending.append((time.time_ns(), event))
+            if len(pending) > _KEEP:
+                del pending[:-_KEEP]
         elif type(event) is ins.RetryGivenUp:
             attrs = {"name": event.name, "code": event.code, "reason": event.reason}
             self.given_up.add(1, attrs)
@@ -188,7 +213,7 @@ class OpenTelemetryHook:
                 "dbresilience.attempts": event.attempts,
             },
         )
-        pending = _PENDING.get()
+        pending = _pending(create=False) if _PENDING.get() is not None else None
         if pending:
             prefix = f"{event.pool} {event.operation}"
             for at, retry in pending:
