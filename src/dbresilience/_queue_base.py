@@ -14,6 +14,7 @@ import functools
 import hashlib
 import itertools
 import json
+import operator
 import os
 import re
 import threading
@@ -234,9 +235,8 @@ def fast_insert(shape: FastShape, params: Sequence[Any]) -> tuple[str, list[Any]
     parameters have in that INSERT), or None when a column's values do not allow it (mixed
     Python types, lists, dicts, wrappers: the run goes through executemany)."""
     width = len(shape.columns)
-    for row in params:
-        if not isinstance(row, list | tuple) or len(row) != width:
-            return None
+    if not set(map(type, params)) <= {list, tuple} or set(map(len, params)) != {width}:
+        return None  # a dict from a journal, a short row: executemany says what is wrong
     casts: list[str] = []
     arrays: list[Any] = []
     for column, values in zip(shape.columns, zip(*params, strict=True), strict=True):
@@ -298,18 +298,15 @@ def copy_statement(statement: str, n_params: int) -> str | None:
     return f"COPY {m.group('table')} ({', '.join(cols)}) FROM STDIN"
 
 
+_SQL = operator.itemgetter(1)  # Record.sql
+_PARAMS = operator.itemgetter(2)  # Record.params
+_SEQ = operator.itemgetter(0)  # Record.seq
+
+
 def runs(batch: Sequence[Record]) -> Iterator[tuple[str, list[Any]]]:
     """Consecutive writes of one statement, with their parameters (order kept)."""
-    current: str | None = None
-    params: list[Any] = []
-    for record in batch:
-        if record.sql != current:
-            if current is not None:
-                yield current, params
-            current, params = record.sql, []
-        params.append(record.params)
-    if current is not None:
-        yield current, params
+    for statement, group in itertools.groupby(batch, key=_SQL):  # C loops: 5000 a batch
+        yield statement, list(map(_PARAMS, group))
 
 
 def is_bad_write(exc: BaseException) -> bool:
@@ -591,9 +588,9 @@ class QueueBase(Lifecycle):
 
     def _finish(self, batch: Sequence[Record], written: int, duplicates: int) -> None:
         """Under the condition: *batch* (the head of the buffer) is done."""
-        for _ in batch:
-            record = self._buffer.popleft()
-            self._submitted_at.pop(record.seq, None)
+        popleft, forget = self._buffer.popleft, self._submitted_at.pop
+        for _ in range(len(batch)):
+            forget(popleft()[0], None)
         self._done = batch[-1].seq
         self._worker_failures = 0
         self.counters["written"] += written
