@@ -90,11 +90,13 @@ class Load:
         }
 
 
+@pytest.mark.parametrize("how", ["immediate", "fast"])
 def test_failover_after_a_crash_loses_no_acknowledged_write(
-    pair: tuple[TemporaryPostgres, TemporaryReplica],
+    pair: tuple[TemporaryPostgres, TemporaryReplica], how: str
 ) -> None:
-    """Primary crashed (immediate stop), standby promoted: the pool finds the new primary, the
-    queue's keyed writes all land exactly once, reads come back."""
+    """Primary crashed (immediate stop: connections reset) or shut down (fast: 57P01), standby
+    promoted: the pool finds the new primary, the queue's keyed writes all land exactly once,
+    reads come back."""
     primary, replica = pair
     load = Load()
     stop = threading.Event()
@@ -125,7 +127,7 @@ def test_failover_after_a_crash_loses_no_acknowledged_write(
             thread.start()
         try:
             time.sleep(0.5)
-            primary.kill()
+            primary.stop(how)
             time.sleep(0.5)
             load.promoted_at = replica.promote()
             deadline = time.monotonic() + FIRST_WRITE_WITHIN + 1
