@@ -122,13 +122,16 @@ async def test_open_fails_at_once_on_fatal_errors(pg_dsn: str, change: str, code
 async def test_open_without_wait_starts_while_the_database_is_down(
     pg_cluster: TemporaryPostgres,
 ) -> None:
-    """open(wait=False) returns at once with the server down; calls fail fast, then serve."""
+    """open(wait=False) returns at once with the server down; calls fail fast from the very
+    first one (it never waits out acquire_timeout for a connect that already failed), then
+    serve."""
     await off_loop(pg_cluster.stop, "fast")
-    pool = dbr.AsyncPool(pg_cluster.dsn, min_size=2, query_timeout=2.0)
+    pool = dbr.AsyncPool(
+        pg_cluster.dsn, min_size=2, connect_timeout=2.0, acquire_timeout=5.0, query_timeout=5.0
+    )
     await pool.open(wait=False)
     try:
-        await asleep(0.3)  # let the background connects fail
-        start = time.monotonic()
+        start = time.monotonic()  # no pause: the first call may come before the first connect
         with pytest.raises(dbr.DatabaseUnavailable) as info:
             await pool.fetchone("select 1")
         assert time.monotonic() - start < 0.5
@@ -142,6 +145,87 @@ async def test_open_without_wait_starts_while_the_database_is_down(
             except dbr.DatabaseUnavailable:
                 assert time.monotonic() - back < 1.0 + 1.0  # one backoff step, plus margin
                 await asleep(0.02)
+    finally:
+        await pool.close()
+
+
+async def serves_again_after_restore(pool: dbr.AsyncPool, proxy: FaultProxy) -> None:
+    """*proxy* restored: the pool serves within one reconnect step (1 s) plus a margin."""
+    proxy.restore()
+    back = time.monotonic()
+    while True:
+        try:
+            assert await pool.fetchone("select 1") == (1,)
+            return
+        except dbr.DatabaseUnavailable:
+            assert time.monotonic() - back < 1.0 + 1.0
+            await asleep(0.02)
+
+
+@pytest.mark.parametrize("fault", ["down", "silent"])
+async def test_first_call_after_open_without_wait_fails_fast(
+    pg_proxy: tuple[FaultProxy, str], fault: str
+) -> None:
+    """A service started during an outage: its first call fails (DatabaseUnavailable) once the
+    first connect has failed (at once for a refusal, after connect_timeout for a silent
+    server), well before acquire_timeout; restored, the pool serves again."""
+    proxy, dsn = pg_proxy
+    getattr(proxy, fault)()
+    pool = dbr.AsyncPool(
+        dsn, min_size=2, connect_timeout=2.0, acquire_timeout=5.0, query_timeout=5.0
+    )
+    await pool.open(wait=False)
+    try:
+        start = time.monotonic()
+        with pytest.raises(dbr.DatabaseUnavailable) as info:
+            await pool.fetchone("select 1")
+        elapsed = time.monotonic() - start
+        # the first connect's failure (at once / connect_timeout), the call's own two retry
+        # sleeps (full jitter, 0.05 + 0.1 s at most), a margin; acquire_timeout is 5 s
+        assert elapsed < (0.0 if fault == "down" else 2.0) + 0.15 + MARGIN
+        assert dbr.classify(info.value).code == ("P1001" if fault == "down" else "P1002")
+        start = time.monotonic()  # the next call knows at once
+        with pytest.raises(dbr.DatabaseUnavailable):
+            await pool.fetchone("select 1")
+        assert time.monotonic() - start < 0.5
+        await serves_again_after_restore(pool, proxy)
+    finally:
+        await pool.close()
+
+
+async def test_a_connect_still_in_progress_is_waited_for(
+    pg_proxy: tuple[FaultProxy, str],
+) -> None:
+    """A database slow to accept (the connect has not failed yet) is no evidence of an outage:
+    the first call after open(wait=False) waits for the connect and is served."""
+    proxy, dsn = pg_proxy
+    proxy.silent()
+    pool = dbr.AsyncPool(dsn, min_size=1, connect_timeout=3.0, query_timeout=5.0)
+    await pool.open(wait=False)
+    try:
+
+        async def accept_later() -> None:
+            await asleep(0.6)
+            await off_loop(proxy.restore)
+
+        accepting = aspawn(accept_later)
+        start = time.monotonic()
+        assert await pool.fetchone("select 1") == (1,)
+        assert 0.5 < time.monotonic() - start < 0.6 + 1.0
+        await agather(accepting)
+        assert pool.stats()["fail_fast"] == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_healthy_cold_start_serves_its_first_call(pg_dsn: str) -> None:
+    """open(wait=False) on a healthy database: the first calls, made at once, are served."""
+    pool = dbr.AsyncPool(pg_dsn, min_size=2, max_size=4)
+    await pool.open(wait=False)
+    try:
+        results = await agather(*(aspawn(pool.fetchone, "select 1") for _ in range(6)))
+        assert results == [(1,)] * 6
+        assert pool.stats()["fail_fast"] == 0
     finally:
         await pool.close()
 

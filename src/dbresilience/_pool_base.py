@@ -755,24 +755,33 @@ class PoolBase(Lifecycle):
         self._counters.last_connect_error_at = now()
         return classify(exc).retryable
 
-    def _maybe_fail_fast(self) -> None:
-        """Raise DatabaseUnavailable when connecting fails and no connection is idle."""
+    def _unavailable(self) -> DatabaseUnavailable | None:
+        """The DatabaseUnavailable a call gets now (not yet counted), or None: when the last
+        attempt to connect failed lately, for a reason that says the database cannot be had
+        (refused, unreachable, timed out, bad credentials, full ...), and no connection is
+        idle."""
         counters = self._counters
         error = counters.last_connect_error
         if error is None:
-            return
+            return None
         age = now() - counters.last_connect_error_at
         if age > max(3.0, self._config.connect_timeout + 1.5):
-            return  # stale: let getconn drive a new attempt
+            return None  # stale: let getconn drive a new attempt
         c = classify(error)
         if c.kind not in _CANNOT_CONNECT or self._pool.get_stats().get("pool_available", 0):
-            return
-        counters.fail_fast += 1
-        raise DatabaseUnavailable(
+            return None
+        return DatabaseUnavailable(
             f"pool {self.name!r} has no connection and its last attempt to connect failed "
             f"{age:.1f} s ago ({c.code})",
             c,
         )
+
+    def _maybe_fail_fast(self) -> None:
+        """Raise DatabaseUnavailable when connecting fails and no connection is idle."""
+        error = self._unavailable()
+        if error is not None:
+            self._counters.fail_fast += 1
+            raise error
 
     def _acquire_wait(self, deadline_at: float) -> float:
         """How long the next getconn may wait; raises when no time is left."""

@@ -3,10 +3,14 @@
 The pools use psycopg_pool's public hooks where there is one: ``connection_class`` (the
 connection classes below declare the attributes the pool keeps on each connection),
 ``configure`` (warm-up SQL and one round trip per new connection), ``kwargs``, ``timeout``,
-``max_lifetime`` and ``reconnect_timeout``. Two needs have no public hook:
+``max_lifetime`` and ``reconnect_timeout``. Three needs have no public hook:
 
 - remembering why connecting failed, for the fail-fast decision: the core pools override
   ``_connect(self, timeout=None)``;
+- answering the calls already waiting for a connection when a connect fails (else the first
+  call after ``open(wait=False)`` during an outage waits out ``acquire_timeout``): the override
+  takes the waiting clients out of ``_waiting`` under ``_lock`` and calls
+  ``WaitingClient.fail(error)`` on each, as psycopg_pool's own ``close()`` does;
 - refilling within a quarter of a second of the database's return: psycopg_pool's reconnect
   backoff starts at 1 s and doubles up to ``reconnect_timeout`` (psycopg #701, #1315); the core
   pools override ``_add_connection(self, attempt, growing=False)`` to start every attempt with
@@ -35,6 +39,7 @@ from dbresilience._pooler import check_query
 
 __all__ = [
     "PRIVATE_API",
+    "PRIVATE_ATTRIBUTES",
     "AsyncPoolConnection",
     "AsyncPoolerCursor",
     "PoolConnection",
@@ -50,7 +55,12 @@ PRIVATE_API: dict[str, tuple[str, ...]] = {
     "AsyncConnectionPool._add_connection": ("self", "attempt", "growing"),
     "base.AttemptWithBackoff": ("self", "timeout"),
     "base.AttemptWithBackoff.update_delay": ("self", "now"),
+    "pool.WaitingClient.fail": ("self", "error"),
+    "pool_async.WaitingClient.fail": ("self", "error"),
 }
+
+#: the private attributes of an open psycopg_pool pool the pools use (see above)
+PRIVATE_ATTRIBUTES: tuple[str, ...] = ("_lock", "_waiting")
 
 
 class PoolConnection(psycopg.Connection[Any]):
