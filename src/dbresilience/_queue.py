@@ -493,6 +493,31 @@ class WriteQueue(QueueBase):
             else:
                 cur.executemany(statement, params)
 
+    def _pipelined(
+        self, conn: Any, ledger: LedgerSQL, batch: list[Record]
+    ) -> tuple[list[Record], int, list[Record], int]:
+        """Inside the batch's pipeline: BEGIN, the claims, the runs, COMMIT."""
+        rewritten = 0
+        cur = conn.cursor()
+        cur.execute(b"BEGIN")
+        todo, duplicates, reused = self._claim(conn, ledger, batch)
+        work = list(runs(todo))
+        if self.use_unnest:
+            for statement in self._unknown_shapes(work):
+                target = fast_target(statement)
+                assert target is not None
+                cur.execute(SHAPE_SQL, (target[0],))
+                self._shapes[statement] = fast_shape(statement, cur.fetchone())
+        for statement, params in work:
+            fast = self._rewrite(statement, params) if self.use_unnest else None
+            if fast is not None:
+                cur.execute(fast[0], fast[1])
+                rewritten += len(params)
+            else:
+                cur.executemany(statement, params)  # the caller's SQL
+        cur.execute(b"COMMIT")
+        return (todo, duplicates, reused, rewritten)
+
     def _transaction(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
         ledger = self._ledger_sql()
         with self.pool.connection(timeout=self.batch_timeout) as conn:
@@ -506,29 +531,26 @@ class WriteQueue(QueueBase):
                 # out without waiting for each other's answers (one round trip for a batch of
                 # unkeyed writes, two with keys: the ledger's answer decides what is applied;
                 # a batch interleaving three statements once took 500); a run of a plain
-                # INSERT is one INSERT … SELECT * FROM unnest(…), see fast_insert. BEGIN and
-                # COMMIT are statements of the pipeline (not conn.transaction()): a refused
-                # write then surfaces once, at the pipeline's end, and the pool rolls back.
+                # INSERT is one INSERT … SELECT * FROM unnest(…), see fast_insert. After a
+                # refused write the transaction is left aborted and the pool rolls it back.
                 rewritten = 0
-                with conn.pipeline():
-                    cur = conn.cursor()
-                    cur.execute(b"BEGIN")
-                    todo, duplicates, reused = self._claim(conn, ledger, batch)
-                    work = list(runs(todo))
-                    if self.use_unnest:
-                        for statement in self._unknown_shapes(work):
-                            target = fast_target(statement)
-                            assert target is not None
-                            cur.execute(SHAPE_SQL, (target[0],))
-                            self._shapes[statement] = fast_shape(statement, cur.fetchone())
-                    for statement, params in work:
-                        fast = self._rewrite(statement, params) if self.use_unnest else None
-                        if fast is not None:
-                            cur.execute(fast[0], fast[1])
-                            rewritten += len(params)
-                        else:
-                            cur.executemany(statement, params)  # the caller's SQL
-                    cur.execute(b"COMMIT")
+                failure: psycopg.Error | None = None
+                try:
+                    with conn.pipeline():
+                        try:
+                            todo, duplicates, reused, rewritten = self._pipelined(
+                                conn, ledger, batch
+                            )
+                        except psycopg.Error as exc:
+                            # surfaced early (an answer read while sending); let the pipeline
+                            # end without an exception in flight (psycopg would log a warning
+                            # for each refused write) and raise this first error after it
+                            failure = exc
+                except psycopg.Error:
+                    if failure is None:
+                        raise
+                if failure is not None:
+                    raise failure
                 self.counters["rewritten"] += rewritten
         self.counters["batches"] += 1
         return (len(todo), duplicates, reused)
