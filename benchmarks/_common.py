@@ -144,3 +144,80 @@ def spread(values: Sequence[float], scale: float = 1.0, unit: str = "") -> str:
         return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
 
     return f"{fmt(statistics.median(values))}{unit} ({fmt(min(values))}-{fmt(max(values))})"
+
+
+def _numbers(
+    candidates: dict[str, Callable[[], object]], number: int, target: float
+) -> dict[str, int]:
+    numbers = {}
+    for name, fn in candidates.items():
+        start = time.perf_counter()
+        for _ in range(1_000):
+            fn()
+        numbers[name] = _calibrated(number, (time.perf_counter() - start) / 1_000, target)
+    return numbers
+
+
+def interleaved_per_call(
+    candidates: dict[str, Callable[[], object]],
+    *,
+    number: int = 200_000,
+    rounds: int = 7,
+    target: float = 0.1,
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, one figure per round: every round runs every
+    candidate (about *target* seconds of calls each, at most *number*) in a shuffled order, so
+    all of them meet the same machine. Report the median with its range (:func:`spread`)."""
+    import random
+
+    numbers = _numbers(candidates, number, target)
+    figures: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates.items())
+    rng = random.Random(19)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name, fn in order:
+            n = numbers[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            figures[name].append((time.perf_counter() - start) / n)
+    return figures
+
+
+def interleaved_per_call_async(
+    candidates: dict[str, Callable[[], Awaitable[object]]],
+    *,
+    number: int = 100_000,
+    rounds: int = 7,
+    target: float = 0.1,
+) -> dict[str, list[float]]:
+    """:func:`interleaved_per_call` for coroutine functions, on one event loop."""
+    import random
+
+    async def run() -> dict[str, list[float]]:
+        numbers = {}
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            for _ in range(1_000):
+                await fn()
+            numbers[name] = _calibrated(number, (time.perf_counter() - start) / 1_000, target)
+        figures: dict[str, list[float]] = {name: [] for name in candidates}
+        order = list(candidates.items())
+        rng = random.Random(19)
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for name, fn in order:
+                n = numbers[name]
+                start = time.perf_counter()
+                for _ in range(n):
+                    await fn()
+                figures[name].append((time.perf_counter() - start) / n)
+        return figures
+
+    return asyncio.run(run())
+
+
+def paired(values: Sequence[float], base: Sequence[float]) -> list[float]:
+    """Round-by-round differences (``values[i] - base[i]``): what a candidate adds."""
+    return [v - b for v, b in zip(values, base, strict=True)]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pybreaker
 
 import dbresilience as dbr
 
-from ._common import per_call_async, per_call_sync, print_table
+from ._common import interleaved_per_call, interleaved_per_call_async, paired, print_table, spread
 
 
 def _work() -> int:
@@ -33,25 +35,33 @@ def run(quick: bool = False) -> float:
         "CircuitBreaker.call": lambda: breaker.call(_work),
         "pybreaker call": lambda: pyb.call(_work),
     }
-    timings = {name: per_call_sync(fn, number=number) for name, fn in sync.items()}
-    async_timings = {
-        "bare call": per_call_async(_awork, number=number // 2),
-        "with_retry(budget=None)": per_call_async(plain(_awork), number=number // 2),
-        "with_retry + budget + breaker": per_call_async(guarded(_awork), number=number // 2),
-    }
-    base = timings["with_retry(budget=None)"]
-    rows = [
-        (f"sync: {name}", t * 1e6, (t - timings["bare call"]) * 1e6, (t - base) * 1e6)
-        for name, t in timings.items()
-    ]
-    abase = async_timings["with_retry(budget=None)"]
-    rows += [
-        (f"async: {name}", t * 1e6, (t - async_timings["bare call"]) * 1e6, (t - abase) * 1e6)
-        for name, t in async_timings.items()
-    ]
+    timings = interleaved_per_call(sync, number=number)
+    async_timings = interleaved_per_call_async(
+        {
+            "bare call": _awork,
+            "with_retry(budget=None)": plain(_awork),
+            "with_retry + budget + breaker": guarded(_awork),
+        },
+        number=number // 2,
+    )
+    rows = []
+    for flavour, figures in (("sync", timings), ("async", async_timings)):
+        bare, base = figures["bare call"], figures["with_retry(budget=None)"]
+        rows += [
+            (
+                f"{flavour}: {name}",
+                spread(t, 1e6),
+                spread(paired(t, bare), 1e6),
+                spread(paired(t, base), 1e6),
+            )
+            for name, t in figures.items()
+        ]
     print_table(
-        "overload protection: success-path overhead (target: breaker + budget <= 0.5 us added)",
+        "overload protection: success-path overhead, median (min-max) of 7 interleaved rounds "
+        "(defaults: RetryBudget and CircuitBreaker as constructed with a name only; pybreaker "
+        "fail_max=5, reset_timeout=5) (target: breaker + budget <= 0.5 us added)",
         ("call", "us/call", "us vs bare", "us vs with_retry(budget=None)"),
         rows,
     )
-    return (timings["with_retry + budget + breaker"] - base) * 1e6
+    base = timings["with_retry(budget=None)"]
+    return statistics.median(paired(timings["with_retry + budget + breaker"], base)) * 1e6
