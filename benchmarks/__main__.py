@@ -15,6 +15,7 @@ from . import (
     bench_retry,
     bench_router,
     bench_serialize,
+    bench_stream,
 )
 
 
@@ -28,6 +29,7 @@ def main() -> int:
     bench_cache.run(quick=quick)
     bench_serialize.run(quick=quick)
     bench_queue.run(quick=quick)
+    bench_stream.run(quick=quick)
     bench_router.run(quick=quick)
     bench_failover.run(quick=quick)
     return 0

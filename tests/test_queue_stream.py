@@ -166,6 +166,47 @@ def test_the_stream_bound_holds_writes_back_and_then_refuses(
     assert _distinct(pg_dsn, table) == (8, 8)
 
 
+def test_the_lease_is_renewed_while_writes_flow(
+    pg_dsn: str, redis_url: str, stream: str, table: Ident, table_name: str
+) -> None:
+    """The draining instance keeps its lease (never expires, never changes hands) while
+    submits flow for several lease lifetimes (the asyncio twin: every submit wakes its
+    sender)."""
+    client = redis.Redis.from_url(redis_url)
+    lease = stream_keys(stream)[2]
+
+    async def run() -> tuple[set[bytes | None], int, dict[str, object]]:
+        holders: set[bytes | None] = set()
+        expired = 0
+        async with (
+            dbr.AsyncPool(pg_dsn, min_size=1) as pool,
+            dbr.AsyncWriteQueue(
+                pool,
+                journal=redis_url,
+                stream=stream,
+                ledger_table=f"{table_name}_ledger",
+                lease_ttl=0.3,
+            ) as queue,
+        ):
+            end = time.monotonic() + 1.5
+            i = 0
+            while time.monotonic() < end:
+                queue.submit(insert(table), (i, "x"))
+                i += 1
+                await asyncio.sleep(0.001)
+                if i % 20 == 0:
+                    holders.add(client.get(lease))
+                    expired += client.pttl(lease) == -2
+            assert await queue.flush(10)
+            return holders, expired, queue.stats()
+
+    holders, expired, stats = asyncio.run(run())
+    client.close()
+    assert expired == 0
+    assert len(holders - {None}) == 1
+    assert stats["stream_claimed"] == 0
+
+
 def test_an_unreadable_entry_is_dead_lettered_not_applied(
     pg_dsn: str, redis_url: str, stream: str, table: Ident, table_name: str
 ) -> None:

@@ -136,6 +136,7 @@ class StreamJournal:
         self._last_id: str | None = None  # the last entry this instance added
         self._wakeup = Signal()  # the sender waits on it
         self._progress = Signal()  # appenders and flush wait on it
+        self._stop = Signal()  # the lease keeper waits on it between renewals: closing
         self._closing = False
         self._workers: list[Worker] = []
         self._client: Any = None
@@ -168,6 +169,7 @@ class StreamJournal:
         self._closing = True
         self._wakeup.notify()
         self._progress.notify()
+        self._stop.notify()
         for worker in self._workers:
             join_worker(worker, self.timeout + 2)
         if self._holding:
@@ -337,11 +339,23 @@ class StreamJournal:
                 self._holding = got != 0
             except aredis.RedisError:
                 self._holding = False
-            seen = self._wakeup.count
-            self._wakeup.wait(seen, self.lease_ttl / 3)
-            while self._wakeup.count != seen and (not self._closing):  # only the lease's pace
-                seen = self._wakeup.count
-                self._wakeup.wait(seen, self.lease_ttl / 3)
+            # its own signal (closing only): the sender's, notified on every append, would
+            # keep the lease from being renewed while writes flow
+            self._stop.wait(self._stop.count, self.lease_ttl / 3)
+
+    def receive_batch(self, limit: int, gather: float) -> list[Record]:
+        """A batch to apply: up to *limit* writes, gathered for at most *gather* seconds after
+        the first one arrives (the local queue's ``flush_interval``), in stream order."""
+        batch = self.receive(limit, gather)
+        if not batch or len(batch) >= limit:
+            return batch
+        deadline = time.monotonic() + gather
+        while len(batch) < limit and (not self._closing) and (self._claim_from is None):
+            left = deadline - time.monotonic()
+            if left <= 0.001:
+                break
+            batch += self.receive(limit - len(batch), left)
+        return batch
 
     def receive(self, limit: int, wait: float) -> list[Record]:
         """Up to *limit* writes to apply, in stream order, waiting up to *wait* seconds for

@@ -134,6 +134,7 @@ class AsyncStreamJournal:
         self._last_id: str | None = None  # the last entry this instance added
         self._wakeup = ASignal()  # the sender waits on it
         self._progress = ASignal()  # appenders and flush wait on it
+        self._stop = ASignal()  # the lease keeper waits on it between renewals: closing
         self._closing = False
         self._workers: list[AWorker] = []
         self._client: Any = None
@@ -166,6 +167,7 @@ class AsyncStreamJournal:
         self._closing = True
         self._wakeup.notify()
         self._progress.notify()
+        self._stop.notify()
         for worker in self._workers:
             if True:  # ASYNC
                 if not await await_worker(worker, self.timeout + 2):
@@ -353,11 +355,23 @@ class AsyncStreamJournal:
                 self._holding = got != 0
             except aredis.RedisError:
                 self._holding = False
-            seen = self._wakeup.count
-            await self._wakeup.wait(seen, self.lease_ttl / 3)
-            while self._wakeup.count != seen and not self._closing:  # only the lease's pace
-                seen = self._wakeup.count
-                await self._wakeup.wait(seen, self.lease_ttl / 3)
+            # its own signal (closing only): the sender's, notified on every append, would
+            # keep the lease from being renewed while writes flow
+            await self._stop.wait(self._stop.count, self.lease_ttl / 3)
+
+    async def receive_batch(self, limit: int, gather: float) -> list[Record]:
+        """A batch to apply: up to *limit* writes, gathered for at most *gather* seconds after
+        the first one arrives (the local queue's ``flush_interval``), in stream order."""
+        batch = await self.receive(limit, gather)
+        if not batch or len(batch) >= limit:
+            return batch
+        deadline = time.monotonic() + gather
+        while len(batch) < limit and not self._closing and self._claim_from is None:
+            left = deadline - time.monotonic()
+            if left <= 0.001:
+                break
+            batch += await self.receive(limit - len(batch), left)
+        return batch
 
     async def receive(self, limit: int, wait: float) -> list[Record]:
         """Up to *limit* writes to apply, in stream order, waiting up to *wait* seconds for

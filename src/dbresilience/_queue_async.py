@@ -344,7 +344,7 @@ class AsyncWriteQueue(QueueBase):
         """Drain the shared stream: batches in stream order while this instance holds its
         lease; on closing, finish the batch in hand and leave the rest to the others."""
         while not self._closing:
-            batch = await self._stream.receive(self.batch_size, self.flush_interval)
+            batch = await self._stream.receive_batch(self.batch_size, self.flush_interval)
             if not batch:
                 continue
             with self._cond:
