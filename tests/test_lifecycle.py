@@ -61,6 +61,15 @@ SYNC: dict[str, Kind] = {
         lambda env: dbr.RedisBreakerState(env["redis"], namespace=_ns(), refresh=0.05),
         lambda state: state.publish("b", 0.0) is None,
     ),
+    # the "replica" is the primary itself: no standby, so the router reads from the primary
+    "ReadRouter": Kind(
+        lambda env: dbr.ReadRouter(
+            dbr.Pool(env["dsn"], min_size=1),
+            [dbr.Pool(env["dsn"], min_size=1)],
+            check_interval=0.05,
+        ),
+        lambda router: router.fetchone("select 1") == (1,),
+    ),
 }
 
 ASYNC: dict[str, Kind] = {
@@ -79,6 +88,14 @@ ASYNC: dict[str, Kind] = {
     "AsyncRedisBreakerState": Kind(
         lambda env: dbr.AsyncRedisBreakerState(env["redis"], namespace=_ns(), refresh=0.05),
         lambda state: _none(state.publish("b", 0.0)),
+    ),
+    "AsyncReadRouter": Kind(
+        lambda env: dbr.AsyncReadRouter(
+            dbr.AsyncPool(env["dsn"], min_size=1),
+            [dbr.AsyncPool(env["dsn"], min_size=1)],
+            check_interval=0.05,
+        ),
+        lambda router: _equals(router.fetchone("select 1"), (1,)),
     ),
 }
 
