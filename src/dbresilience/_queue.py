@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import operator
 import os
 import signal
 import time
@@ -50,6 +51,7 @@ from dbresilience._validate import non_empty_str, positive_int, seconds
 __all__ = ["WriteQueue"]
 
 _COMPACT_BYTES = 16 * 1024 * 1024
+_KEY = operator.itemgetter(3)  # Record.key
 _LEDGER_LOCK = 1684173393  # pg_advisory_xact_lock key serialising the ledger's creation
 
 
@@ -493,6 +495,33 @@ class WriteQueue(QueueBase):
             else:
                 cur.executemany(statement, params)
 
+    def _read_shapes(self, cur: Any, work: list[tuple[str, list[Any]]]) -> None:
+        """Read from the catalog what the rewrite of the statements of *work* needs (once)."""
+        for statement in self._unknown_shapes(work):
+            target = fast_target(statement)
+            assert target is not None
+            cur.execute(SHAPE_SQL, (target[0],))
+            self._shapes[statement] = fast_shape(statement, cur.fetchone())
+
+    def _alone(self, conn: Any, batch: list[Record]) -> bool:
+        """A batch of unkeyed writes of one rewritable statement: its one INSERT … SELECT
+        FROM unnest(…) is a transaction by itself (autocommit), so it goes without BEGIN,
+        COMMIT or a pipeline: one round trip, and one wait in which the worker gives up the
+        GIL (each costs it up to the interpreter's 5 ms switch interval while the submitting
+        thread runs). True when the batch was written so."""
+        if list(map(_KEY, batch)).count(None) != len(batch):
+            return False
+        work = list(runs(batch))
+        if len(work) != 1:
+            return False
+        self._read_shapes(conn.cursor(), work)
+        fast = self._rewrite(*work[0])
+        if fast is None:
+            return False
+        conn.execute(fast[0], fast[1])
+        self.counters["rewritten"] += len(batch)
+        return True
+
     def _pipelined(
         self, conn: Any, ledger: LedgerSQL, batch: list[Record]
     ) -> tuple[list[Record], int, list[Record], int]:
@@ -503,11 +532,7 @@ class WriteQueue(QueueBase):
         todo, duplicates, reused = self._claim(conn, ledger, batch)
         work = list(runs(todo))
         if self.use_unnest:
-            for statement in self._unknown_shapes(work):
-                target = fast_target(statement)
-                assert target is not None
-                cur.execute(SHAPE_SQL, (target[0],))
-                self._shapes[statement] = fast_shape(statement, cur.fetchone())
+            self._read_shapes(cur, work)
         for statement, params in work:
             fast = self._rewrite(statement, params) if self.use_unnest else None
             if fast is not None:
@@ -526,6 +551,8 @@ class WriteQueue(QueueBase):
                 with conn.transaction():
                     todo, duplicates, reused = self._claim(conn, ledger, batch)
                     self._copy(conn, todo)
+            elif self.use_unnest and self._alone(conn, batch):
+                todo, duplicates, reused = (batch, 0, [])
             else:
                 # one pipeline for the whole transaction: BEGIN, every statement and COMMIT go
                 # out without waiting for each other's answers (one round trip for a batch of

@@ -6,6 +6,7 @@ Settings, batching, the journal's use and the counters live in :mod:`dbresilienc
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ else:
 __all__ = ["AsyncWriteQueue"]
 
 _COMPACT_BYTES = 16 * 1024 * 1024
+_KEY = operator.itemgetter(3)  # Record.key
 _LEDGER_LOCK = 0x64627251  # pg_advisory_xact_lock key serialising the ledger's creation
 
 
@@ -519,6 +521,33 @@ class AsyncWriteQueue(QueueBase):
             else:
                 await cur.executemany(statement, params)
 
+    async def _read_shapes(self, cur: Any, work: list[tuple[str, list[Any]]]) -> None:
+        """Read from the catalog what the rewrite of the statements of *work* needs (once)."""
+        for statement in self._unknown_shapes(work):
+            target = fast_target(statement)
+            assert target is not None
+            await cur.execute(SHAPE_SQL, (target[0],))
+            self._shapes[statement] = fast_shape(statement, await cur.fetchone())
+
+    async def _alone(self, conn: Any, batch: list[Record]) -> bool:
+        """A batch of unkeyed writes of one rewritable statement: its one INSERT … SELECT
+        FROM unnest(…) is a transaction by itself (autocommit), so it goes without BEGIN,
+        COMMIT or a pipeline: one round trip, and one wait in which the worker gives up the
+        GIL (each costs it up to the interpreter's 5 ms switch interval while the submitting
+        thread runs). True when the batch was written so."""
+        if list(map(_KEY, batch)).count(None) != len(batch):
+            return False
+        work = list(runs(batch))
+        if len(work) != 1:
+            return False
+        await self._read_shapes(conn.cursor(), work)
+        fast = self._rewrite(*work[0])
+        if fast is None:
+            return False
+        await conn.execute(fast[0], fast[1])
+        self.counters["rewritten"] += len(batch)
+        return True
+
     async def _pipelined(
         self, conn: Any, ledger: LedgerSQL, batch: list[Record]
     ) -> tuple[list[Record], int, list[Record], int]:
@@ -529,11 +558,7 @@ class AsyncWriteQueue(QueueBase):
         todo, duplicates, reused = await self._claim(conn, ledger, batch)
         work = list(runs(todo))
         if self.use_unnest:
-            for statement in self._unknown_shapes(work):
-                target = fast_target(statement)
-                assert target is not None
-                await cur.execute(SHAPE_SQL, (target[0],))
-                self._shapes[statement] = fast_shape(statement, await cur.fetchone())
+            await self._read_shapes(cur, work)
         for statement, params in work:
             fast = self._rewrite(statement, params) if self.use_unnest else None
             if fast is not None:
@@ -552,6 +577,8 @@ class AsyncWriteQueue(QueueBase):
                 async with conn.transaction():
                     todo, duplicates, reused = await self._claim(conn, ledger, batch)
                     await self._copy(conn, todo)
+            elif self.use_unnest and await self._alone(conn, batch):
+                todo, duplicates, reused = batch, 0, []
             else:
                 # one pipeline for the whole transaction: BEGIN, every statement and COMMIT go
                 # out without waiting for each other's answers (one round trip for a batch of
