@@ -9,6 +9,7 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -24,6 +25,13 @@ DSN = os.environ.get("DBR_TEST_DSN", "host=127.0.0.1 port=5432 dbname=test user=
 
 def _p50_us(samples: list[float]) -> float:
     return statistics.median(samples) * 1e6
+
+
+def _rounds(samples: list[float], rounds: int) -> str:
+    """The p50 of each round's calls (samples in call order), as median (min-max)."""
+    size = max(1, len(samples) // max(1, rounds))
+    p50s = [statistics.median(samples[i : i + size]) for i in range(0, len(samples), size)]
+    return spread(p50s, 1e6)
 
 
 def _interleaved(
@@ -59,8 +67,9 @@ def _interleaved(
 CPU_US: dict[str, float] = {}
 
 
-def _pin_to_one_core() -> str:
-    """Put this thread and every client backend of the server on CPU 0; say what was done.
+def _pin_to_one_core(pids: set[int]) -> str:
+    """Put this thread and the benchmark's own server backends (*pids*) on CPU 0; say what was
+    done. Only its own: the server is shared, and other sessions' backends are left alone.
 
     On two cores a loopback round trip takes 60 us or 125 us depending on whether the server
     backend runs on the client's core, and the kernel decides that per backend: one pool's
@@ -69,16 +78,30 @@ def _pin_to_one_core() -> str:
     """
     try:
         os.sched_setaffinity(0, {0})
-        with psycopg.connect(DSN, autocommit=True) as admin:
-            rows = admin.execute(
-                "select pid from pg_stat_activity where backend_type = 'client backend'"
-            ).fetchall()
-        for (pid,) in rows:
+        for pid in pids:
             with contextlib.suppress(OSError):  # a backend that just exited
-                os.sched_setaffinity(int(pid), {0})
-        return "client and backends pinned to one core"
+                os.sched_setaffinity(pid, {0})
+        return f"client and its {len(pids)} backends pinned to one core"
     except (AttributeError, PermissionError, OSError) as exc:
         return f"not pinned ({type(exc).__name__}): expect noise"
+
+
+def _pid(conn: Any) -> int:
+    if isinstance(conn, sa.Connection):
+        row = conn.exec_driver_sql("select pg_backend_pid()").fetchone()
+    else:
+        row = conn.execute("select pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _held_pids(*holders: Callable[[], contextlib.AbstractContextManager[Any]]) -> set[int]:
+    """The backend pids of two connections held at once from each pool (all of them)."""
+    pids: set[int] = set()
+    for holder in holders:
+        with holder() as a, holder() as b:
+            pids |= {_pid(a), _pid(b)}
+    return pids
 
 
 def _unpin() -> None:
@@ -128,7 +151,9 @@ def steady_state(quick: bool) -> float:
         for fn in (raw_call, raw_ac_call, sa_call, ours_call):  # warm every cache
             for _ in range(200):
                 fn()
-        pinned = _pin_to_one_core()
+        pinned = _pin_to_one_core(
+            _held_pids(raw.connection, raw_ac.connection, engine.connect, ours.connection)
+        )
         # head to head first (the target), then the context on its own: other backends
         # sharing the core slow whoever runs next, which blurs a 10 % comparison
         samples = _interleaved(
@@ -162,23 +187,35 @@ def steady_state(quick: bool) -> float:
     cbase = CPU_US["psycopg_pool, autocommit"]
     acbase = CPU_US["AsyncConnectionPool, autocommit"]
     rows = [
-        (name, _p50_us(s), _p50_us(s) / base, CPU_US[name], CPU_US[name] / cbase)
+        (name, _rounds(s, rounds), _p50_us(s) / base, CPU_US[name], CPU_US[name] / cbase)
         for name, s in samples.items()
     ]
     ctx_base = _p50_us(context["psycopg_pool, autocommit (context run)"])
     ctx_cpu = CPU_US["psycopg_pool, autocommit (context run)"]
     rows += [
-        (name, _p50_us(s), _p50_us(s) / ctx_base, CPU_US[name], CPU_US[name] / ctx_cpu)
+        (
+            name,
+            _rounds(s, max(1, rounds // 2)),
+            _p50_us(s) / ctx_base,
+            CPU_US[name],
+            CPU_US[name] / ctx_cpu,
+        )
         for name, s in context.items()
     ]
     rows += [
-        (name, _p50_us(s), _p50_us(s) / abase, CPU_US[name], CPU_US[name] / acbase)
+        (name, _rounds(s, rounds), _p50_us(s) / abase, CPU_US[name], CPU_US[name] / acbase)
         for name, s in asamples.items()
     ]
     print_table(
         f"pooled `select 1` on loopback, calls alternated, {pinned} "
         "(target: <= 1.10x psycopg_pool)",
-        ("pool", "p50 us", "x psycopg_pool", "client CPU us", "x psycopg_pool CPU"),
+        (
+            "pool",
+            "p50 us, median (min-max) of rounds",
+            "x psycopg_pool",
+            "client CPU us",
+            "x psycopg_pool CPU",
+        ),
         rows,
     )
     return _p50_us(samples["dbresilience Pool.fetchone (deadline on)"]) / base
@@ -191,7 +228,18 @@ async def _async_steady(rounds: int, per_round: int) -> dict[str, list[float]]:
     await raw.open(wait=True)
     ours = dbr.AsyncPool(DSN, min_size=2, max_size=2)
     await ours.open()
-    _pin_to_one_core()  # the async pools' backends are new: pin them too
+    apids: set[int] = set()  # the async pools' backends are new: pin them too
+    async with (
+        raw.connection() as a,
+        raw.connection() as b,
+        ours.connection() as c,
+        ours.connection() as d,
+    ):
+        for conn in (a, b, c, d):
+            row = await (await conn.execute("select pg_backend_pid()")).fetchone()
+            assert row is not None
+            apids.add(int(row[0]))
+    _pin_to_one_core(apids)
 
     async def raw_call() -> object:
         async with raw.connection() as conn:
