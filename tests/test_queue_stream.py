@@ -263,6 +263,56 @@ def test_redis_down_holds_writes_in_memory_and_moves_them_in_when_back(
         server.close()
 
 
+HOLDER = """
+import os, sys
+import dbresilience as dbr
+url, journal, insert = sys.argv[1:4]
+queue = dbr.WriteQueue(None, journal=url, stream="held", drain=False, fallback_journal=journal)
+queue.open()
+for i in range(50):
+    queue.submit(insert, (i, "held"), key=f"h{i}")
+assert queue.stats()["stream_buffered"] == 50
+print("acknowledged", flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_writes_held_while_redis_is_down_survive_the_process_with_a_fallback_journal(
+    pg_dsn: str, table: Ident, table_name: str, tmp_path: Path
+) -> None:
+    """Redis down, a process acknowledges 50 writes (held) and dies with SIGKILL; the next
+    queue on its fallback journal puts them into the stream once Redis is back: all applied."""
+    server = TemporaryRedis(persist=True)  # not started: Redis is down
+    journal = tmp_path / "held.journal"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", HOLDER, server.url, str(journal), insert(table)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert b"acknowledged" in done.stdout, done.stderr[-2000:]
+        assert done.returncode == -signal.SIGKILL
+        server.start()
+        with (
+            dbr.Pool(pg_dsn, min_size=1) as pool,
+            dbr.WriteQueue(
+                pool,
+                journal=server.url,
+                stream="held",
+                fallback_journal=journal,
+                ledger_table=f"{table_name}_ledger",
+            ) as queue,
+        ):
+            deadline = time.monotonic() + 20
+            while rows(pg_dsn, table) < 50 and time.monotonic() < deadline:
+                queue.flush(1)
+                time.sleep(0.05)
+        assert _distinct(pg_dsn, table) == (50, 50)
+    finally:
+        server.close()
+
+
 def test_async_queue_on_the_stream(
     pg_dsn: str, redis_url: str, stream: str, table: Ident, table_name: str
 ) -> None:
@@ -292,6 +342,8 @@ def test_configuration_is_checked_at_construction(redis_url: str) -> None:
         dbr.WriteQueue(None, journal=redis_url)
     with pytest.raises(ValueError, match="spill"):
         dbr.WriteQueue(None, journal=redis_url, drain=False, on_full="spill")
+    with pytest.raises(ValueError, match="fallback_journal"):
+        dbr.WriteQueue(object(), fallback_journal="x.journal")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_stream_len"):
         dbr.WriteQueue(None, journal=redis_url, drain=False, max_stream_len=0)
     with pytest.raises(ValueError, match="not a Redis URL") as info:
@@ -350,14 +402,17 @@ def test_processes_sigkill_terminated_backends_and_a_redis_restart_lose_nothing(
         lease = stream_keys("shared")[2]
         victim = None
         deadline = time.monotonic() + 20
+        key = stream_keys("shared")[0]
         while victim is None and time.monotonic() < deadline:
             holder = client.get(lease)
-            key = stream_keys("shared")[0]
-            if holder and client.xlen(key) > 0 and rows(pg_cluster.dsn, events) > 100:
-                victim = int(holder.split(b":")[1])
-            time.sleep(0.05)
+            if holder and rows(pg_cluster.dsn, events) > 100:
+                # the drainer with a batch delivered and not acknowledged: mid-batch
+                held = client.xpending_range(key, "dbr", "-", "+", 1, consumername=holder)
+                if held:
+                    victim = int(holder.split(b":")[1])
+                    os.kill(victim, signal.SIGKILL)
+            time.sleep(0.005)
         assert victim is not None
-        os.kill(victim, signal.SIGKILL)  # the drainer, mid-batch
         for _ in range(3):
             time.sleep(0.3)
             terminate_backends(pg_cluster.dsn)

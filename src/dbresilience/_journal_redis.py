@@ -45,7 +45,7 @@ from dbresilience._acompat import Signal, Worker, join_worker, sleep, spawn
 from dbresilience._classify import classify
 from dbresilience._errors import QueueFull
 from dbresilience._events import logger
-from dbresilience._journal import Record, parse_line
+from dbresilience._journal import Journal, Record, parse_line
 from dbresilience._journal_redis_base import (
     APPEND,
     DONE,
@@ -109,6 +109,8 @@ class StreamJournal:
         block_timeout: float,
         drain: bool,
         serializer: Serializer = DEFAULT,
+        fallback: str | os.PathLike[str] | None = None,
+        fsync: str = "never",
         timeout: float = 2.0,
         dead_max: int = 100000,
     ) -> None:
@@ -123,11 +125,16 @@ class StreamJournal:
         self.block_timeout = block_timeout
         self.drain = drain
         self.serializer = serializer
+        # the outbox's copy on disk: what submit accepted survives this process while Redis
+        # cannot take it (a local file journal, see dbresilience._journal)
+        self._file = None if fallback is None else Journal(fallback, fsync, serializer)
+        self._file_seq = 0
         self.timeout = timeout
         self.dead_max = dead_max
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
-        self._outbox: collections.deque[str] = collections.deque()
+        # (the write numbered in the fallback file, its payload), in submission order
+        self._outbox: collections.deque[tuple[Record, str]] = collections.deque()
         self._send_lock = threading.Lock()  # one sender at a time (threaded twin)
         self._appended = 0  # tickets handed out
         self._sent = 0  # tickets in the stream (in order)
@@ -154,6 +161,17 @@ class StreamJournal:
     def open(self) -> StreamJournal:
         """Make the client and start the sender (and, to drain, the lease keeper). Never raises
         a Redis error: an unreachable Redis is logged once and retried."""
+        if self._file is not None:  # what a previous process held: into the stream first
+            replay, self._file_seq = self._file.open()
+            with self._lock:
+                for record in replay:
+                    self._outbox.append((record, encode(record, self.serializer)))
+                    self._appended += 1
+            if replay:
+                logger.warning(
+                    "write queue: %d writes held in the fallback journal go to the stream",
+                    len(replay),
+                )
         self._client = make_client(self.url, self.timeout)
         self._append = self._client.register_script(APPEND)
         self._closing = False
@@ -180,6 +198,13 @@ class StreamJournal:
             left = len(self._outbox)
         with contextlib.suppress(aredis.RedisError):
             self._client.close()
+        if self._file is not None:
+            self._file.close()
+            if left:
+                logger.warning(
+                    "write queue: %d writes kept in the fallback journal for the next open", left
+                )
+            return 0
         return left
 
     # --- appending ---------------------------------------------------------------------------
@@ -209,9 +234,17 @@ class StreamJournal:
                 raise QueueFull(f"{self.max_buffer} writes still wait for the stream after {why}")
             self._progress.wait(seen, left)
         with self._lock:
+            if self._file is not None:  # raises OSError (a full disk): not accepted
+                self._file_seq += 1
+                record = Record(self._file_seq, record.sql, record.params, record.key)
+                try:
+                    self._file.append(record)
+                except BaseException:
+                    self._file_seq -= 1
+                    raise
             self._appended += 1
             ticket = self._appended
-            self._outbox.append(payload)
+            self._outbox.append((record, payload))
         if not self._stalled:  # sent from this thread: no hand-off to the sender
             self._send_once()
         if self._sent < ticket:
@@ -261,7 +294,9 @@ class StreamJournal:
             if not chunk:
                 return True
             try:
-                ids = self._append(keys=[self.key], args=[self.max_len, *chunk])
+                ids = self._append(
+                    keys=[self.key], args=[self.max_len, *[payload for _, payload in chunk]]
+                )
             except aredis.RedisError as exc:
                 self._stall(f"Redis unavailable: {type(exc).__name__}")
                 return None
@@ -272,6 +307,8 @@ class StreamJournal:
                 self._sent += n
                 if n:
                     self._last_id = text(ids[-1])
+                    if self._file is not None:
+                        self._file_done(chunk[n - 1][0].seq)
             self.counters["sent"] += n
             if n < len(chunk):
                 self._stall(f"the stream holds max_len={self.max_len} writes")
@@ -288,6 +325,16 @@ class StreamJournal:
             return True
         finally:
             self._send_lock.release()
+
+    def _file_done(self, seq: int) -> None:
+        """Under the lock: the fallback file's writes up to *seq* are in the stream."""
+        assert self._file is not None
+        try:
+            self._file.mark_done(seq)
+            if self._file.bytes > 16 * 1024 * 1024:
+                self._file.compact([record for record, _ in self._outbox], seq)
+        except OSError as exc:  # the next send writes the watermark; a replay re-sends (keys)
+            logger.error("write queue: the fallback journal cannot record progress: %s", exc)
 
     def _stall(self, why: str) -> None:
         if not self._stalled:
@@ -524,8 +571,8 @@ class StreamJournal:
         return f"<{type(self).__name__} {redact_url(self.url)} stream={self.stream!r}>"
 
 
-def _take(items: collections.deque[str], n: int) -> list[str]:
-    out: list[str] = []
+def _take(items: collections.deque[tuple[Record, str]], n: int) -> list[tuple[Record, str]]:
+    out: list[tuple[Record, str]] = []
     for item in items:
         if len(out) >= n:
             break

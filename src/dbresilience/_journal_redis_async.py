@@ -43,7 +43,7 @@ from dbresilience._acompat import ASignal, AWorker, asleep, aspawn, await_worker
 from dbresilience._classify import classify
 from dbresilience._errors import QueueFull
 from dbresilience._events import logger
-from dbresilience._journal import Record, parse_line
+from dbresilience._journal import Journal, Record, parse_line
 from dbresilience._journal_redis_base import (
     APPEND,
     DONE,
@@ -107,6 +107,8 @@ class AsyncStreamJournal:
         block_timeout: float,
         drain: bool,
         serializer: Serializer = DEFAULT,
+        fallback: str | os.PathLike[str] | None = None,
+        fsync: str = "never",
         timeout: float = 2.0,
         dead_max: int = 100_000,
     ) -> None:
@@ -121,11 +123,16 @@ class AsyncStreamJournal:
         self.block_timeout = block_timeout
         self.drain = drain
         self.serializer = serializer
+        # the outbox's copy on disk: what submit accepted survives this process while Redis
+        # cannot take it (a local file journal, see dbresilience._journal)
+        self._file = None if fallback is None else Journal(fallback, fsync, serializer)
+        self._file_seq = 0
         self.timeout = timeout
         self.dead_max = dead_max
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
-        self._outbox: collections.deque[str] = collections.deque()
+        # (the write numbered in the fallback file, its payload), in submission order
+        self._outbox: collections.deque[tuple[Record, str]] = collections.deque()
         self._send_lock = threading.Lock()  # one sender at a time (threaded twin)
         self._appended = 0  # tickets handed out
         self._sent = 0  # tickets in the stream (in order)
@@ -152,6 +159,17 @@ class AsyncStreamJournal:
     async def open(self) -> AsyncStreamJournal:
         """Make the client and start the sender (and, to drain, the lease keeper). Never raises
         a Redis error: an unreachable Redis is logged once and retried."""
+        if self._file is not None:  # what a previous process held: into the stream first
+            replay, self._file_seq = self._file.open()
+            with self._lock:
+                for record in replay:
+                    self._outbox.append((record, encode(record, self.serializer)))
+                    self._appended += 1
+            if replay:
+                logger.warning(
+                    "write queue: %d writes held in the fallback journal go to the stream",
+                    len(replay),
+                )
         self._client = make_client(self.url, self.timeout)
         self._append = self._client.register_script(APPEND)
         self._closing = False
@@ -182,6 +200,13 @@ class AsyncStreamJournal:
             left = len(self._outbox)
         with contextlib.suppress(aredis.RedisError):
             await self._client.aclose()
+        if self._file is not None:
+            self._file.close()
+            if left:
+                logger.warning(
+                    "write queue: %d writes kept in the fallback journal for the next open", left
+                )
+            return 0
         return left
 
     # --- appending ---------------------------------------------------------------------------
@@ -216,9 +241,17 @@ class AsyncStreamJournal:
                     )
                 self._progress.wait(seen, left)
         with self._lock:
+            if self._file is not None:  # raises OSError (a full disk): not accepted
+                self._file_seq += 1
+                record = Record(self._file_seq, record.sql, record.params, record.key)
+                try:
+                    self._file.append(record)
+                except BaseException:
+                    self._file_seq -= 1
+                    raise
             self._appended += 1
             ticket = self._appended
-            self._outbox.append(payload)
+            self._outbox.append((record, payload))
         if True:  # ASYNC
             self._wakeup.notify()
         else:
@@ -274,7 +307,9 @@ class AsyncStreamJournal:
             if not chunk:
                 return True
             try:
-                ids = await self._append(keys=[self.key], args=[self.max_len, *chunk])
+                ids = await self._append(
+                    keys=[self.key], args=[self.max_len, *[payload for _, payload in chunk]]
+                )
             except aredis.RedisError as exc:
                 self._stall(f"Redis unavailable: {type(exc).__name__}")
                 return None
@@ -285,6 +320,8 @@ class AsyncStreamJournal:
                 self._sent += n
                 if n:
                     self._last_id = text(ids[-1])
+                    if self._file is not None:
+                        self._file_done(chunk[n - 1][0].seq)
             self.counters["sent"] += n
             if n < len(chunk):
                 self._stall(f"the stream holds max_len={self.max_len} writes")
@@ -304,6 +341,16 @@ class AsyncStreamJournal:
                 pass
             else:
                 self._send_lock.release()
+
+    def _file_done(self, seq: int) -> None:
+        """Under the lock: the fallback file's writes up to *seq* are in the stream."""
+        assert self._file is not None
+        try:
+            self._file.mark_done(seq)
+            if self._file.bytes > 16 * 1024 * 1024:
+                self._file.compact([record for record, _ in self._outbox], seq)
+        except OSError as exc:  # the next send writes the watermark; a replay re-sends (keys)
+            logger.error("write queue: the fallback journal cannot record progress: %s", exc)
 
     def _stall(self, why: str) -> None:
         if not self._stalled:
@@ -540,8 +587,8 @@ class AsyncStreamJournal:
         return f"<{type(self).__name__} {redact_url(self.url)} stream={self.stream!r}>"
 
 
-def _take(items: collections.deque[str], n: int) -> list[str]:
-    out: list[str] = []
+def _take(items: collections.deque[tuple[Record, str]], n: int) -> list[tuple[Record, str]]:
+    out: list[tuple[Record, str]] = []
     for item in items:
         if len(out) >= n:
             break

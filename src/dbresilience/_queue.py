@@ -46,7 +46,7 @@ from dbresilience._queue_base import (
     text_array,
 )
 from dbresilience._serialize import Serializer
-from dbresilience._validate import non_empty_str, positive_int, seconds
+from dbresilience._validate import instance_or_none, non_empty_str, positive_int, seconds
 
 __all__ = ["WriteQueue"]
 
@@ -114,6 +114,7 @@ class WriteQueue(QueueBase):
         drain: bool = True,
         max_stream_len: int = 1000000,
         lease_ttl: float | timedelta = 10.0,
+        fallback_journal: str | os.PathLike[str] | None = None,
     ) -> None:
         """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
         for ``WriteQueue`` and ``"block"`` for ``WriteQueue``. ``WriteQueue``'s
@@ -165,7 +166,13 @@ class WriteQueue(QueueBase):
                 block_timeout=self.block_timeout,
                 drain=drain,
                 serializer=self.serializer,
+                fallback=instance_or_none(
+                    "fallback_journal", fallback_journal, (str, os.PathLike), "a path"
+                ),
+                fsync="never" if fsync == "batch" else fsync,
             )
+        elif fallback_journal is not None:
+            raise ValueError("fallback_journal is for journal='redis://…' (held writes)")
 
     def open(self) -> WriteQueue:
         """Replay the journal (if any) and start the worker; returns self. Idempotent."""

@@ -41,7 +41,7 @@ from dbresilience._queue_base import (
     text_array,
 )
 from dbresilience._serialize import Serializer
-from dbresilience._validate import non_empty_str, positive_int, seconds
+from dbresilience._validate import instance_or_none, non_empty_str, positive_int, seconds
 
 if True:  # ASYNC
     import asyncio
@@ -117,6 +117,7 @@ class AsyncWriteQueue(QueueBase):
         drain: bool = True,
         max_stream_len: int = 1_000_000,
         lease_ttl: float | timedelta = 10.0,
+        fallback_journal: str | os.PathLike[str] | None = None,
     ) -> None:
         """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
         for ``AsyncWriteQueue`` and ``"block"`` for ``WriteQueue``. ``AsyncWriteQueue``'s
@@ -175,7 +176,13 @@ class AsyncWriteQueue(QueueBase):
                 block_timeout=self.block_timeout,
                 drain=drain,
                 serializer=self.serializer,
+                fallback=instance_or_none(
+                    "fallback_journal", fallback_journal, (str, os.PathLike), "a path"
+                ),
+                fsync="never" if fsync == "batch" else fsync,
             )
+        elif fallback_journal is not None:
+            raise ValueError("fallback_journal is for journal='redis://…' (held writes)")
 
     async def open(self) -> AsyncWriteQueue:
         """Replay the journal (if any) and start the worker; returns self. Idempotent."""
