@@ -12,7 +12,13 @@ import pytest
 import redis
 
 import dbresilience as dbr
-from dbresilience.faults import FaultProxy, ProxyMode, TemporaryPostgres, TemporaryRedis
+from dbresilience.faults import (
+    FaultProxy,
+    ProxyMode,
+    TemporaryPgBouncer,
+    TemporaryPostgres,
+    TemporaryRedis,
+)
 
 
 def _query_in_thread(
@@ -186,3 +192,25 @@ def test_pgbouncer_serves_pauses_and_restarts(pg_dsn: str) -> None:
     finally:
         bouncer.close()
     assert not bouncer.running
+
+
+def test_missing_pgbouncer_is_a_skip_outside_ci_and_an_error_under_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the pgbouncer binary the harness skips with the reason, and under CI=true
+    fails instead: a CI run never passes by skipping what it should test."""
+    import tests.conftest as conftest
+    from dbresilience.faults import _pgbouncer
+
+    def missing() -> str:
+        raise FileNotFoundError("pgbouncer is not installed (test)")
+
+    monkeypatch.setattr(_pgbouncer, "find_pgbouncer", missing)
+    monkeypatch.setattr(conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="PgBouncer is not available"):
+        conftest.start_pgbouncer("host=127.0.0.1 port=5432")
+    monkeypatch.setattr(conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        conftest.start_pgbouncer("host=127.0.0.1 port=5432")
+    with pytest.raises(FileNotFoundError, match="no pgbouncer binary"):
+        TemporaryPgBouncer(binary="/nonexistent/pgbouncer")

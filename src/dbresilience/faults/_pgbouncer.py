@@ -75,6 +75,8 @@ class TemporaryPgBouncer:
             raise ValueError(
                 f"pool_mode must be one of {', '.join(_POOL_MODES)}, got {pool_mode!r}"
             )
+        if binary is not None and not Path(binary).is_file():
+            raise FileNotFoundError(f"no pgbouncer binary at {binary}")
         self.binary = binary or find_pgbouncer()
         self.upstream = (upstream_host, int(upstream_port))
         self.pool_mode = pool_mode
