@@ -207,6 +207,55 @@ def test_the_lease_is_renewed_while_writes_flow(
     assert stats["stream_claimed"] == 0
 
 
+def test_per_key_order_holds_across_instances_and_a_lease_handoff(
+    pg_dsn: str, redis_url: str, stream: str, table_name: str
+) -> None:
+    """Two instances submit numbered writes for their own keys into one stream while both may
+    drain; the draining one closes midway and the other takes over: every key's writes are
+    applied in the order they were submitted (the serial id shows the order of application)."""
+    import threading
+
+    ordered = Ident(f"{table_name}_ordered")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create table {} (id bigserial, p int, seq int)").format(ordered))
+    statement = f"insert into {ordered.as_string()} (p, seq) values (%s, %s)"
+    with dbr.Pool(pg_dsn, min_size=2) as pool:
+        options: dict[str, object] = {
+            "journal": redis_url,
+            "stream": stream,
+            "ledger_table": f"{table_name}_ledger",
+            "lease_ttl": 0.5,
+            "batch_size": 20,
+        }
+        first = dbr.WriteQueue(pool, **options).open()  # type: ignore[arg-type]
+        second = dbr.WriteQueue(pool, **options).open()  # type: ignore[arg-type]
+
+        def produce(queue: dbr.WriteQueue, producer: int) -> None:
+            for n in range(400):
+                queue.submit(statement, (producer, n), key=f"{producer}-{n}")
+                if n == 200 and producer == 0:
+                    first.close()  # the drainer (or not) leaves: the other one drains
+                    return
+
+        threads = [
+            threading.Thread(target=produce, args=(second, 1)),
+            threading.Thread(target=produce, args=(first, 0)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert second.flush(20)
+        second.close()
+    with psycopg.connect(pg_dsn) as conn:
+        got = conn.execute(sql.SQL("select p, seq from {} order by id").format(ordered))
+        applied: dict[int, list[int]] = {0: [], 1: []}
+        for producer, n in got:
+            applied[producer].append(n)
+    assert applied[1] == list(range(400))
+    assert applied[0] == list(range(201))
+
+
 def test_an_unreadable_entry_is_dead_lettered_not_applied(
     pg_dsn: str, redis_url: str, stream: str, table: Ident, table_name: str
 ) -> None:
