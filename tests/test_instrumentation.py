@@ -658,3 +658,26 @@ def test_connect_summary_starts_a_new_outage_after_a_long_quiet() -> None:
     other = logging.LogRecord("psycopg.pool", 30, "f", 1, "pool %r is ready", ("p",), None)
     assert summary.filter(other)
     assert other.getMessage() == "pool 'p' is ready"
+
+
+async def test_the_fastapi_wiring_in_the_docs_runs_and_is_at_most_15_lines() -> None:
+    """docs/observability.md's FastAPI wiring is at most 15 lines and runs as written: the
+    metrics are served under /metrics and log lines carry the request id."""
+    from pathlib import Path
+
+    import httpx
+
+    doc = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+    code = doc.split("## Wiring it into FastAPI", 1)[1].split("```python\n", 1)[1].split("```")[0]
+    assert len(code.strip().splitlines()) <= 15
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "observability.md", "exec"), namespace)  # noqa: S102 - our own docs
+    try:
+        transport = httpx.ASGITransport(app=namespace["app"])
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/metrics/", headers={"X-Request-ID": "req-1"})
+        text = response.text
+        assert response.headers["x-request-id"] == "req-1"
+        assert "dbresilience_calls_total" in text or "# TYPE dbresilience_calls" in text
+    finally:
+        logging.getLogger("dbresilience").removeHandler(namespace["handler"])
