@@ -3,8 +3,9 @@
 Each scenario runs in 1 and 4 producer processes (separate interpreters, started together);
 each submits plain inserts ``(k int, v text)``, one at a time from one thread, and times every
 ``submit``. "rows/s" is from the first submit to the last row applied in PostgreSQL (for the
-plain XADD loop: to the last entry in the stream: the physical limit of submitting to this
-Redis from Python, with nothing applied). Also: Redis memory per queued write.
+plain XADD loop and ``drain=False``: to the last entry in the stream, nothing applied; the
+XADD loop is the physical limit of submitting to this Redis from Python). Also: Redis memory
+per queued write, and one drainer applying a backlog.
 
     python -m benchmarks.bench_stream [--quick]
 """
@@ -47,6 +48,18 @@ def _producer(kind: str, table: str, stream: str, base: int, n: int, folder: str
             times.append(perf() - start)
         client.close()
         out.put((times, began, time.time()))
+        return
+    if kind == "append":  # drain=False: no pool, nothing applied here
+        queue = dbr.WriteQueue(None, journal=REDIS, stream=stream, drain=False).open()
+        began = time.time()
+        for i in range(base, base + n):
+            start = perf()
+            queue.submit(insert, (i, "v"))
+            times.append(perf() - start)
+        queue.flush(300)
+        ended = time.time()
+        queue.close()
+        out.put((times, began, ended))
         return
     pool = dbr.Pool(DSN, min_size=1).open()
     if kind == "redis":
@@ -95,7 +108,7 @@ def _scenario(kind: str, producers: int, n: int) -> tuple[float, float]:
             for proc in procs:
                 proc.join(60)
         elapsed = max(ends) - min(starts)  # first submit to last write applied (or in Redis)
-        if kind == "xadd":
+        if kind in ("xadd", "append"):
             assert client.xlen("{" + stream + "}") == producers * n
         else:
             with psycopg.connect(DSN) as conn:
@@ -172,10 +185,12 @@ def run(quick: bool = False) -> None:
     n = 3_000 if quick else 20_000
     rows = []
     for producers in (1, 4):
-        figures = {kind: _scenario(kind, producers, n) for kind in ("xadd", "file", "redis")}
+        kinds = ("xadd", "append", "file", "redis")
+        figures = {kind: _scenario(kind, producers, n) for kind in kinds}
         xadd = figures["xadd"]
         for kind, label in (
             ("xadd", "plain XADD loop (redis-py, no queue, nothing applied)"),
+            ("append", "WriteQueue, Redis journal, drain=False (into the stream only)"),
             ("file", "WriteQueue, local file journal (one per process)"),
             ("redis", "WriteQueue, Redis journal (shared stream)"),
         ):
