@@ -407,7 +407,12 @@ def test_sentinel_and_cluster_forms_are_accepted() -> None:
 
     from dbresilience._journal_redis import make_client
 
-    sentinel = make_client("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/2", 1.0)
+    url = "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/2"
+    dbr.WriteQueue(None, journal=url, drain=False)  # accepted at construction
+    dbr.WriteQueue(None, journal="redis+cluster://127.0.0.1:7000", drain=False)
+    with pytest.raises(ValueError, match="service"):
+        dbr.WriteQueue(None, journal="redis+sentinel://127.0.0.1:26379", drain=False)
+    sentinel = make_client(url, 1.0)
     assert sentinel.connection_pool.service_name == "mymaster"
     slots = {key_slot(k.encode()) for k in stream_keys("orders")}
     assert len(slots) == 1

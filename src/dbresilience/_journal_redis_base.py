@@ -7,9 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 from dbresilience._journal import Record, format_line
+from dbresilience._redact import check_redis_url
 from dbresilience._serialize import Serializer
 
-__all__ = ["APPEND", "DONE", "GROUP", "LEASE", "RELEASE", "REPLAY", "encode", "stream_keys"]
+__all__ = [
+    "APPEND",
+    "DONE",
+    "GROUP",
+    "LEASE",
+    "RELEASE",
+    "REPLAY",
+    "check_stream_url",
+    "encode",
+    "stream_keys",
+]
 
 GROUP = "dbr"
 SEND_BATCH = 1000  # entries per XADD script call
@@ -98,3 +109,21 @@ def encode(record: Record, serializer: Serializer) -> str:
     """A write as a stream entry's payload: the file journal's line (see
     :func:`dbresilience._journal.format_line`), without its newline."""
     return format_line(record, serializer)[:-1].decode()
+
+
+def check_stream_url(name: str, url: str, owner: str) -> str:
+    """*url* if it is a Redis URL the stream journal can use: what redis-py parses
+    (``redis://``, ``rediss://``, ``unix://``), ``redis+cluster://host:port[/…]`` (checked as
+    ``redis://`` to that node) or ``redis+sentinel://host:port[,host:port]/service[/db]``
+    (checked as ``redis://`` to the first sentinel, and a service named). ``ValueError`` naming
+    *name* otherwise, never quoting a password (see :func:`check_redis_url`)."""
+    for scheme in ("redis+cluster://", "redis+sentinel://"):
+        if url.startswith(scheme):
+            rest = url[len(scheme) :]
+            userinfo, at, hosts = rest.rpartition("@")
+            first, _, path = hosts.partition("/")
+            if scheme == "redis+sentinel://" and not path.strip("/"):
+                raise ValueError(f"{name}: a redis+sentinel:// URL names its service (…/service)")
+            check_redis_url(name, f"redis://{userinfo}{at}{first.split(',')[0]}/0", owner)
+            return url
+    return check_redis_url(name, url, owner)

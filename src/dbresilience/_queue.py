@@ -152,12 +152,12 @@ class WriteQueue(QueueBase):
         self._worker: Worker | None = None
         if shared:
             from dbresilience._journal_redis import StreamJournal
-            from dbresilience._redact import check_redis_url
+            from dbresilience._journal_redis_base import check_stream_url
 
             if not isinstance(drain, bool):
                 raise TypeError(f"drain must be a bool, got {type(drain).__name__}")
             self._stream = StreamJournal(
-                check_redis_url("journal", str(journal), type(self).__name__),
+                check_stream_url("journal", str(journal), type(self).__name__),
                 stream=non_empty_str("stream", stream),
                 max_len=positive_int("max_stream_len", max_stream_len),
                 max_buffer=self.max_pending,

@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Any
 
-from dbresilience._redact import check_redis_url, redact_url
+from dbresilience._journal_redis_base import check_stream_url
+from dbresilience._redact import redact_url
 
 __all__ = ["add_queue_parser", "run_queue_command"]
 
@@ -57,7 +58,7 @@ def _journal(url: str, stream: str) -> Any:
     from dbresilience._journal_redis import StreamJournal
 
     journal = StreamJournal(
-        check_redis_url("--journal", url, "dbresilience queue"),
+        check_stream_url("--journal", url, "dbresilience queue"),
         stream=stream,
         max_len=1,
         max_buffer=1,
