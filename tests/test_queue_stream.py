@@ -247,6 +247,10 @@ def test_per_key_order_holds_across_instances_and_a_lease_handoff(
             thread.join(60)
         assert second.flush(20)
         second.close()
+    client = redis.Redis.from_url(redis_url)
+    consumers = client.xinfo_consumers(stream_keys(stream)[0], "dbr")
+    client.close()
+    assert len(consumers) <= 1  # a takeover forgets the consumers that held nothing
     with psycopg.connect(pg_dsn) as conn:
         got = conn.execute(sql.SQL("select p, seq from {} order by id").format(ordered))
         applied: dict[int, list[int]] = {0: [], 1: []}

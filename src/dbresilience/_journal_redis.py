@@ -422,6 +422,8 @@ class StreamJournal:
                 if gone:  # deleted while pending: nothing to apply
                     self._client.xack(self.key, GROUP, *gone)
                 self._claim_from = None if cursor == "0-0" else cursor
+                if self._claim_from is None:
+                    self._forget_consumers()
                 entries = [e for e in entries if e is not None]
                 self.counters["claimed"] += len(entries)
             else:
@@ -449,6 +451,15 @@ class StreamJournal:
             logger.warning("write queue: reading the stream again")
             self._read_error = None
         return self._decode(entries)
+
+    def _forget_consumers(self) -> None:
+        """After a takeover's claim: drop the group's other consumers that hold nothing (the
+        instances that drained before; each had a name of its own), so that a fleet of
+        short-lived drainers does not grow the group without bound."""
+        for consumer in self._client.xinfo_consumers(self.key, GROUP):
+            name = text(consumer.get("name", b""))
+            if name != self.consumer and int(consumer.get("pending", 1)) == 0:
+                self._client.xgroup_delconsumer(self.key, GROUP, name)
 
     def _create_group(self) -> None:
         try:

@@ -438,6 +438,8 @@ class AsyncStreamJournal:
                 if gone:  # deleted while pending: nothing to apply
                     await self._client.xack(self.key, GROUP, *gone)
                 self._claim_from = None if cursor == "0-0" else cursor
+                if self._claim_from is None:
+                    await self._forget_consumers()
                 entries = [e for e in entries if e is not None]
                 self.counters["claimed"] += len(entries)
             else:
@@ -465,6 +467,15 @@ class AsyncStreamJournal:
             logger.warning("write queue: reading the stream again")
             self._read_error = None
         return await self._decode(entries)
+
+    async def _forget_consumers(self) -> None:
+        """After a takeover's claim: drop the group's other consumers that hold nothing (the
+        instances that drained before; each had a name of its own), so that a fleet of
+        short-lived drainers does not grow the group without bound."""
+        for consumer in await self._client.xinfo_consumers(self.key, GROUP):
+            name = text(consumer.get("name", b""))
+            if name != self.consumer and int(consumer.get("pending", 1)) == 0:
+                await self._client.xgroup_delconsumer(self.key, GROUP, name)
 
     async def _create_group(self) -> None:
         try:
