@@ -185,6 +185,62 @@ def one_failover(candidate: Candidate, outage: float) -> Probe:
     return probe
 
 
+def _one_breaker_opened() -> Probe:
+    probe = Probe()
+    stop = threading.Event()
+    counter = iter(range(10**9))
+    with TemporaryPostgres() as primary:
+        primary.execute("create table ev (k text, v int)")
+        with primary.start_replica(synchronous=True) as replica:
+            dsn = (
+                f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} "
+                "user=postgres dbname=postgres target_session_attrs=read-write"
+            )
+            with (
+                dbr.Pool(dsn) as pool,
+                dbr.WriteQueue(pool, on_commit=lambda batch: probe.wrote()) as queue,
+            ):
+
+                def write() -> None:
+                    i = next(counter)
+                    queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
+
+                def read() -> None:
+                    pool.fetchone("select 1", timeout=1.0)
+                    probe.read()
+                    time.sleep(0.04)  # with the loop's tick: one read every 50 ms
+
+                threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
+                time.sleep(0.5)
+                primary.kill()
+                deadline = time.monotonic() + 20
+                breaker = pool.breaker
+                assert breaker is not None
+                while breaker.state is not dbr.CircuitState.OPEN:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the reads did not open the breaker in 20 s")
+                    time.sleep(0.02)
+                probe.promoted_at = replica.promote()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and (
+                    probe.first_write is None or probe.first_read is None
+                ):
+                    time.sleep(0.02)
+                stop.set()
+                for thread in threads:
+                    thread.join()
+    return probe
+
+
+def breaker_opened(repeat: int) -> tuple[float, float]:
+    """#17's scenario: keyed writes through ``WriteQueue`` and a reader calling ``fetchone``
+    (1 s deadline) every 50 ms on the same ``dbr.Pool`` (default settings); the primary crashes
+    and the standby is promoted only once the reads' failures have opened the pool's breaker.
+    Medians of (promotion -> first read, promotion -> first committed write)."""
+    probes = [_one_breaker_opened() for _ in range(repeat)]
+    return _median(probes, "first_read"), _median(probes, "first_write")
+
+
 def _median(probes: list[Probe], attr: str) -> float:
     values = [
         (getattr(p, attr) - p.promoted_at) if getattr(p, attr) is not None else float("inf")
@@ -221,6 +277,13 @@ def run(quick: bool = False) -> None:
         "a synchronous standby promoted after the primary crashed)",
         ("writer", "first write s", "first read s", "vs dbr", "target"),
         rows,
+    )
+    read, write = breaker_opened(repeats)
+    print_table(
+        f"failover after the reads opened the pool's breaker (median of {repeats}; reader every "
+        "50 ms, keyed writes through WriteQueue, one dbr.Pool, default settings)",
+        ("promotion ->", "seconds", "target"),
+        [("first successful read", read, "<= 0.5 s"), ("first committed write", write, "<= 2 s")],
     )
 
 
