@@ -219,3 +219,49 @@ for line in sys.stdin:
     elif op == "exit":
         os._exit(0)
 """
+
+
+#: a process that submits keyed writes with named parameters (dicts) to a journaled queue,
+#: commits 200 of them, journals 201 more (100 of them the same writes again, their keys
+#: already applied and their dicts in another order; one a key reused with other parameters)
+#: and dies with os._exit before committing those; format with dsn, journal, statement, ledger
+NAMED_CHILD = """
+import os
+import dbresilience as dbr
+pool = dbr.Pool({dsn!r}, min_size=1)
+pool.open()
+queue = dbr.WriteQueue(
+    pool, journal={journal!r}, batch_size=10_000, flush_interval=60, ledger_table={ledger!r}
+).open()
+for i in range(200):
+    queue.submit({statement!r}, {{"k": i, "v": f"n{{i}}"}}, key=f"named-{{i}}")
+assert queue.flush(timeout=30)
+print("committed", queue.stats()["written"], flush=True)
+for i in range(100, 300):
+    queue.submit({statement!r}, {{"v": f"n{{i}}", "k": i}}, key=f"named-{{i}}")
+queue.submit({statement!r}, {{"k": 0, "v": "other"}}, key="named-0")
+print("journaled", queue.stats()["pending"], flush=True)
+os._exit(0)
+"""
+
+#: the same with the asyncio twin
+NAMED_CHILD_ASYNC = """
+import asyncio, os
+import dbresilience as dbr
+async def main():
+    pool = dbr.AsyncPool({dsn!r}, min_size=1)
+    await pool.open()
+    queue = await dbr.AsyncWriteQueue(
+        pool, journal={journal!r}, batch_size=10_000, flush_interval=60, ledger_table={ledger!r}
+    ).open()
+    for i in range(200):
+        queue.submit({statement!r}, {{"k": i, "v": f"n{{i}}"}}, key=f"named-{{i}}")
+    assert await queue.flush(timeout=30)
+    print("committed", queue.stats()["written"], flush=True)
+    for i in range(100, 300):
+        queue.submit({statement!r}, {{"v": f"n{{i}}", "k": i}}, key=f"named-{{i}}")
+    queue.submit({statement!r}, {{"k": 0, "v": "other"}}, key="named-0")
+    print("journaled", queue.stats()["pending"], flush=True)
+    os._exit(0)
+asyncio.run(main())
+"""

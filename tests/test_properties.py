@@ -155,3 +155,33 @@ def test_deadline_arithmetic(budget: float, spent: float) -> None:
     assert deadline.remaining() == max(0.0, (100.0 + budget) - now[0])
     assert deadline.expired() == (now[0] >= 100.0 + budget)
     assert deadline.allows(0.0) == (not deadline.expired())
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(
+        st.sampled_from(["%", "%%", "%s", "%b", "%t", "%(a)s", "%(bb)t", "%(", ")", "x", " ", "\n"])
+        | st.text(alphabet="%()sbtax \n", max_size=3),
+        max_size=12,
+    ).map("".join)
+)
+def test_the_queue_reads_placeholders_as_psycopg_does(statement: str) -> None:
+    """The write queue's reading of a statement's placeholders (what submit checks params
+    against) agrees with psycopg's own parser (its private _split_query, the oracle): the same
+    style, count and names wherever psycopg accepts the statement, and no verdict where it
+    refuses it (psycopg then says why when the write runs)."""
+    from psycopg._queries import _split_query
+
+    from dbresilience._queue_base import placeholders
+
+    style, count, names = placeholders(statement)
+    try:
+        parts = _split_query(statement.encode())
+    except psycopg.ProgrammingError:
+        assert style == ""
+        return
+    items = [part.item for part in parts[:-1]]
+    if any(isinstance(item, str) for item in items):
+        assert (style, count, names) == ("named", len(items), frozenset(items))
+    else:
+        assert (style, count) == ("positional", len(items))

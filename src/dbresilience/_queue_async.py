@@ -519,14 +519,16 @@ class AsyncWriteQueue(QueueBase):
         cur = conn.cursor()
         for statement, params in runs(todo):
             copy = (
-                copy_statement(statement, len(params[0])) if len(params) >= COPY_MIN_ROWS else None
+                copy_statement(statement, len(params[0]))
+                if len(params) >= COPY_MIN_ROWS and all(type(p) is not dict for p in params)
+                else None  # a dict (a replayed journal's, for %s) would be copied as its keys
             )
             if copy is not None:
                 async with cur.copy(copy) as writer:
                     for row in params:
                         await writer.write_row(row)
             else:
-                await cur.executemany(statement, params)
+                await _executemany(cur, statement, params)
 
     async def _read_shapes(self, cur: Any, work: list[tuple[str, list[Any]]]) -> None:
         """Read from the catalog what the rewrite of the statements of *work* needs (once)."""
@@ -572,7 +574,7 @@ class AsyncWriteQueue(QueueBase):
                 await cur.execute(fast[0], fast[1])
                 rewritten += len(params)
             else:
-                await cur.executemany(statement, params)  # the caller's SQL
+                await _executemany(cur, statement, params)  # the caller's SQL
         await cur.execute(b"COMMIT")
         return todo, duplicates, reused, rewritten
 
@@ -614,6 +616,17 @@ class AsyncWriteQueue(QueueBase):
                 self.counters["rewritten"] += rewritten
         self.counters["batches"] += 1
         return len(todo), duplicates, reused
+
+
+async def _executemany(cur: Any, statement: str, params: list[Any]) -> None:
+    """``cur.executemany``, with psycopg's refusal to bind the parameters (a ``TypeError``: a
+    mapping for ``%s`` placeholders, a list for named ones, read back from a journal that
+    ``submit`` did not check) made the write's verdict: the write is set aside, where a
+    ``TypeError`` would have been retried for ever, holding back every write after it."""
+    try:
+        await cur.executemany(statement, params)
+    except TypeError as exc:
+        raise psycopg.ProgrammingError(f"cannot bind the parameters: {exc}") from exc
 
 
 def _reused(record: Record) -> KeyReused:

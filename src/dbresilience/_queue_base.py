@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -345,6 +345,104 @@ def digest_of(params: Any) -> str:
     return hashlib.sha256(_DIGEST_JSON(params).encode()).hexdigest()[:16]
 
 
+# psycopg's reading of placeholders (psycopg._queries._re_placeholder, on str): %%, %(name)X, %X
+_PLACEHOLDER = re.compile(r"%(?:\(([^)]+)\)(.)|(.))")
+
+
+@functools.lru_cache(maxsize=1024)
+def placeholders(statement: str) -> tuple[str, int, frozenset[str]]:
+    """How psycopg reads *statement*'s placeholders: ``("named", n, names)`` for
+    ``%(name)s``, ``("positional", n, ∅)`` for ``%s`` (n may be 0: no placeholder), and
+    ``("", 0, ∅)`` for what psycopg refuses on its own (a mix, ``%x``: it says what is wrong
+    when the write runs, and the write is set aside). ``%b`` and ``%t`` count as ``%s``;
+    ``%%`` is a literal."""
+    names: set[str] = set()
+    named = positional = 0
+    for m in _PLACEHOLDER.finditer(statement):
+        name, fmt = m.group(1), m.group(2) or m.group(3)
+        if m.group(0) == "%%":
+            continue
+        if fmt not in ("s", "b", "t"):
+            return "", 0, frozenset()
+        if name is None:
+            positional += 1
+        else:
+            named += 1
+            names.add(name)
+    if named and positional:
+        return "", 0, frozenset()
+    if named:
+        return "named", named, frozenset(names)
+    return "positional", positional, frozenset()
+
+
+#: statement -> its number of %s placeholders, once a tuple or list of that length was bound to
+#: it: submit's fast path (a dict look-up) for the statements a service submits again and again
+_ARITY: dict[str, int] = {}
+
+
+def bound_params(statement: str, params: object) -> list[Any] | dict[str, Any]:
+    """*params* as a queued write keeps them: a list for ``%s`` placeholders, a dict for
+    ``%(name)s`` ones (psycopg takes either), copied so that changing them after ``submit``
+    changes nothing.
+
+    What psycopg could never bind to *statement* is a ``TypeError`` naming ``params`` here,
+    before the write is accepted, rather than a write that fails later in the worker: a str or
+    bytes, something neither a sequence nor a mapping, a mapping with a key that is not a str,
+    a mapping for ``%s`` placeholders or a sequence for named ones, a missing name, a sequence
+    of the wrong length.
+    """
+    kind = type(params)
+    values: list[Any]
+    if kind is tuple or kind is list:
+        values = list(params)  # type: ignore[call-overload]
+    elif params is None:
+        values = []
+    elif isinstance(params, Mapping):
+        return _bound_mapping(statement, params)
+    elif isinstance(params, str | bytes | bytearray | memoryview) or not isinstance(
+        params, Iterable
+    ):
+        raise TypeError(f"params must be a sequence or a mapping, got {kind.__name__}")
+    else:
+        values = list(params)
+    style, count, _ = placeholders(statement)
+    if style == "named":
+        raise TypeError(
+            "params must be a mapping for a statement with named placeholders (%(name)s), "
+            f"got {kind.__name__}"
+        )
+    if style == "positional" and len(values) != count:
+        raise TypeError(
+            f"params has {len(values)} values for a statement with {count} placeholders"
+        )
+    if style == "positional" and (kind is tuple or kind is list):
+        if len(_ARITY) >= 1024:
+            _ARITY.clear()  # bounded: statements built with data in them come and go
+        _ARITY[statement] = count
+    return values
+
+
+def _bound_mapping(statement: str, params: Mapping[Any, Any]) -> dict[str, Any]:
+    values = dict(params)
+    for name in values:
+        if type(name) is not str:
+            raise TypeError(
+                f"params keys must be str (the names of %(name)s placeholders), "
+                f"got {type(name).__name__}"
+            )
+    style, count, names = placeholders(statement)
+    if style == "positional" and count:  # (psycopg takes a mapping for no placeholder)
+        raise TypeError(
+            "params must be a sequence for a statement with positional placeholders (%s), "
+            f"got {type(params).__name__}"
+        )
+    missing = names.difference(values)
+    if missing:
+        raise TypeError(f"params has no value for %({min(missing)})s")
+    return values
+
+
 #: hooks of the threaded queue: plain functions
 CommitHook = Callable[[list[Record]], None]
 FailedHook = Callable[[FailedWrite], None]
@@ -447,7 +545,11 @@ class QueueBase(Lifecycle):
     # --- submitting (thread-safe, never does database I/O) --------------------------------------
 
     def submit(
-        self, statement: str, params: Sequence[Any] | None = (), *, key: str | None = None
+        self,
+        statement: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = (),
+        *,
+        key: str | None = None,
     ) -> None:
         """Queue a write; returns once it is buffered (and journaled, with ``journal=``).
 
@@ -455,15 +557,21 @@ class QueueBase(Lifecycle):
         :class:`dbresilience.MsgpackSerializer`: ``Decimal``, ``datetime``, ``UUID``, ``bytes``,
         tuples …, see docs/queue.md) gives back equal and of the same type; anything else is a
         ``TypeError`` naming the type, before the write is accepted. *key* makes the write take
-        effect at most once per key, across retries, restarts and instances. Raises
-        :class:`QueueFull` (``on_full="raise"``, or ``"block"`` past ``block_timeout``),
-        :class:`QueueClosed`, ``TypeError`` for a bad statement, params or key.
+        effect at most once per key, across retries, restarts and instances. *params* is a
+        sequence for ``%s`` placeholders or a mapping (str keys) for ``%(name)s`` ones, as
+        psycopg takes them; what psycopg could never bind is refused here (see
+        :func:`bound_params`). Raises :class:`QueueFull` (``on_full="raise"``, or ``"block"``
+        past ``block_timeout``), :class:`QueueClosed`, ``TypeError`` for a bad statement,
+        params or key.
         """
         if not isinstance(statement, str):
             raise TypeError(f"statement must be a str, got {type(statement).__name__}")
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be a str or None, got {type(key).__name__}")
-        params = list(params) if params is not None else []
+        if (type(params) is tuple or type(params) is list) and _ARITY.get(statement) == len(params):
+            params = list(params)  # a statement seen before: checked then (see bound_params)
+        else:
+            params = bound_params(statement, params)
         if self._stream is not None:
             self._submit_to_stream(statement, params, key)
             return
@@ -499,7 +607,9 @@ class QueueBase(Lifecycle):
                 # a lone write starts the worker's flush_interval clock; a full batch is due now
                 self._wakeup.notify()
 
-    def _submit_to_stream(self, statement: str, params: list[Any], key: str | None) -> None:
+    def _submit_to_stream(
+        self, statement: str, params: list[Any] | dict[str, Any], key: str | None
+    ) -> None:
         """``journal="redis://…"``: the write goes to the shared stream (see
         :mod:`dbresilience._journal_redis_async`), not to this queue's buffer."""
         if self._state is not _OPEN or self._closing:
@@ -511,7 +621,7 @@ class QueueBase(Lifecycle):
         with self._cond:
             self.counters["submitted"] += 1
 
-    def _spill(self, statement: str, params: list[Any], key: str | None) -> None:
+    def _spill(self, statement: str, params: list[Any] | dict[str, Any], key: str | None) -> None:
         """Under the condition: journal the write without keeping it in memory."""
         assert self._journal is not None
         self._seq += 1
