@@ -404,12 +404,29 @@ class StreamJournal:
             batch += self.receive(limit - len(batch), left)
         return batch
 
+    def reclaim(self) -> None:
+        """Forget the batch in hand and claim every pending entry again before reading new
+        ones (nothing is in flight when the worker calls :meth:`receive`, so whatever is
+        pending is orphaned: a reply lost with a connection, a worker restarted mid-batch)."""
+        self._ids.clear()
+        self._claim_from = "0-0"
+
     def receive(self, limit: int, wait: float) -> list[Record]:
         """Up to *limit* writes to apply, in stream order, waiting up to *wait* seconds for
         one; empty when this instance does not hold the lease or Redis does not answer."""
         if not self._holding:
             sleep(min(wait, self.lease_ttl / 3) if wait > 0 else 0)
             return []
+        try:
+            return self._receive(limit, wait)
+        except BaseException:
+            # XREADGROUP may have delivered entries whose reply never arrived (Redis restarted,
+            # the connection cut): they are pending for this consumer and would never be read
+            # again with ">"
+            self.reclaim()
+            raise
+
+    def _receive(self, limit: int, wait: float) -> list[Record]:
         try:
             if not self._group_ready:
                 self._create_group()
@@ -445,6 +462,7 @@ class StreamJournal:
                 logger.warning("write queue: cannot read the stream (%s)", type(exc).__name__)
             self._read_error = type(exc).__name__
             self._holding = False
+            self.reclaim()
             sleep(min(wait, 0.2))
             return []
         if self._read_error is not None:

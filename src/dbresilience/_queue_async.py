@@ -352,6 +352,10 @@ class AsyncWriteQueue(QueueBase):
     async def _run_stream(self) -> None:
         """Drain the shared stream: batches in stream order while this instance holds its
         lease; on closing, finish the batch in hand and leave the rest to the others."""
+        with self._cond:  # a restarted worker: the batch it held is claimed again from Redis
+            self._buffer.clear()
+            self._submitted_at.clear()
+        self._stream.reclaim()
         while not self._closing:
             batch = await self._stream.receive_batch(self.batch_size, self.flush_interval)
             if not batch:
