@@ -16,6 +16,8 @@ from sqlalchemy import event
 from dbresilience._classify import classify
 from dbresilience._errors import QueryTimeout
 from dbresilience._pool_base import (
+    CLEANUP_AT_LEAST,
+    CLEANUP_AT_MOST,
     PoolConfig,
     check_connect_args,
     connection_is_dead,
@@ -143,10 +145,14 @@ def prepare(
 
 
 def _driver_connection(dbapi_connection: Any) -> psycopg.BaseConnection[Any] | None:
-    """The psycopg connection behind SQLAlchemy's DBAPI connection (sync or async adapter)."""
-    for candidate in (dbapi_connection, getattr(dbapi_connection, "_connection", None)):
-        if isinstance(candidate, psycopg.BaseConnection):
-            return candidate
+    """The psycopg connection behind SQLAlchemy's DBAPI connection (sync or async adapter),
+    or behind the pool's proxy for one (what the pool passes to a rollback on check-in)."""
+    if isinstance(dbapi_connection, psycopg.BaseConnection):  # the common case, first
+        return dbapi_connection
+    for outer in (dbapi_connection, getattr(dbapi_connection, "dbapi_connection", None)):
+        for candidate in (outer, getattr(outer, "_connection", None)):
+            if isinstance(candidate, psycopg.BaseConnection):
+                return candidate
     return None
 
 
@@ -236,6 +242,10 @@ def instrument(
         if record is not None:
             record.info[_USED_AT] = time.monotonic()
             _finish_all(record.info)  # no deadline outlives its checkout
+            if getattr(record, "_ConnectionRecord__pool", engine.pool) is not engine.pool:
+                # checked out before engine.dispose(): SQLAlchemy would keep it in the old
+                # pool, closed only by the garbage collector (psycopg: a ResourceWarning)
+                record.invalidate()
 
     @event.listens_for(engine.pool, "invalidate")
     def _invalidate(dbapi_connection: Any, record: Any, exc: BaseException | None) -> None:
@@ -277,12 +287,17 @@ def instrument(
         if entry is not None and watchdog.done(entry):
             conn.invalidate()  # the answer came, but the socket is already shut
 
+    _bound_transaction_ends(engine.dialect, watchdog, config)
+
     @event.listens_for(engine, "handle_error")
     def _handle_error(context: sa.engine.ExceptionContext) -> None:
         conn = context.connection
         entry = _pop(conn, getattr(context.execution_context, "cursor", None))
         fired = entry is not None and watchdog.done(entry)
         original = context.original_exception
+        if isinstance(original, QueryTimeout):  # a commit or rollback past its deadline
+            context.is_disconnect = True
+            return
         if fired:
             context.is_disconnect = True
             raise QueryTimeout(
@@ -306,6 +321,48 @@ def warming_of(engine: sa.Engine) -> tuple[int, float]:
             "engine: expected an engine made by dbresilience.sqlalchemy's create_engine or "
             f"create_async_engine, got {type(engine).__name__}"
         ) from None
+
+
+def _bound_transaction_ends(dialect: Any, watchdog: Watchdog, config: PoolConfig) -> None:
+    """Put the dialect's commit and rollback under the watchdog, as statements are.
+
+    They are round trips but not statements (no cursor events): against a frozen server or
+    network a commit, an explicit rollback or the pool's rollback when a connection is checked
+    in waited without bound. A commit gets ``query_timeout``, a rollback the pool's clean-up
+    bound (``query_timeout`` moved into [50 ms, 1 s]: a connection closed rolls back on the
+    server's side too). Past it the socket is shut and :class:`QueryTimeout` raised (commit
+    unknown for a commit); SQLAlchemy invalidates the connection.
+    """
+    plain_commit, plain_rollback = dialect.do_commit, dialect.do_rollback
+    rollback_for = min(CLEANUP_AT_MOST, max(config.query_timeout, CLEANUP_AT_LEAST))
+
+    def bounded(plain: Any, what: str, limit: float) -> Any:
+        def run(dbapi_connection: Any) -> None:
+            driver = _driver_connection(dbapi_connection)
+            try:
+                fd = None if driver is None or driver.closed else driver.pgconn.socket
+            except psycopg.Error:
+                fd = None
+            if fd is None:
+                plain(dbapi_connection)
+                return
+            entry = watchdog.watch(fd, time.monotonic() + limit)
+            try:
+                plain(dbapi_connection)
+            except Exception as exc:
+                if watchdog.done(entry):
+                    raise QueryTimeout(
+                        f"a {what} on engine {config.name!r} ran past {limit:.2f} s; "
+                        "the connection was shut down",
+                        commit_unknown=what == "commit",
+                    ) from exc
+                raise
+            watchdog.done(entry)
+
+        return run
+
+    dialect.do_commit = bounded(plain_commit, "commit", config.query_timeout)
+    dialect.do_rollback = bounded(plain_rollback, "rollback", rollback_for)
 
 
 def _cursor_closed(cursor: Any) -> bool:
