@@ -168,8 +168,8 @@ def test_deadline_arithmetic(budget: float, spent: float) -> None:
 def test_the_queue_reads_placeholders_as_psycopg_does(statement: str) -> None:
     """The write queue's reading of a statement's placeholders (what submit checks params
     against) agrees with psycopg's own parser (its private _split_query, the oracle): the same
-    style, count and names wherever psycopg accepts the statement, and no verdict where it
-    refuses it (psycopg then says why when the write runs)."""
+    style, count and names wherever psycopg accepts the statement, and "" (refused at submit)
+    exactly where psycopg refuses it."""
     from psycopg._queries import _split_query
 
     from dbresilience._queue_base import placeholders
@@ -180,6 +180,7 @@ def test_the_queue_reads_placeholders_as_psycopg_does(statement: str) -> None:
     except psycopg.ProgrammingError:
         assert style == ""
         return
+    assert style != ""  # submit refuses only what psycopg refuses
     items = [part.item for part in parts[:-1]]
     if any(isinstance(item, str) for item in items):
         assert (style, count, names) == ("named", len(items), frozenset(items))

@@ -708,6 +708,20 @@ def test_submit_refuses_params_it_cannot_bind(
     assert (stats["submitted"], stats["written"], stats["failed"]) == (2, 2, 0)
 
 
+@pytest.mark.parametrize("statement", ["select '50%'", "select %s, %(a)s", "select %x"])
+def test_submit_refuses_a_statement_psycopg_cannot_read(pg_dsn: str, statement: str) -> None:
+    """A '%' psycopg reads as a bad placeholder (queued writes always go with parameters, so
+    psycopg reads every '%'): a ValueError naming statement at submit, never a write set aside
+    later; written '%%' it is applied."""
+    with dbr.Pool(pg_dsn, min_size=1) as pool, dbr.WriteQueue(pool) as queue:
+        with pytest.raises(ValueError, match="statement"):
+            queue.submit(statement)
+        queue.submit("select '50%%'")
+        assert queue.flush(timeout=10)
+        stats = queue.stats()
+    assert (stats["submitted"], stats["written"], stats["failed"]) == (1, 1, 0)
+
+
 def test_a_journal_line_with_unbindable_params_is_set_aside(
     pg_dsn: str, table_name: str, pg_conn: psycopg.Connection[tuple[object, ...]], tmp_path: Path
 ) -> None:

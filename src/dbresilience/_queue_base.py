@@ -390,8 +390,16 @@ def bound_params(statement: str, params: object) -> list[Any] | dict[str, Any]:
     before the write is accepted, rather than a write that fails later in the worker: a str or
     bytes, something neither a sequence nor a mapping, a mapping with a key that is not a str,
     a mapping for ``%s`` placeholders or a sequence for named ones, a missing name, a sequence
-    of the wrong length.
+    of the wrong length. A statement psycopg cannot read (a literal ``%`` not written ``%%``,
+    placeholders of both kinds) is a ``ValueError`` naming ``statement``.
     """
+    style, count, _ = placeholders(statement)
+    if not style:
+        raise ValueError(
+            "statement has a '%' that psycopg cannot read as a placeholder (only %s, %b, %t and "
+            "%(name)s, not mixed): write '%%' for a literal '%' (a queued write is always sent "
+            "with its parameters, so psycopg reads every '%')"
+        )
     kind = type(params)
     values: list[Any]
     if kind is tuple or kind is list:
@@ -406,7 +414,6 @@ def bound_params(statement: str, params: object) -> list[Any] | dict[str, Any]:
         raise TypeError(f"params must be a sequence or a mapping, got {kind.__name__}")
     else:
         values = list(params)
-    style, count, _ = placeholders(statement)
     if style == "named":
         raise TypeError(
             "params must be a mapping for a statement with named placeholders (%(name)s), "
@@ -562,7 +569,7 @@ class QueueBase(Lifecycle):
         psycopg takes them; what psycopg could never bind is refused here (see
         :func:`bound_params`). Raises :class:`QueueFull` (``on_full="raise"``, or ``"block"``
         past ``block_timeout``), :class:`QueueClosed`, ``TypeError`` for a bad statement,
-        params or key.
+        params or key, ``ValueError`` for a statement whose ``%`` psycopg cannot read.
         """
         if not isinstance(statement, str):
             raise TypeError(f"statement must be a str, got {type(statement).__name__}")
