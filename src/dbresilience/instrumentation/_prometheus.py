@@ -181,57 +181,69 @@ class PrometheusHook:
             registry=r,
         )
         registry.register(_ScrapeCollector())
+        # labels() validates, locks and looks up on every call: keep each child once found
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def __call__(self, event: ins.Event, /) -> None:
         """Update the metrics for one event."""
         if type(event) is ins.PoolCallDone:
-            self.calls.labels(event.pool, event.operation, event.outcome, event.code or "").inc()
-            self.call_duration.labels(event.pool, event.operation, event.outcome).observe(
+            self._child(
+                self.calls, event.pool, event.operation, event.outcome, event.code or ""
+            ).inc()
+            self._child(self.call_duration, event.pool, event.operation, event.outcome).observe(
                 event.duration
             )
         elif type(event) is ins.AcquireWaited:
-            self.acquire_wait.labels(event.pool).observe(event.waited)
-        elif type(event) is ins.RetryScheduled:
-            self.retries.labels(event.name, event.code).inc()
-        elif type(event) is ins.RetryGivenUp:
-            self.given_up.labels(event.name, event.code, event.reason).inc()
+            self._child(self.acquire_wait, event.pool).observe(event.waited)
         elif type(event) is ins.CacheHit:
-            self.cache_requests.labels(event.name, f"hit_{event.tier}").inc()
+            self._child(self.cache_requests, event.name, f"hit_{event.tier}").inc()
+        elif type(event) is ins.RetryScheduled:
+            self._child(self.retries, event.name, event.code).inc()
+        elif type(event) is ins.RetryGivenUp:
+            self._child(self.given_up, event.name, event.code, event.reason).inc()
         elif type(event) is ins.CacheMiss:
-            self.cache_requests.labels(event.name, "miss").inc()
+            self._child(self.cache_requests, event.name, "miss").inc()
         elif type(event) is ins.CacheStaleServed:
-            self.cache_requests.labels(event.name, "stale").inc()
+            self._child(self.cache_requests, event.name, "stale").inc()
         elif type(event) is ins.CacheLoaded:
-            self.cache_loads.labels(event.name, event.outcome, event.code or "").inc()
-            self.cache_load_duration.labels(event.name).observe(event.duration)
+            self._child(self.cache_loads, event.name, event.outcome, event.code or "").inc()
+            self._child(self.cache_load_duration, event.name).observe(event.duration)
         elif type(event) is ins.CacheDegraded:
-            self.cache_degraded.labels(event.name).set(1)
+            self._child(self.cache_degraded, event.name).set(1)
         elif type(event) is ins.CacheRestored:
-            self.cache_degraded.labels(event.name).set(0)
+            self._child(self.cache_degraded, event.name).set(0)
         elif type(event) is ins.BreakerStateChanged:
-            self.breaker_state.labels(event.name).set(_STATES.get(event.new, -1.0))
-            self.breaker_transitions.labels(event.name, event.new).inc()
+            self._child(self.breaker_state, event.name).set(_STATES.get(event.new, -1.0))
+            self._child(self.breaker_transitions, event.name, event.new).inc()
         elif type(event) is ins.BudgetRefused:
-            self.budget_refused.labels(event.name, event.code).inc()
+            self._child(self.budget_refused, event.name, event.code).inc()
         elif type(event) is ins.ConnectionOpened:
-            self.connections.labels(event.pool, event.outcome, event.code or "").inc()
+            self._child(self.connections, event.pool, event.outcome, event.code or "").inc()
         elif type(event) is ins.ConnectionLost:
-            self.connections.labels(event.pool, "lost", event.code).inc()
+            self._child(self.connections, event.pool, "lost", event.code).inc()
         elif type(event) is ins.ConnectionDiscarded:
-            self.connections.labels(event.pool, f"discarded_{event.reason}", "").inc()
+            self._child(self.connections, event.pool, f"discarded_{event.reason}", "").inc()
         elif type(event) is ins.GenerationRetired:
-            self.generations.labels(event.pool).inc()
+            self._child(self.generations, event.pool).inc()
         elif type(event) is ins.DeadlineFired:
-            self.deadlines.labels(event.pool).inc()
+            self._child(self.deadlines, event.pool).inc()
         elif type(event) is ins.QueueBatchCommitted:
-            self.queue_written.labels(event.name).inc(event.rows)
-            self.queue_batch_duration.labels(event.name).observe(event.duration)
+            self._child(self.queue_written, event.name).inc(event.rows)
+            self._child(self.queue_batch_duration, event.name).observe(event.duration)
         elif type(event) is ins.WriteSetAside:
-            self.queue_failed.labels(event.name, event.code, event.sqlstate or "").inc()
+            self._child(self.queue_failed, event.name, event.code, event.sqlstate or "").inc()
         elif type(event) is ins.JournalReplayed:
-            self.journal_replayed.labels(event.name).inc(event.writes)
+            self._child(self.journal_replayed, event.name).inc(event.writes)
         elif type(event) is ins.WorkerRestarted:
-            self.worker_restarts.labels(event.name, event.code).inc()
+            self._child(self.worker_restarts, event.name, event.code).inc()
 
 
 _installed: weakref.WeakKeyDictionary[Any, PrometheusHook] = weakref.WeakKeyDictionary()
