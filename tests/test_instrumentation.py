@@ -155,6 +155,8 @@ def test_prometheus_after_killed_backends_and_an_open_breaker(
     assert value(s, "dbresilience_connection_events_total", pool="prom", event="lost") == 3
     assert value(s, "dbresilience_generations_retired_total", pool="prom") >= 1
     assert value(s, "dbresilience_breaker_state", name="prom-breaker") == 2  # open
+    rejected = dict(pool="prom", outcome="rejected", code="DBR4001")
+    assert value(s, "dbresilience_calls_total", **rejected) == 1  # failed fast: still counted
     assert (
         value(s, "dbresilience_breaker_transitions_total", name="prom-breaker", state="open") == 1
     )

@@ -185,9 +185,10 @@ class BudgetRefused(Event):
 @dataclass(frozen=True, slots=True)
 class PoolCallDone(Event):
     """One pool call (``operation``: ``fetchone``, ``fetchall``, ``execute``, ``transaction``)
-    ended after ``duration`` s and ``attempts`` attempts. ``outcome`` is ``"ok"``, ``"error"``
-    or ``"cancelled"``; ``code`` the classification code of the error (``None`` when ok) and
-    ``sqlstate`` PostgreSQL's, when it sent one."""
+    ended after ``duration`` s and ``attempts`` attempts. ``outcome`` is ``"ok"``, ``"error"``,
+    ``"rejected"`` (an open breaker failed it fast: 0 attempts) or ``"cancelled"``; ``code``
+    the classification code of the error (``None`` when ok) and ``sqlstate`` PostgreSQL's,
+    when it sent one."""
 
     kind = "pool_call_done"
     pool: str

@@ -408,7 +408,7 @@ class Pool(PoolBase):
         idempotent: bool | Callable[[], bool],
     ) -> T:
         """Run ``attempt(deadline_at, *args)`` under the breaker, budget and retry policy."""
-        start, deadline_at, permit = self._begin(timeout)
+        start, deadline_at, permit = self._begin(timeout, what)
         failed = 0
         while True:
             try:

@@ -26,7 +26,13 @@ from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
 from dbresilience._budget import RetryBudget
 from dbresilience._classify import ErrorKind, classify
-from dbresilience._errors import AcquireTimeout, CommitUnknown, DatabaseUnavailable, QueryTimeout
+from dbresilience._errors import (
+    AcquireTimeout,
+    CircuitOpen,
+    CommitUnknown,
+    DatabaseUnavailable,
+    QueryTimeout,
+)
 from dbresilience._lifecycle import Lifecycle
 from dbresilience._logsummary import CONNECT_SUMMARY
 from dbresilience._pool_compat import AsyncPoolConnection, PoolConnection
@@ -812,8 +818,9 @@ class PoolBase(Lifecycle):
             _instrument.emit(_instrument.GenerationRetired(self.name, counters.generation - 1))
         return True
 
-    def _begin(self, timeout: float | timedelta | None) -> tuple[float, float, int]:
-        """Start a call: ``(start, deadline_at, breaker permit)``; may raise CircuitOpen.
+    def _begin(self, timeout: float | timedelta | None, what: str) -> tuple[float, float, int]:
+        """Start *what*: ``(start, deadline_at, breaker permit)``; may raise CircuitOpen (then
+        announced to the process-wide hooks as a call ``rejected`` with its code).
 
         The permit pattern is split between this and ``_record`` rather than a
         :class:`~dbresilience._breaker.Permit`: a pool call's success path is measured against
@@ -823,7 +830,12 @@ class PoolBase(Lifecycle):
         start = now()
         limit = self._config.query_timeout if timeout is None else seconds("timeout", timeout)
         policy = self._policy
-        permit = policy.breaker.acquire() if policy.breaker is not None else 0
+        try:
+            permit = policy.breaker.acquire() if policy.breaker is not None else 0
+        except CircuitOpen as exc:
+            if _instrument.hooks:
+                self._emit_call_done(exc, start, what, 0)
+            raise
         if policy.budget is not None:
             policy.budget.deposit_at(start)
         self._counters.calls += 1
@@ -865,6 +877,8 @@ class PoolBase(Lifecycle):
     ) -> None:
         if exc is None:
             outcome, code, sqlstate = "ok", None, None
+        elif isinstance(exc, CircuitOpen):
+            outcome, code, sqlstate = "rejected", classify(exc).code, None
         elif isinstance(exc, Exception):
             outcome, code = "error", classify(exc).code
             sqlstate = getattr(exc, "sqlstate", None)
