@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck bench bench-instructions chaos install clean generate services
+.PHONY: demo test lint typecheck bench bench-instructions bench-instrumentation chaos install clean generate services
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench: $(STAMP)
 REV ?= HEAD~1
 bench-instructions: $(STAMP)
 	$(BIN)/python -m benchmarks.instructions $(REV)
+
+# instructions per call with no hook, Prometheus and OpenTelemetry on (callgrind)
+bench-instrumentation: $(STAMP)
+	$(BIN)/python -m benchmarks.instrumentation
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
