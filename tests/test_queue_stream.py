@@ -127,6 +127,8 @@ def test_append_only_then_the_cli_drains_lists_and_replays_a_dead_letter(
     capsys.readouterr()
     assert main(["queue", "failed", *where]) == 0
     assert "# 0 dead letters" in capsys.readouterr().out
+    assert main(["queue", "replay", *where, "--id", "not-an-id"]) == 1
+    assert "failed: ResponseError" in capsys.readouterr().out
 
 
 def test_the_stream_bound_holds_writes_back_and_then_refuses(

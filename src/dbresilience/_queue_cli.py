@@ -74,25 +74,35 @@ def run_queue_command(args: argparse.Namespace, out: Any = print) -> int:
     """Run ``queue <action>``; the exit status."""
     if args.action == "drain":
         return _drain(args, out)
+    import redis
+
     journal = _journal(args.journal, args.stream)
     try:
-        letters = journal.dead_letters(count=getattr(args, "count", 100_000))
-        if args.action == "failed":
-            for item in letters:
-                if not args.params:
-                    item.pop("params", None)
-                out(json.dumps(item, default=str))
-            out(f"# {len(letters)} dead letters in {redact_url(args.journal)} {args.stream}")
-            return 0
-        if not args.all and not args.id:
-            out("replay: name dead letters with --id (repeatable) or --all")
-            return 2
-        ids = [item["id"] for item in letters] if args.all else args.id
-        moved = journal.replay(ids)
-        out(f"replayed {moved} of {len(ids)} dead letters")
-        return 0 if moved == len(ids) else 1
+        return _inspect(args, journal, out)
+    except redis.RedisError as exc:  # its message names a host or an id, never a password
+        out(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        return 1
     finally:
         journal.close(0.0)
+
+
+def _inspect(args: argparse.Namespace, journal: Any, out: Any) -> int:
+    """``failed`` or ``replay`` on an open journal."""
+    letters = journal.dead_letters(count=getattr(args, "count", 100_000))
+    if args.action == "failed":
+        for item in letters:
+            if not args.params:
+                item.pop("params", None)
+            out(json.dumps(item, default=str))
+        out(f"# {len(letters)} dead letters in {redact_url(args.journal)} {args.stream}")
+        return 0
+    if not args.all and not args.id:
+        out("replay: name dead letters with --id (repeatable) or --all")
+        return 2
+    ids = [item["id"] for item in letters] if args.all else args.id
+    moved = journal.replay(ids)
+    out(f"replayed {moved} of {len(ids)} dead letters")
+    return 0 if moved == len(ids) else 1
 
 
 def _drain(args: argparse.Namespace, out: Any) -> int:
