@@ -131,6 +131,34 @@ def test_append_only_then_the_cli_drains_lists_and_replays_a_dead_letter(
     assert "failed: ResponseError" in capsys.readouterr().out
 
 
+def test_a_long_lived_drainer_process_applies_what_functions_append_and_stops_on_sigterm(
+    pg_dsn: str, redis_url: str, stream: str, table: Ident, table_name: str
+) -> None:
+    """`dbresilience queue drain` in its own interpreter applies what append-only queues (no
+    pool) put in the stream, as it arrives, and exits 0 on SIGTERM."""
+    command = [sys.executable, "-m", "dbresilience", "queue", "drain", "--journal", redis_url]
+    command += ["--stream", stream, "--ledger-table", f"{table_name}_ledger", pg_dsn]
+    drainer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for burst in range(3):  # three short-lived "functions", one after the other
+            with dbr.WriteQueue(None, journal=redis_url, stream=stream, drain=False) as queue:
+                for i in range(100):
+                    queue.submit(insert(table), (burst * 100 + i, "fn"), key=f"f{burst}-{i}")
+                assert queue.flush(5)
+        deadline = time.monotonic() + 30
+        while rows(pg_dsn, table) < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        drainer.send_signal(signal.SIGTERM)
+        out, err = drainer.communicate(timeout=30)
+    finally:
+        if drainer.poll() is None:
+            drainer.kill()
+            drainer.wait()
+    assert drainer.returncode == 0, err[-2000:]
+    assert b"300 written" in out
+    assert _distinct(pg_dsn, table) == (300, 300)
+
+
 def test_the_stream_bound_holds_writes_back_and_then_refuses(
     pg_dsn: str, redis_url: str, stream: str, table: Ident, table_name: str
 ) -> None:
