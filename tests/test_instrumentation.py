@@ -683,3 +683,34 @@ async def test_the_fastapi_wiring_in_the_docs_runs_and_is_at_most_15_lines() -> 
         assert "dbresilience_calls_total" in text or "# TYPE dbresilience_calls" in text
     finally:
         logging.getLogger("dbresilience").removeHandler(namespace["handler"])
+
+
+async def test_opentelemetry_retries_stay_with_their_own_task(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """Two tasks started after a retried call, each retried twice on the same pool: each span
+    gets its own two retries, never its sibling's or its parent's."""
+    import asyncio
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentation.enable_opentelemetry(tracer_provider=tracer_provider)
+    async with dbr.AsyncPool(pg_cluster.dsn, min_size=2, name="tasks", breaker=None) as pool:
+        with pytest.raises(psycopg.OperationalError):
+            await pool.fetchone(KILL_SELF)  # the parent's context now holds a retry list
+
+        async def child() -> None:
+            with pytest.raises(psycopg.OperationalError):
+                await pool.fetchone(KILL_SELF)
+
+        await asyncio.gather(child(), child())
+    spans = [s for s in exporter.get_finished_spans() if s.name == "fetchone tasks"]
+    assert len(spans) == 3
+    assert [len(s.events) for s in spans] == [2, 2, 2]
+    for span in spans:
+        assert [e.attributes["dbresilience.attempt"] for e in span.events] == [2, 3]  # type: ignore[index]
