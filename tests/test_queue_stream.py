@@ -19,6 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 import dbresilience as dbr
@@ -526,3 +528,64 @@ def test_processes_sigkill_terminated_backends_and_a_redis_restart_lose_nothing(
     assert len(applied) == len(set(applied)), "a write applied twice"
     assert acked <= set(applied), f"{len(acked - set(applied))} acknowledged writes lost"
     assert len(acked) > 2400
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.integers(1, 30)),
+            st.tuples(st.just("drain"), st.integers(1, 40), st.sets(st.integers(0, 39))),
+        ),
+        max_size=12,
+    )
+)
+def test_the_stream_holds_exactly_the_writes_not_yet_done_in_order(
+    redis_url: str, steps: list[tuple[object, ...]]
+) -> None:
+    """A model of the journal against real Redis: whatever the interleaving of appends and
+    batches done (some of their writes set aside), the stream holds exactly the writes not
+    done, they come out in the order they went in, and the dead-letter stream holds exactly the
+    ones set aside."""
+    from dbresilience._journal_redis import StreamJournal
+
+    name = f"dbr-model-{uuid.uuid4().hex[:10]}"
+    key, dead, _ = stream_keys(name)
+    journal = StreamJournal(
+        redis_url,
+        stream=name,
+        max_len=10_000,
+        max_buffer=10_000,
+        lease_ttl=10.0,
+        on_full="raise",
+        block_timeout=0.0,
+        drain=True,
+    ).open()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 5
+        while not journal.stats()["stream_draining"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        appended: list[str] = []
+        done = 0
+        set_aside = 0
+        for step in steps:
+            if step[0] == "append":
+                for _ in range(int(step[1])):  # type: ignore[call-overload]
+                    write = f"w{len(appended)}"
+                    journal.append(Record(1, "insert into t (k) values (%s)", [write], write))
+                    appended.append(write)
+                continue
+            _, limit, bad = step
+            batch = journal.receive(int(limit), 0.01)  # type: ignore[call-overload]
+            assert [r.key for r in batch] == appended[done : done + len(batch)]
+            refused = [(r, ValueError("refused")) for n, r in enumerate(batch) if n in bad]
+            journal.done(batch, refused, lambda: False)
+            done += len(batch)
+            set_aside += len(refused)
+            assert client.xlen(key) == len(appended) - done
+            assert client.xlen(dead) == set_aside
+    finally:
+        journal.close(1.0)
+        client.delete(*stream_keys(name))
+        client.close()
