@@ -714,3 +714,19 @@ async def test_opentelemetry_retries_stay_with_their_own_task(
     assert [len(s.events) for s in spans] == [2, 2, 2]
     for span in spans:
         assert [e.attributes["dbresilience.attempt"] for e in span.events] == [2, 3]  # type: ignore[index]
+
+
+def test_pool_gauges_never_repeat_a_label_set(pg_dsn: str) -> None:
+    """Two open pools with one name, and a closed one: each dbresilience_pool_* gauge has one
+    sample per name (Prometheus refuses a scrape with duplicate samples), summed, and the
+    closed pool is left out."""
+    registry = CollectorRegistry()
+    instrumentation.enable_prometheus(registry)
+    closed = dbr.Pool(pg_dsn, min_size=1, name="twin")
+    with closed:
+        pass
+    with dbr.Pool(pg_dsn, min_size=1, name="twin"), dbr.Pool(pg_dsn, min_size=1, name="twin"):
+        s = scrape(registry)
+    samples = [labels for labels, _ in s["dbresilience_pool_pool_max"] if labels["pool"] == "twin"]
+    assert len(samples) == 1
+    assert value(s, "dbresilience_pool_pool_max", pool="twin") == 20  # two open pools of 10

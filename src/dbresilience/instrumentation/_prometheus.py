@@ -29,35 +29,42 @@ class _ScrapeCollector(Collector):
     live queue's pending writes."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        families: dict[str, GaugeMetricFamily] = {}
+        # Summed by name: two open pools (or queues) with one name must not give Prometheus
+        # two samples with the same labels, which fails the whole scrape. Closed ones are left.
+        totals: dict[str, dict[str, float]] = {}
         for pool in list(ins.pools):
             core = getattr(pool, "_pool", None)
-            if core is None:
+            if core is None or not getattr(pool, "_is_open", False):
                 continue
             try:
                 raw = core.get_stats()
             except Exception:  # noqa: S112 - a pool being rebuilt: skip it this scrape
                 continue
-            for key, value in sorted(raw.items()):
-                family = families.get(key)
-                if family is None:
-                    family = families[key] = GaugeMetricFamily(
-                        f"dbresilience_pool_{key}",
-                        f"psycopg_pool get_stats()[{key!r}] of the pool",
-                        labels=["pool"],
-                    )
-                family.add_metric([pool.name], float(value))
-        pending = GaugeMetricFamily(
-            "dbresilience_queue_pending", "writes accepted but not yet written", labels=["name"]
-        )
+            for key, value in raw.items():
+                per_pool = totals.setdefault(key, {})
+                per_pool[pool.name] = per_pool.get(pool.name, 0.0) + float(value)
+        for key, per_pool in sorted(totals.items()):
+            family = GaugeMetricFamily(
+                f"dbresilience_pool_{key}",
+                f"psycopg_pool get_stats()[{key!r}], summed over the open pools of that name",
+                labels=["pool"],
+            )
+            for name, value in sorted(per_pool.items()):
+                family.add_metric([name], value)
+            yield family
+        pending: dict[str, float] = {}
         for queue in list(ins.queues):
             try:
                 count = queue._pending()
             except Exception:  # noqa: S112 - a queue closing: skip it this scrape
                 continue
-            pending.add_metric([queue.name], float(count))
-        yield from families.values()
-        yield pending
+            pending[queue.name] = pending.get(queue.name, 0.0) + count
+        family = GaugeMetricFamily(
+            "dbresilience_queue_pending", "writes accepted but not yet written", labels=["name"]
+        )
+        for name, value in sorted(pending.items()):
+            family.add_metric([name], value)
+        yield family
 
 
 class PrometheusHook:
