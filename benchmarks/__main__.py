@@ -12,6 +12,7 @@ from . import (
     bench_pool,
     bench_pooler,
     bench_queue,
+    bench_recovery,
     bench_retry,
     bench_router,
     bench_serialize,
@@ -32,6 +33,7 @@ def main() -> int:
     bench_stream.run(quick=quick)
     bench_router.run(quick=quick)
     bench_failover.run(quick=quick)
+    bench_recovery.run(quick=quick)
     return 0
 
 
