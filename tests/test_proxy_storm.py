@@ -25,7 +25,8 @@ import pytest
 
 from dbresilience.faults import FaultProxy
 
-STORM_SECONDS = 4.0
+STORM_SECONDS = 4.0  # at least this long, and at least SWITCHES switches, however slow the machine
+SWITCHES = 150
 CLIENTS = 8
 
 
@@ -127,7 +128,9 @@ def test_mode_switches_under_a_connect_storm_never_kill_the_proxy(
     slowest = 0.0
     try:
         end = time.monotonic() + STORM_SECONDS
-        while time.monotonic() < end:
+        hang = end + 120  # a guard against a hang, not a deadline
+        while time.monotonic() < end or sum(switches.values()) < SWITCHES:
+            assert time.monotonic() < hang, switches
             started = time.monotonic()
             name = _switch(proxy, rnd)  # raises RuntimeError if the proxy thread died
             slowest = max(slowest, time.monotonic() - started)
@@ -139,8 +142,11 @@ def test_mode_switches_under_a_connect_storm_never_kill_the_proxy(
             thread.join(5)
     assert proxy._thread is not None
     assert proxy._thread.is_alive()
-    assert sum(switches.values()) > 100, switches
-    assert slowest < 1.0, f"a mode switch took {slowest:.2f} s"
+    assert sum(switches.values()) >= SWITCHES, switches
+    # every switch answered within the proxy's own 5 s limit (_switch raises otherwise); a
+    # tighter bound here measured the machine's load, not the proxy (a loaded run made 92
+    # switches in 4 s where an idle one makes several hundred)
+    assert slowest < 5.0, f"a mode switch took {slowest:.2f} s"
     assert done[0] > 0
     # the loop's safety net (an event that failed resets its connection) was never needed
     assert not [r for r in caplog.records if r.name == "dbresilience.faults"]
