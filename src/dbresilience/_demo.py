@@ -340,7 +340,8 @@ def timeline(run: Run, columns: int = 48) -> list[str]:
     worst = max((v for v in p99 if v is not None), default=0.0)
     legend = "  ".join(f"{i}={label}" for i, (_, label) in enumerate(run.phases, 1))
     return [
-        f"{run.name}: {end:.1f} s, {columns} slices of {width:.2f} s",
+        f"{run.name}: {end:.1f} s, {columns} slices of {width:.2f} s by request start "
+        "(· = none started: every user was waiting)",
         f"  fault   |{''.join(schedule)}|  {legend}",
         f"  ok %    |{_spark(ok_pct, 100.0)}|  0-100 %",
         f"  p99 ms  |{_spark(p99, worst)}|  0-{worst:.0f} ms",
