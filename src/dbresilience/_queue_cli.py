@@ -27,7 +27,9 @@ __all__ = ["add_queue_parser", "run_queue_command"]
 def add_queue_parser(sub: Any) -> None:
     """Add ``queue failed|replay|drain`` to the command's subparsers."""
     queue = sub.add_parser("queue", help="the shared Redis write journal: failed, replay, drain")
-    actions = queue.add_subparsers(dest="action", required=True)
+    actions = queue.add_subparsers(
+        dest="action", required=True, help="failed (list), replay or drain"
+    )
     for name, text in (
         ("failed", "list the dead letters (writes set aside, with their error) as JSON lines"),
         ("replay", "move dead letters back to the end of the stream, to be applied again"),
@@ -42,14 +44,16 @@ def add_queue_parser(sub: Any) -> None:
         )
         if name == "failed":
             p.add_argument("--params", action="store_true", help="show parameters (row data)")
-            p.add_argument("--count", type=int, default=1000)
+            p.add_argument("--count", type=int, default=1000, help="at most this many")
         elif name == "replay":
             p.add_argument("--id", action="append", default=[], help="a dead letter's id")
             p.add_argument("--all", action="store_true", help="every dead letter")
         else:
             p.add_argument("dsn", help="the database to apply into")
-            p.add_argument("--batch-size", type=int, default=5000)
-            p.add_argument("--ledger-table", default="dbr_queue_ledger")
+            p.add_argument("--batch-size", type=int, default=5000, help="writes a transaction")
+            p.add_argument(
+                "--ledger-table", default="dbr_queue_ledger", help="the queues' ledger table"
+            )
             p.add_argument("--until-empty", action="store_true", help="exit once nothing is left")
             p.add_argument("--max-seconds", type=float, default=None, help="exit after this long")
 
