@@ -474,3 +474,76 @@ def test_redact_text_masks_pairs_urls_and_known_secrets() -> None:
     assert named == 'missing "=" after "***"'
     for harmless in ("connection refused", "fe_sendauth: no password supplied", "port=5432"):
         assert redact_text(harmless) == harmless
+
+
+# --- psycopg's and psycopg_pool's own log lines in a real fault ------------------------------
+
+PLANTED_USER = "dbr_planted_role_q7"
+
+
+def test_a_real_fault_logs_no_password_and_no_user(pg_cluster: Any) -> None:
+    """A pool and a queue logged in as a planted role with a planted password, on a throwaway
+    cluster: backends terminated mid-batch, a write refused in a pipelined batch, a pipeline
+    left with an error in flight (psycopg's "error ignored terminating <Pipeline (host=…
+    user=…)>") and a restart. Every record of every logger, at DEBUG, shows neither."""
+    import threading
+    import time
+
+    from dbresilience.faults import terminate_backends
+
+    pg_cluster.execute(f"drop role if exists {PLANTED_USER}")
+    pg_cluster.execute(f"create role {PLANTED_USER} login superuser password '{PW}'")
+    port = psycopg.conninfo.conninfo_to_dict(pg_cluster.dsn)["port"]
+    table = f"dbr_secret_{os.getpid()}"
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    root = logging.getLogger()
+    keep, level = Keep(logging.DEBUG), root.level
+    root.addHandler(keep)
+    root.setLevel(logging.DEBUG)
+    dsn = f"host=127.0.0.1 port={port} dbname=postgres user={PLANTED_USER} password={PW}"
+    try:
+        pg_cluster.execute(f"create table {table} (v int)")
+        with dbr.Pool(dsn, min_size=2, name="planted") as pool:
+            with pytest.raises(RuntimeError), pool.connection() as conn, conn.pipeline():  # noqa: PT012
+                conn.execute("select * from dbr_no_such_table_here")
+                raise RuntimeError("in flight")
+            queue = dbr.WriteQueue(pool, use_unnest=False, flush_interval=0.01)
+            with queue:
+                for _ in range(2):
+                    for i in range(10):
+                        queue.submit(f"insert into {table} select %s from pg_sleep(0.02)", (i,))
+                    time.sleep(0.08)
+                    terminate_backends(pg_cluster.dsn)
+                queue.submit(f"insert into {table} (nope) values (%s)", (1,))
+                assert queue.flush(15.0)
+            worker = threading.Thread(target=pg_cluster.restart)
+            worker.start()
+            with pytest.raises(Exception):  # noqa: PT011, PT012
+                for _ in range(40):
+                    pool.fetchone("select 1", timeout=0.5)
+                    time.sleep(0.05)
+            worker.join()
+            deadline = time.monotonic() + 15
+            while True:  # the pool answers again once it reconnected
+                try:
+                    assert pool.fetchone("select 1", timeout=2) == (1,)
+                    break
+                except dbr.DatabaseUnavailable:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+    finally:
+        root.removeHandler(keep)
+        root.setLevel(level)
+        pg_cluster.execute(f"drop table if exists {table}")
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    seen = {record.name for record in records}
+    assert {"psycopg", "psycopg.pool"} <= seen, seen  # the fault was logged
+    for record in records:
+        text = formatter.format(record) + repr(record.args) + repr(record.__dict__)
+        assert_hidden(text, f"a log record of {record.name}")
+        assert PLANTED_USER not in text, f"the user shows in a record of {record.name}: {text}"

@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typing_extensions import LiteralString
 
-from dbresilience import _instrument
+from dbresilience import _instrument, _logsummary
 from dbresilience._backoff import Backoff
 from dbresilience._breaker import CircuitBreaker
 from dbresilience._budget import RetryBudget
@@ -34,7 +34,6 @@ from dbresilience._errors import (
     QueryTimeout,
 )
 from dbresilience._lifecycle import Lifecycle
-from dbresilience._logsummary import CONNECT_SUMMARY
 from dbresilience._pool_compat import AsyncPoolConnection, PoolConnection
 from dbresilience._pooler import POOLER_CHOICES, rejected_startup_parameter, session_state_use
 from dbresilience._retry import DEFAULT, RetryPolicy, _Default
@@ -620,7 +619,7 @@ class PoolBase(Lifecycle):
         self._recovery_hooks: list[Callable[[], None]] = []
         self._pool = self._core_pool()
         _instrument.pools.add(self)  # weak: for gauges read at scrape time
-        CONNECT_SUMMARY.install()  # one line per outage, not one per failed reconnect
+        _logsummary.install()  # one line per outage, not one per failed reconnect; no conninfo
 
     def _connect_kwargs_for(self, mode: str | None) -> dict[str, Any]:
         """``connect()``'s keyword arguments for pooler *mode* (the twin adds its cursor)."""

@@ -600,17 +600,18 @@ class AsyncWriteQueue(QueueBase):
                 # INSERT is one INSERT … SELECT * FROM unnest(…), see fast_insert. After a
                 # refused write the transaction is left aborted and the pool rolls it back.
                 rewritten = 0
-                failure: psycopg.Error | None = None
+                failure: Exception | None = None
                 try:
                     async with conn.pipeline():
                         try:
                             todo, duplicates, reused, rewritten = await self._pipelined(
                                 conn, ledger, batch
                             )
-                        except psycopg.Error as exc:
-                            # surfaced early (an answer read while sending); let the pipeline
-                            # end without an exception in flight (psycopg would log a warning
-                            # for each refused write) and raise this first error after it
+                        except Exception as exc:
+                            # surfaced early (an answer read while sending, a backend
+                            # terminated mid-batch); let the pipeline end without an exception
+                            # in flight (psycopg would log "error ignored terminating" with the
+                            # connection's host and user) and raise this first error after it
                             failure = exc
                 except psycopg.Error:
                     if failure is None:

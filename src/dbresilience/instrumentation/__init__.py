@@ -48,6 +48,8 @@ from dbresilience._instrument import (
 )
 from dbresilience.instrumentation._logs import (
     ConnectErrorSummary,
+    ConninfoRedactor,
+    DiscardSummary,
     LoggingHook,
     RequestContextFilter,
     StructlogHook,
@@ -73,7 +75,9 @@ __all__ = [
     "ConnectionDiscarded",
     "ConnectionLost",
     "ConnectionOpened",
+    "ConninfoRedactor",
     "DeadlineFired",
+    "DiscardSummary",
     "Event",
     "GenerationRetired",
     "Hook",

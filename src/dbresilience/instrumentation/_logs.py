@@ -10,10 +10,17 @@ from typing import Any
 
 from dbresilience import _instrument as ins
 from dbresilience._errors import require
-from dbresilience._logsummary import CONNECT_SUMMARY, ConnectErrorSummary
+from dbresilience._logsummary import (
+    CONNECT_SUMMARY,
+    ConnectErrorSummary,
+    ConninfoRedactor,
+    DiscardSummary,
+)
 
 __all__ = [
     "ConnectErrorSummary",
+    "ConninfoRedactor",
+    "DiscardSummary",
     "LoggingHook",
     "RequestContextFilter",
     "StructlogHook",
