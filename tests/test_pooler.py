@@ -609,3 +609,64 @@ def test_sqlalchemy_engine_in_session_mode_sets_the_timeouts(
             assert conn.execute(sa.text("show statement_timeout")).scalar_one() == "3s"
     finally:
         engine.dispose()
+
+
+# --- break12: spellings that slipped past the check, and literals that tripped it ------------
+
+BYPASSES = [
+    "/* hint */ set statement_timeout = 1234",
+    "-- why\nset statement_timeout = 1234",
+    "set/**/statement_timeout = 1234",
+    "set/* c */session statement_timeout = 1234",
+    "select 1;/* c */set statement_timeout = 1234",
+    "select set_config('statement_timeout', '1234', false)",
+    "SELECT SET_CONFIG ( 'statement_timeout' , '1234' , FALSE )",
+    "select set_config('statement_timeout', '1234', 'f'::bool)",
+    "do $$begin set statement_timeout = 1234; end$$",
+    "do $$ begin perform set_config('statement_timeout', '1234', false); end $$",
+    "select 1; listen/**/dbr_channel",
+    "prepare/**/dbr_stmt as select 1",
+    "create/**/temp table dbr_tmp (a int)",
+    "select pg_advisory_lock/**/(42)",
+    "declare c cursor with/**/hold for select 1",
+    'select "pg_advisory_lock"(42)',
+    "update pg_settings set setting = '1234' where name = 'statement_timeout'",
+    "select 1" + " " * 70_000 + "; set statement_timeout = 1234",
+]
+
+NOT_SESSION_STATE = [
+    "select 'a; listen x'",
+    "select 'a; set statement_timeout = 0' as note",
+    "select 'declare c cursor with hold' as doc",
+    "select 'pg_advisory_lock(1)' as name",
+    "select E'a\\'; set statement_timeout = 0' as note",
+    "select 1 -- ; set statement_timeout = 0",
+    "select 1 /* ; listen x */",
+    "select set_config('statement_timeout', '1234', true)",
+    "select set_config('app.x', format('%%s', 1), true)",
+    'select 1 as "; listen x"',
+]
+
+
+@pytest.mark.parametrize("query", BYPASSES, ids=[q[:48] for q in BYPASSES])
+def test_session_state_is_refused_behind_comments_and_set_config(
+    tx_dsn: str, pg_dsn: str, query: str
+) -> None:
+    """A comment before or inside the keyword, set_config(..., false) and a DO block set
+    session state as surely as the plain statement: refused before sending. Before break12
+    these went through and, with a second client on the same server connection, its SHOW
+    statement_timeout said 1234ms."""
+    assert session_state_use(query) is not None, query
+    with dbr.Pool(tx_dsn, pooler="transaction", min_size=1, max_size=1) as pool:
+        with pytest.raises(dbr.SessionStateUnsupported):
+            pool.execute(query)
+        with pool.connection() as conn, pytest.raises(dbr.SessionStateUnsupported):
+            conn.execute(query)
+        assert pool.fetchone("show statement_timeout") != ("1234ms",)
+
+
+@pytest.mark.parametrize("query", NOT_SESSION_STATE)
+def test_keywords_inside_literals_and_comments_are_not_refused(query: str) -> None:
+    """Keywords inside string literals, dollar quotes, quoted names and comments, and
+    set_config(..., true), are not session state."""
+    assert session_state_use(query) is None, query

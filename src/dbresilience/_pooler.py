@@ -42,16 +42,20 @@ __all__ = [
 #: what ``pooler=`` accepts besides ``None``
 POOLER_CHOICES = ("auto", "session", "transaction")
 
-# Statements that need the server session to outlive the transaction. Each alternative is
-# anchored to the start of a statement or to a call, and nothing in it can backtrack far.
+# Statements that need the server session to outlive the transaction, matched on the text as
+# the server parses it (see _code_of: no comments, literals emptied, dollar quotes as statement
+# boundaries). Each alternative is anchored to the start of a statement (or of a PL/pgSQL
+# statement: after BEGIN, THEN, ELSE, LOOP) or to a call, and nothing in it can backtrack far.
 _SESSION_STATE = re.compile(
     r"""
-    (?:^|;)\s*(?P<listen>listen|unlisten)\b
+    (?:^|;|\b(?:begin|then|else|loop)\b)\s*(?P<listen>listen|unlisten)\b
     | (?P<advisory>\bpg_(?:try_)?advisory_(?:un)?lock(?:_shared|_all)?\s*\()
     | (?P<temp>\bcreate\s+(?:(?:global|local)\s+)?(?:temp|temporary)\s+(?:table|view|sequence)\b
       | \binto\s+(?:temp|temporary)\b
       | \bon\s+commit\s+preserve\s+rows\b)
-    | (?:^|;)\s*(?P<set>set\s+(?!local\b|transaction\b|constraints\b)(?:session\s+)?\w)
+    | (?:^|;|\b(?:begin|then|else|loop)\b)\s*
+      (?P<set>set\s+(?!local\b|transaction\b|constraints\b)(?:session\s+)?\w)
+    | (?P<settings>\bupdate\s+(?:only\s+)?(?:pg_catalog\s*\.\s*)?pg_settings\b)
     | (?:^|;)\s*(?P<prepare>prepare\s+\w)
     | (?P<hold>\bwith\s+hold\b)
     """,
@@ -62,28 +66,104 @@ _WHAT = {
     "advisory": "a session-level advisory lock (use pg_advisory_xact_lock in a transaction)",
     "temp": "a temporary table (it lives in one server session)",
     "set": "a session-wide SET (use SET LOCAL inside transaction())",
+    "settings": "a session-wide SET (use SET LOCAL inside transaction())",
+    "set_config": "set_config(..., false), a session-wide SET (pass true inside transaction())",
     "prepare": "PREPARE (a named statement lives in one server session)",
     "hold": "a WITH HOLD cursor (it outlives its transaction)",
 }
+# Comments, literals, quoted names and dollar quotes: what the server does not parse as SQL
+# words. E'...' takes backslash escapes; a dollar-quoted body (DO, a function) is code.
+_TOKEN = re.compile(
+    r"""--[^\n]*|/\*|(?<![\w$])[eE]'(?:[^'\\]|\\.|'')*'?|'(?:[^']|'')*'?|"(?:[^"]|"")*"?"""
+    r"""|(?<![\w$])\$(?:[A-Za-z_]\w*)?\$""",
+    re.DOTALL,
+)
+_COMMENT = re.compile(r"/\*|\*/")
+_SET_CONFIG = re.compile(r"\bset_config\s*\(", re.IGNORECASE)
 _CHECKED: dict[str | bytes, str | None] = {}  # query text (or bytes) -> what it needs
 _MISS = object()
 _MAX_CHECKED = 4096
-_SCAN = 65536
+
+
+def _skip_comment(text: str, pos: int) -> int:
+    """The end of the (nested) block comment whose ``/*`` ends at *pos*."""
+    depth = 1
+    while depth:
+        m = _COMMENT.search(text, pos)
+        if m is None:
+            return len(text)
+        depth += 1 if m.group() == "/*" else -1
+        pos = m.end()
+    return pos
+
+
+def _code_of(text: str) -> str:
+    """*text* with comments as a space, string literals as ``''``, quoted names as plain words
+    and dollar-quote delimiters as ``;``, so keywords are matched where the server reads them."""
+    if not any(c in text for c in "-/'\"$"):
+        return text
+    out: list[str] = []
+    pos = 0
+    while (m := _TOKEN.search(text, pos)) is not None:
+        out.append(text[pos : m.start()])
+        tok = m.group()
+        pos = m.end()
+        if tok.startswith("--"):
+            out.append(" ")
+        elif tok == "/*":
+            pos = _skip_comment(text, pos)
+            out.append(" ")
+        elif tok.startswith('"'):
+            out.append(re.sub(r"\W", "_", tok.strip('"')))
+        elif tok.startswith("$"):
+            out.append(";")
+        else:
+            out.append(" '' ")
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _session_set_config(code: str) -> bool:
+    """True when *code* calls ``set_config`` with a third argument other than ``true``."""
+    for m in _SET_CONFIG.finditer(code):
+        depth, args, start = 0, [], m.end()
+        for i in range(m.end(), len(code)):
+            c = code[i]
+            if c == "(":
+                depth += 1
+            elif c == ")" and depth:
+                depth -= 1
+            elif c in ",)" and not depth:
+                args.append(code[start:i].strip().lower())
+                start = i + 1
+                if c == ")":
+                    break
+        if len(args) != 3 or args[2] != "true":
+            return True
+    return False
 
 
 def session_state_use(text: str) -> str | None:
     """What session state the SQL *text* relies on (a sentence naming it), or ``None``.
 
-    LISTEN, session advisory locks, temporary tables, session-wide ``SET``, ``PREPARE`` and
-    ``WITH HOLD`` cursors: in transaction mode each would land on whichever server connection
-    the pooler picked, and stay there for another client (or be gone at the next statement).
-    Only the first 64 KiB are read; results are remembered for the 4096 texts seen first.
+    LISTEN, session advisory locks, temporary tables, session-wide ``SET`` (also
+    ``set_config(..., false)`` and ``UPDATE pg_settings``), ``PREPARE`` and ``WITH HOLD``
+    cursors: in transaction mode each would land on whichever server connection the pooler
+    picked, and stay there for another client (or be gone at the next statement). Comments are
+    skipped and literals ignored; a function that sets session state inside, or PL/pgSQL's
+    ``EXECUTE`` of a string, is not seen. Results are remembered for the 4096 texts seen first.
     """
     found = _CHECKED.get(text, False)
     if found is not False:
         return found  # type: ignore[return-value]  # str | None once remembered
-    match = _SESSION_STATE.search(text[:_SCAN])
-    what = _WHAT[match.lastgroup or "set"] if match else None
+    code = _code_of(text)
+    match = _SESSION_STATE.search(code)
+    if match:
+        what: str | None = _WHAT[match.lastgroup or "set"]
+    elif "set_config" in code.lower() and _session_set_config(code):
+        what = _WHAT["set_config"]
+    else:
+        what = None
     if len(_CHECKED) < _MAX_CHECKED:
         _CHECKED[text] = what
     return what
