@@ -730,3 +730,50 @@ def test_pool_gauges_never_repeat_a_label_set(pg_dsn: str) -> None:
     samples = [labels for labels, _ in s["dbresilience_pool_pool_max"] if labels["pool"] == "twin"]
     assert len(samples) == 1
     assert value(s, "dbresilience_pool_pool_max", pool="twin") == 20  # two open pools of 10
+
+
+def test_discarded_connections_log_one_line_and_a_count(
+    pg_cluster: TemporaryPostgres, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backends terminated under six busy calls: psycopg_pool's "discarding closed connection"
+    WARNING (one per broken connection) becomes one line when the burst starts and one with the
+    count once it is quiet; the count is psycopg_pool's own ``returns_bad``."""
+    import threading
+
+    from dbresilience import _logsummary
+    from dbresilience.faults import terminate_backends
+
+    monkeypatch.setattr(_logsummary, "DISCARD_QUIET", 0.3)
+    caplog.set_level(logging.WARNING)
+    deadline = time.monotonic() + 5  # an earlier test's burst (a restart's discards) ends first
+    while _logsummary.DISCARD_SUMMARY._count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    caplog.clear()
+    with dbr.Pool(pg_cluster.dsn, min_size=6, name="discards", breaker=None) as pool:
+        pool._pool.wait(10)
+
+        def busy() -> None:
+            with contextlib.suppress(psycopg.Error, dbr.DBResilienceError):
+                pool.fetchone("select pg_sleep(1)", timeout=5)
+
+        workers = [threading.Thread(target=busy) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.3)
+        terminate_backends(pg_cluster.dsn)
+        for worker in workers:
+            worker.join()
+        bad = pool._pool.get_stats().get("returns_bad", 0)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+            "closed connections in" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+    assert bad >= 3, lines
+    assert [m for m in lines if m.startswith("discarding closed connection")] == []
+    started = [m for m in lines if m.startswith("discarding connections the server")]
+    ended = [m for m in lines if "closed connections in" in m]
+    assert len(started) == 1, lines
+    assert len(ended) == 1, lines
+    assert ended[0].startswith(f"discarded {bad} closed connections in ")
