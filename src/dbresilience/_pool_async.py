@@ -33,9 +33,9 @@ from dbresilience._pool_base import (
     connection_is_dead,
     explain_connect_error,
     has_pending_input,
+    lost_by_database,
     lost_in_commit,
     now,
-    starts_new_generation,
 )
 from dbresilience._pool_compat import AsyncPoolConnection, AsyncPoolerCursor, QuickReconnect
 
@@ -345,7 +345,7 @@ class AsyncPool(PoolBase):
         """Give *conn* back to *pool*, the one it came from (which may have been closed, and
         the pool opened again, meanwhile), after rolling back what the caller left open."""
         conn._dbr_used_at = _monotonic()
-        if error is not None and starts_new_generation(error):
+        if error is not None and lost_by_database(error, conn):
             if _instrument.hooks:
                 _instrument.emit(_instrument.ConnectionLost(self.name, classify(error).code))
             await self._new_generation(pool, conn)

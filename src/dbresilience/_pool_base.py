@@ -451,6 +451,21 @@ def starts_new_generation(exc: BaseException) -> bool:
     return classify(exc).kind in _GENERATION_KINDS
 
 
+def lost_by_database(
+    exc: BaseException, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+) -> bool:
+    """True when *exc*, raised out of a ``connection()`` block holding *conn*, says the
+    database dropped connections (so every older pooled one is suspect): a driver error of
+    that kind, or any error of that kind once *conn* itself is broken. An ``OSError`` or
+    ``TimeoutError`` from the caller's own code in the block (an SMTP or HTTP client) says
+    nothing about the database and keeps the pool as it is."""
+    if not starts_new_generation(exc):
+        return False
+    if isinstance(exc, psycopg.Error):
+        return True
+    return conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK
+
+
 _RESETTABLE = (
     "calls",
     "retries",
