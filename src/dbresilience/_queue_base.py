@@ -340,9 +340,31 @@ def scope_of(statement: str) -> str:
 _DIGEST_JSON = json.JSONEncoder(default=str, sort_keys=True, separators=(",", ":")).encode
 
 
+# The C encoder that _DIGEST_JSON builds on every call (JSONEncoder.iterencode), built once:
+# the same text in two thirds of the time (digest_of was 1.5 us of a keyed write's 3 us in the
+# worker). markers=None: no circular-reference check; a circular value recurses until
+# RecursionError, and is then encoded again by _DIGEST_JSON for its ValueError.
+_C_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
+_DIGEST_C: Callable[[Any, int], list[str]] | None = (
+    None
+    if _C_MAKE_ENCODER is None
+    else _C_MAKE_ENCODER(
+        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True
+    )
+)
+
+
 def digest_of(params: Any) -> str:
-    """A digest of a write's parameters, to tell a retry of a write from a reused key."""
-    return hashlib.sha256(_DIGEST_JSON(params).encode()).hexdigest()[:16]
+    """A digest of a write's parameters, to tell a retry of a write from a reused key (the
+    ledger keeps it: the text must never change, see tests/test_queue_digest.py)."""
+    if _DIGEST_C is not None:
+        try:
+            text = "".join(_DIGEST_C(params, 0))
+        except (RecursionError, ValueError, TypeError):
+            text = _DIGEST_JSON(params)
+    else:  # pragma: no cover - CPython always has the C encoder
+        text = _DIGEST_JSON(params)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # psycopg's reading of placeholders (psycopg._queries._re_placeholder, on str): %%, %(name)X, %X
