@@ -777,3 +777,56 @@ def test_discarded_connections_log_one_line_and_a_count(
     assert len(started) == 1, lines
     assert len(ended) == 1, lines
     assert ended[0].startswith(f"discarded {bad} closed connections in ")
+
+
+def test_two_named_queues_on_one_pool_give_two_label_sets(pg_dsn: str, table_name: str) -> None:
+    """``name=``: two queues on one pool are two series in a real scrape (written, batch
+    duration, pending) and in their reprs; without it, a queue is still called by its pool."""
+    registry = CollectorRegistry()
+    instrumentation.enable_prometheus(registry)
+    t = psycopg.sql.Identifier(table_name)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("create table {} (k int)").format(t))
+    insert = f"insert into {t.as_string()} (k) values (%s)"
+    try:
+        with (
+            dbr.Pool(pg_dsn, min_size=1, name="shared-pool") as pool,
+            dbr.WriteQueue(pool, name="orders", ledger_table=f"{table_name}_l") as orders,
+            dbr.WriteQueue(pool, name="audit", ledger_table=f"{table_name}_l") as audit,
+            dbr.WriteQueue(pool, ledger_table=f"{table_name}_l") as plain,
+        ):
+            for i in range(3):
+                orders.submit(insert, (i,))
+            for i in range(5):
+                audit.submit(insert, (i,))
+            plain.submit(insert, (9,))
+            assert all(q.flush(10) for q in (orders, audit, plain))
+            s = scrape(registry)
+            assert repr(orders) == "WriteQueue(name='orders', pending=0)"
+            assert plain.name == "shared-pool"
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("drop table if exists {}").format(t))
+            conn.execute(
+                psycopg.sql.SQL("drop table if exists {}").format(
+                    psycopg.sql.Identifier(f"{table_name}_l")
+                )
+            )
+    written = {lab["name"]: v for lab, v in s["dbresilience_queue_written_total"]}
+    assert written == {"orders": 3, "audit": 5, "shared-pool": 1}
+    pending = {lab["name"] for lab, _ in s["dbresilience_queue_pending"]}
+    assert {"orders", "audit", "shared-pool"} <= pending
+    batches = {lab["name"] for lab, _ in s["dbresilience_queue_batch_duration_seconds_count"]}
+    assert {"orders", "audit"} <= batches
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [("", ValueError), ("a\nb", ValueError), ("x" * 201, ValueError), (7, TypeError)],
+)
+def test_queue_name_is_validated(bad: object, error: type[Exception]) -> None:
+    """``name=`` must be a non-empty printable str of at most 200 characters; the message
+    names the argument."""
+    for cls in (dbr.WriteQueue, dbr.AsyncWriteQueue):
+        with pytest.raises(error, match="name"):
+            cls(dbr.Pool("host=127.0.0.1 dbname=test"), name=bad)  # type: ignore[arg-type]

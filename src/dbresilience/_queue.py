@@ -46,7 +46,7 @@ from dbresilience._queue_base import (
     text_array,
 )
 from dbresilience._serialize import Serializer
-from dbresilience._validate import instance_or_none, non_empty_str, positive_int, seconds
+from dbresilience._validate import instance_or_none, label, non_empty_str, positive_int, seconds
 
 __all__ = ["WriteQueue"]
 
@@ -115,13 +115,16 @@ class WriteQueue(QueueBase):
         max_stream_len: int = 1000000,
         lease_ttl: float | timedelta = 10.0,
         fallback_journal: str | os.PathLike[str] | None = None,
+        name: str | None = None,
     ) -> None:
         """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
         for ``WriteQueue`` and ``"block"`` for ``WriteQueue``. ``WriteQueue``'s
         ``on_commit`` and ``on_failed`` may be coroutine functions: the worker awaits them (at
         most ``batch_timeout`` each) before its next batch. ``on_commit`` has run for a batch
         before :meth:`flush` counts that batch as done. *pool* may be None with
-        ``journal="redis://…"`` and ``drain=False``."""
+        ``journal="redis://…"`` and ``drain=False``. *name* is what metrics, events and the
+        repr call the queue (default: its pool's name)."""
+        self._name = None if name is None else label("name", name)
         on_full = "block" if on_full is None else on_full
         shared = is_stream_url(journal)
         if pool is None and (not (shared and drain is False)):

@@ -41,7 +41,7 @@ from dbresilience._queue_base import (
     text_array,
 )
 from dbresilience._serialize import Serializer
-from dbresilience._validate import instance_or_none, non_empty_str, positive_int, seconds
+from dbresilience._validate import instance_or_none, label, non_empty_str, positive_int, seconds
 
 if True:  # ASYNC
     import asyncio
@@ -118,13 +118,16 @@ class AsyncWriteQueue(QueueBase):
         max_stream_len: int = 1_000_000,
         lease_ttl: float | timedelta = 10.0,
         fallback_journal: str | os.PathLike[str] | None = None,
+        name: str | None = None,
     ) -> None:
         """See the class docstring and ``docs/queue.md``. ``on_full`` defaults to ``"raise"``
         for ``AsyncWriteQueue`` and ``"block"`` for ``WriteQueue``. ``AsyncWriteQueue``'s
         ``on_commit`` and ``on_failed`` may be coroutine functions: the worker awaits them (at
         most ``batch_timeout`` each) before its next batch. ``on_commit`` has run for a batch
         before :meth:`flush` counts that batch as done. *pool* may be None with
-        ``journal="redis://…"`` and ``drain=False``."""
+        ``journal="redis://…"`` and ``drain=False``. *name* is what metrics, events and the
+        repr call the queue (default: its pool's name)."""
+        self._name = None if name is None else label("name", name)
         if True:  # ASYNC
             on_full = "raise" if on_full is None else on_full
             if on_full == "block":

@@ -756,10 +756,17 @@ class QueueBase(Lifecycle):
             _instrument.emit(_instrument.WriteSetAside(self.name, c.code, c.sqlstate))
         return failed
 
+    _name: str | None = None
+
     @property
     def name(self) -> str:
-        """What metrics and events call this queue: its pool's name."""
-        return str(getattr(self.pool, "name", "queue"))
+        """What metrics, events and the repr call this queue: ``name=``, else its pool's name
+        (two queues on one pool share their series unless named)."""
+        return self._name or str(getattr(self.pool, "name", "queue"))
+
+    def __repr__(self) -> str:
+        """The queue's name and pending count (never a statement, a row or a password)."""
+        return f"{type(self).__name__}(name={self.name!r}, pending={self._pending()})"
 
     def _pending(self) -> int:
         """Writes accepted and not yet written (read without the lock: a gauge)."""

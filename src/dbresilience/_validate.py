@@ -33,6 +33,7 @@ __all__ = [
     "fraction",
     "hooks",
     "instance_or_none",
+    "label",
     "non_empty_str",
     "non_negative_int",
     "number",
@@ -261,6 +262,16 @@ def non_empty_str(name: str, value: object) -> str:
     if not value:
         raise _value_error(name, "a non-empty str", value)
     return value
+
+
+def label(name: str, value: object) -> str:
+    """*value* if it can name something in metrics and logs: a non-empty, printable ``str`` of
+    at most 200 characters (a Prometheus label value, a log line). ``TypeError`` for another
+    type, ``ValueError`` otherwise."""
+    text = non_empty_str(name, value)
+    if len(text) > 200 or not text.isprintable():
+        raise _value_error(name, "a printable str of at most 200 characters", value)
+    return text
 
 
 def str_or_none(name: str, value: object) -> str | None:
