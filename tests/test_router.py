@@ -277,3 +277,40 @@ def test_staleness_bound() -> None:
     for bad in ("", "16", "/1", "x/1", "123456789/0"):
         with pytest.raises(ValueError):  # noqa: PT011 - int() or ours, both ValueError
             lsn(bad)
+
+
+async def test_read_your_writes_with_an_asynchronous_commit(
+    pair: tuple[TemporaryPostgres, TemporaryReplica], table: str
+) -> None:
+    """A session's transaction that commits asynchronously (SET LOCAL synchronous_commit = off,
+    which the position query cannot see) is still read back: its position is past the commit
+    record, not merely past what was flushed (break12: the flushed position, which the replica
+    had already replayed, sent the read to a replica without the row)."""
+    primary, replica = pair
+    row = primary.execute("select current_database()")
+    dbname = str(row[0]) if row else "postgres"
+    primary.execute(f'alter database "{dbname}" set synchronous_commit = on')
+    main, replicas = pools(primary, replica.dsn)
+    try:
+        await _read_back_async_commits(main, replicas, replica, table)
+    finally:
+        primary.execute(f'alter database "{dbname}" reset synchronous_commit')
+
+
+async def _read_back_async_commits(
+    main: dbr.AsyncPool, replicas: list[dbr.AsyncPool], replica: TemporaryReplica, table: str
+) -> None:
+    async with dbr.AsyncReadRouter(main, replicas, max_lag=60, check_interval=60) as router:
+        assert await main.fetchone("show synchronous_commit") == ("on",)
+        query = f"select count(*) from {table} where k = %s"
+        for n in range(20):
+            replica.wait_caught_up()
+            await router.check()  # the replica has everything flushed so far
+
+            async def write(conn: dbr.AsyncPoolConnection, k: str = f"async-{n}") -> None:
+                await conn.execute("set local synchronous_commit = off")
+                await conn.execute(f"insert into {table} values (%s)", (k,))
+
+            session = router.session()
+            await session.transaction(write)
+            assert await session.fetchone(query, (f"async-{n}",)) == (1,), n

@@ -36,13 +36,11 @@ __all__ = [
     "lsn",
 ]
 
-#: the primary's WAL position that covers every commit acknowledged so far: the flushed position
-#: when commits wait for their flush, else the insert position (an asynchronous commit may still
-#: be in the WAL buffers)
-PRIMARY_POSITION = (
-    "select case when current_setting('synchronous_commit') = 'off' "
-    "then pg_current_wal_insert_lsn() else pg_current_wal_flush_lsn() end::text"
-)
+#: the primary's WAL position that covers every commit acknowledged so far: the insert position.
+#: Not the flushed one, even where ``synchronous_commit`` is on: a transaction may have said
+#: ``SET LOCAL synchronous_commit = off`` (invisible to this query), and its commit, acknowledged
+#: before its flush, lies past the flushed position a replica may already have replayed
+PRIMARY_POSITION = "select pg_current_wal_insert_lsn()::text"
 #: the monitor's question to the primary: what a replica can have received by now
 PRIMARY_FLUSHED = "select pg_current_wal_flush_lsn()::text"
 #: the monitor's question to a replica
