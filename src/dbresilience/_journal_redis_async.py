@@ -147,6 +147,10 @@ class AsyncStreamJournal:
         self._client: Any = None
         self._append: Any = None
         self._holding = False  # this instance holds the drain lease
+        # (monotonic) when that lease may have expired in Redis: it was set or renewed after
+        # the renewal was sent. A process frozen past it (SIGSTOP, a suspended VM, a long
+        # pause) may run its worker before its lease keeper: it must not read or commit then
+        self._held_until = 0.0
         self._claim_from: str | None = None  # XAUTOCLAIM cursor after taking the lease
         self._group_ready = False
         self._ids: dict[int, bytes] = {}  # local seq -> entry id, for the batch in flight
@@ -396,15 +400,23 @@ class AsyncStreamJournal:
         ttl_ms = max(1, int(self.lease_ttl * 1000))
         while not self._closing:
             try:
+                asked = time.monotonic()
                 got = await self._client.eval(LEASE, 1, self.lease_key, self.consumer, ttl_ms)
                 if got == 2:
                     self._claim_from = "0-0"  # first, what the previous holder left pending
                 self._holding = got != 0
+                self._held_until = asked + self.lease_ttl
             except aredis.RedisError:
                 self._holding = False
             # its own signal (closing only): the sender's, notified on every append, would
             # keep the lease from being renewed while writes flow
             await self._stop.wait(self._stop.count, self.lease_ttl / 3)
+
+    def holds_lease(self) -> bool:
+        """Whether this instance holds the drain lease now, by its own clock: renewed less
+        than ``lease_ttl`` ago (a renewal that has not run since, whatever held it up, says
+        no: another instance may drain by now)."""
+        return self._holding and time.monotonic() < self._held_until
 
     async def receive_batch(self, limit: int, gather: float) -> list[Record]:
         """A batch to apply: up to *limit* writes, in stream order: what arrives within
@@ -429,7 +441,7 @@ class AsyncStreamJournal:
     async def receive(self, limit: int, wait: float) -> list[Record]:
         """Up to *limit* writes to apply, in stream order, waiting up to *wait* seconds for
         one; empty when this instance does not hold the lease or Redis does not answer."""
-        if not self._holding:
+        if not self.holds_lease():
             await asleep(min(wait, self.lease_ttl / 3) if wait > 0 else 0)
             return []
         try:
@@ -459,7 +471,12 @@ class AsyncStreamJournal:
                 entries = [e for e in entries if e is not None]
                 self.counters["claimed"] += len(entries)
             else:
-                block = max(1, int(min(wait, 1.0) * 1000))
+                # the read ends before the lease may: an entry delivered to a consumer that no
+                # longer holds the lease is pending with it, out of the next holder's claim
+                held = self._held_until - time.monotonic() - min(0.05, self.lease_ttl / 10)
+                if held < 0.002:
+                    return []
+                block = max(1, int(min(wait, 1.0, held) * 1000))
                 reply = await self._client.xreadgroup(
                     GROUP, self.consumer, {self.key: ">"}, count=limit, block=block
                 )

@@ -153,6 +153,7 @@ class WriteQueue(QueueBase):
         self._wakeup = Signal()  # the worker waits on it: a due batch, a flush, closing
         self._progress = Signal()  # flush() waits on it: a batch committed or set aside
         self._worker: Worker | None = None
+        self._lease_lapsed = False  # the stream's lease lapsed with the batch in hand
         if shared:
             from dbresilience._journal_redis import StreamJournal
             from dbresilience._journal_redis_base import check_stream_url
@@ -352,8 +353,18 @@ class WriteQueue(QueueBase):
                     self._buffer.append(record)
                     self._submitted_at[record.seq] = now
                 self.counters["received"] += len(batch)
+            self._lease_lapsed = False
             if not self._process(batch):
                 return
+            if self._lease_lapsed:  # the rest of the batch is the lease holder's now
+                with self._cond:
+                    left = len(self._buffer)
+                    self._buffer.clear()
+                    self._submitted_at.clear()
+                self._stream.reclaim()
+                logger.warning(
+                    "write queue: the drain lease lapsed; %d writes left to its new holder", left
+                )
 
     def _process(self, batch: list[Record]) -> bool:
         """Commit *batch*: retry what says nothing about the writes, bisect to set aside a write
@@ -362,6 +373,13 @@ class WriteQueue(QueueBase):
         delay = 0.05
         timeouts = 0
         while True:
+            if self._lease_lapsed or (
+                self._stream is not None and (not self._stream.holds_lease())
+            ):
+                # another instance may hold the stream's lease and have claimed this batch:
+                # committing it too would apply an unkeyed write twice, a keyed one out of order
+                self._lease_lapsed = True
+                return True
             started = time.monotonic()
             try:
                 written, duplicates, reused = self._attempt(batch)

@@ -1,0 +1,137 @@
+"""Attacks on the write queue's Redis stream journal (#16): a lease holder that stops running
+past its lease (SIGSTOP, a long GC pause, a suspended VM) must not read the stream when it runs
+again, while another instance drains."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+import dbresilience as dbr
+from dbresilience._journal import Record
+from dbresilience._journal_redis_async import AsyncStreamJournal
+from dbresilience._journal_redis_base import stream_keys
+from dbresilience.faults import FaultProxy
+
+from .queue_support import Ident, insert, rows
+
+
+@pytest.fixture
+def table(pg_dsn: str, table_name: str) -> Ident:
+    """A table (k int, v text) on the shared server, dropped after (with its ledger)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create table {} (k int, v text)").format(Ident(table_name)))
+    return Ident(table_name)
+
+
+def _journal(url: str, stream: str, ttl: float) -> AsyncStreamJournal:
+    return AsyncStreamJournal(
+        url,
+        stream=stream,
+        max_len=1000,
+        max_buffer=1000,
+        lease_ttl=ttl,
+        on_full="raise",
+        block_timeout=1.0,
+        drain=True,
+    )
+
+
+def test_a_holder_whose_lease_expired_while_it_was_frozen_reads_nothing(redis_url: str) -> None:
+    """The holder's lease keeper has not run since its lease expired in Redis (the process was
+    frozen; once thawed its worker may run first): another instance holds the lease now, and
+    the thawed one must not take entries from the stream (two drainers: per-key order lost)."""
+    stream = f"dbr-attack-{uuid.uuid4().hex[:10]}"
+    ttl = 0.4
+
+    async def run() -> list[Record]:
+        a = await _journal(redis_url, stream, ttl).open()
+        b = _journal(redis_url, stream, ttl)
+        try:
+            deadline = time.monotonic() + 5
+            while not a.stats()["stream_draining"]:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            assert await a.receive(10, 0.01) == []  # makes the group; nothing yet
+            a._workers[1].cancel()  # a's lease keeper stops running: "frozen"
+            await asyncio.sleep(ttl + 0.2)  # a's lease expired in Redis
+            await b.open()
+            deadline = time.monotonic() + 5
+            while not b.stats()["stream_draining"]:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            b.append(Record(1, "select 1", [], "k"))
+            assert await b.flushed(time.monotonic() + 5, drained=False)
+            return await a.receive(10, 0.05)  # "thawed": the worker runs before the keeper
+            return await a.receive(10, 0.05)  # "thawed": the worker runs before the keeper
+        finally:
+            await a.aclose(1.0)
+            await b.aclose(1.0)
+
+    try:
+        assert asyncio.run(run()) == []
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        client.delete(*stream_keys(stream))
+        client.close()
+
+
+def test_a_drainer_that_lost_its_lease_mid_retry_does_not_commit_the_batch_again(
+    pg_dsn: str,
+    redis_url: str,
+    table: Ident,
+    table_name: str,
+    pg_proxy: tuple[FaultProxy, str],
+) -> None:
+    """Instance A holds the lease and retries a batch its database connection cannot take; its
+    lease lapses (its keeper stalled); B takes the lease over, claims the batch and commits
+    it. When A's database comes back, A must not commit that batch too (an unkeyed write
+    applied twice, a keyed one out of order): it leaves the batch to the lease holder."""
+    proxy, proxied = pg_proxy
+    stream = f"dbr-attack-{uuid.uuid4().hex[:10]}"
+    ttl = 0.5
+
+    async def wait_for(check: Callable[[], bool], within: float) -> None:
+        deadline = time.monotonic() + within
+        while not check():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+
+    async def run() -> None:
+        options = {"journal": redis_url, "stream": stream, "lease_ttl": ttl}
+        ledger = f"{table_name}_ledger"
+        async with (
+            dbr.AsyncPool(proxied, min_size=0, breaker=None, connect_timeout=0.5) as pool_a,
+            dbr.AsyncWriteQueue(pool_a, ledger_table=ledger, **options) as a,  # type: ignore[arg-type]
+        ):
+            journal_a = a._stream
+            assert journal_a is not None
+            await wait_for(lambda: bool(journal_a.stats()["stream_draining"]), 5)
+            proxy.down()
+            a.submit(insert(table), (1, "x"))
+            await wait_for(lambda: a.stats()["retried"] >= 1, 5)
+            journal_a._workers[1].cancel()  # A's lease keeper stalls: the lease lapses
+            await asyncio.sleep(ttl + 0.1)
+            async with (
+                dbr.AsyncPool(pg_dsn, min_size=1) as pool_b,
+                dbr.AsyncWriteQueue(pool_b, ledger_table=ledger, **options) as b,  # type: ignore[arg-type]
+            ):
+                await wait_for(lambda: b.stats()["written"] >= 1, 10)
+                proxy.restore()
+                await asyncio.sleep(2.5)  # A's backoff is at most 2 s
+            assert a.stats()["written"] == 0
+
+    try:
+        asyncio.run(run())
+        assert rows(pg_dsn, table) == 1
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        client.delete(*stream_keys(stream))
+        client.close()
