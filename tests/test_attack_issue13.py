@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from decimal import Decimal
 
 import psycopg
 import pytest
+import redis
 
 import dbresilience as dbr
 from dbresilience.faults import FaultProxy
@@ -63,3 +66,69 @@ async def test_a_callers_os_error_in_an_async_block_keeps_the_pool(pg_dsn: str) 
         with pytest.raises(ConnectionRefusedError):
             await smtp_down_in_a_block()
         assert pool.stats()["generation"] == 0
+
+
+# --- the cache: a value changed by the caller who got it ------------------------------------
+#
+# The memory tier handed every caller the very object it kept (the loader's own): a caller
+# that changed the dict it got (``row["credits"] -= 5``) changed the cached value for every
+# later hit in this process, while Redis and the other instances kept the old one.
+
+
+def _poisoned(key: object) -> object:
+    raise AssertionError(f"loader ran again for {key!r}")
+
+
+def test_a_value_changed_by_its_caller_is_not_changed_in_memory() -> None:
+    with dbr.CredentialCache(None, ttl=60, stale_ttl=60) as cache:
+        row = {"credits": Decimal("10"), "tags": ["a"], "seen": (1, [2])}
+        got = cache.get_or_load(1, lambda: row)
+        assert got is row  # the loader's own value to its caller
+        row["credits"] -= 5
+        row["tags"].append("b")
+        row["seen"][1].append(3)
+        hit = cache.get_or_load(1, lambda: _poisoned(1))
+        assert hit == {"credits": Decimal("10"), "tags": ["a"], "seen": (1, [2])}
+        hit["tags"].clear()
+        assert cache.get_or_load(1, lambda: _poisoned(1))["tags"] == ["a"]
+        # immutable values (a tuple row of scalars) are shared as they are: nothing to copy
+        frozen = (1, "x", Decimal("2.5"), (3,))
+        assert cache.get_or_load(2, lambda: frozen) is frozen
+        assert cache.get_or_load(2, lambda: _poisoned(2)) is frozen
+
+
+def test_memory_and_redis_agree_after_a_caller_changes_its_value(
+    redis_url: str,
+) -> None:
+    namespace = f"break13-{uuid.uuid4().hex[:8]}"
+    with (
+        dbr.CredentialCache(redis_url, namespace=namespace) as a,
+        dbr.CredentialCache(redis_url, namespace=namespace) as b,
+    ):
+        got = a.get_or_load("u", lambda: {"credits": 10})
+        got["credits"] = 0
+        from_b = b.get_or_load("u", lambda: _poisoned("u"))  # a Redis hit
+        from_b["credits"] = -1
+        assert a.get_or_load("u", lambda: _poisoned("u")) == {"credits": 10}
+        assert b.get_or_load("u", lambda: _poisoned("u")) == {"credits": 10}
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{namespace}:*"):
+        client.delete(key)
+    client.close()
+
+
+async def test_callers_waiting_on_one_load_each_get_their_own_value() -> None:
+    async with dbr.AsyncCredentialCache(None) as cache:
+        release = asyncio.Event()
+
+        async def slow() -> dict[str, list[int]]:
+            await release.wait()
+            return {"ids": [1]}
+
+        tasks = [asyncio.create_task(cache.get_or_load("k", slow)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        release.set()
+        first, second, third = await asyncio.gather(*tasks)
+        first["ids"].append(2)
+        assert second == third == {"ids": [1]}
+        assert second is not third

@@ -24,6 +24,7 @@ from dbresilience._cache_base import (
     SET_IF_VERSION,
     CacheBase,
     Entry,
+    Packed,
     memory_key,
 )
 from dbresilience._classify import classify
@@ -204,10 +205,13 @@ class CredentialCache(CacheBase):
             if _instrument.hooks:
                 tier = "negative" if entry.value is NOT_FOUND else "memory"
                 _instrument.emit(_instrument.CacheHit(self.namespace, tier))
-            if entry.value is NOT_FOUND:
+            value = entry.value
+            if value is NOT_FOUND:
                 self.counters["negative_hits"] += 1
                 return cast(T, None)  # only a loader that returned None leaves this entry
-            return entry.value  # type: ignore[no-any-return]
+            if type(value) is Packed:  # a dict, a list …: the caller's own copy
+                return self._loads(value)  # type: ignore[no-any-return]
+            return value  # type: ignore[no-any-return]
         if self._state is ResourceState.UNOPENED:
             self._start()
         version = b""
@@ -242,13 +246,13 @@ class CredentialCache(CacheBase):
                 flight.done = Event()
             since = self._since()
         if not leader:
-            return self._public(flight.wait())
+            return self._public(self._copy(flight.wait()))
         lease = None
         try:
             if self.lease:
                 found, shared, lease = self._lease_or_wait(k, since)
                 if found:
-                    flight.result = shared
+                    flight.result = self._kept(shared)
                     return self._public(shared)
             started = _monotonic()
             try:
@@ -265,7 +269,7 @@ class CredentialCache(CacheBase):
                         _instrument.CacheStaleServed(self.namespace, classify(exc).code)
                     )
                 flight.result = old
-                return self._public(old)
+                return self._public(self._copy(old))
             self.counters["loads"] += 1
             if _instrument.hooks:
                 self._loaded(started, None)
@@ -273,9 +277,8 @@ class CredentialCache(CacheBase):
             # refuses): a value the serializer cannot give back as it is is the caller's
             # TypeError, neither kept nor shared. Encoded once, on the load: a hit never pays.
             payload = self._encode(k, value)
-            self._remember(k, value, since)
+            flight.result = self._remember(k, value, since)
             self._share(k, value, payload, version)
-            flight.result = value
             return self._public(value)
         except BaseException as exc:
             flight.error = exc

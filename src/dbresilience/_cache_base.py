@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import collections
 import hmac
+import ipaddress
 import random
 import threading
 import time
 import urllib.parse
-from datetime import timedelta
+import uuid
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from dbresilience._classify import classify
@@ -30,7 +34,7 @@ from dbresilience._validate import (
     str_or_none,
 )
 
-__all__ = ["CacheBase", "Entry", "escape_key", "memory_key", "unescape_key"]
+__all__ = ["CacheBase", "Entry", "Packed", "escape_key", "memory_key", "unescape_key"]
 
 #: the key scheme (``{namespace}:v1:{key}``); the value format is in the value itself, so that
 #: every version of the library deletes the same key on invalidation
@@ -61,6 +65,47 @@ def escape_key(key: str | int) -> str:
     if k.isascii() and k.isalnum():  # nothing to encode (user ids): a fifth of quote()'s cost
         return k
     return urllib.parse.quote(k, safe="")
+
+
+class Packed(bytes):
+    """A value that can be changed in place (a ``list``, a ``dict`` …), kept in memory as its
+    serializer's bytes: every hit decodes its own copy, so a caller that changes what it got
+    changes nothing that a later caller (or Redis, or another instance) sees."""
+
+    __slots__ = ()
+
+
+#: values nobody can change in place: kept and handed out as they are
+_FROZEN = frozenset(
+    {
+        str,
+        int,
+        float,
+        bool,
+        type(None),
+        bytes,
+        Decimal,
+        datetime,
+        date,
+        dtime,
+        timedelta,
+        uuid.UUID,
+        ipaddress.IPv4Address,
+        ipaddress.IPv6Address,
+        ipaddress.IPv4Network,
+        ipaddress.IPv6Network,
+        ipaddress.IPv4Interface,
+        ipaddress.IPv6Interface,
+    }
+)
+
+
+def _frozen(value: Any, depth: int = 0) -> bool:
+    """Whether *value* cannot be changed in place (a tuple of such values included)."""
+    t = type(value)
+    if t in _FROZEN:
+        return True
+    return t is tuple and depth < 16 and all(_frozen(item, depth + 1) for item in value)
 
 
 class Entry(NamedTuple):
@@ -252,21 +297,38 @@ class CacheBase(Lifecycle):
         """A token for :meth:`_remember`, taken before a value is read (loaded or fetched)."""
         return self._tick
 
-    def _remember(self, key: str, value: Any, since: int) -> None:
+    def _kept(self, value: Any) -> Any:
+        """*value* as memory keeps it: as it is when nobody can change it in place (a tuple
+        row of scalars, a ``Decimal`` …), else as its serializer's bytes (:class:`Packed`)."""
+        if value is NOT_FOUND or _frozen(value):
+            return value
+        try:
+            return Packed(self._dumps(value))
+        except Exception:  # a custom serializer that cannot: shared as before
+            return value
+
+    def _copy(self, kept: Any) -> Any:
+        """A caller's own copy of what :meth:`_kept` returned."""
+        return self._loads(kept) if type(kept) is Packed else kept
+
+    def _remember(self, key: str, value: Any, since: int) -> Any:
         """Keep *value* in memory unless an invalidation of *key* (or a flush) arrived after
         *since* was taken: a slow load, or a Redis hit whose key was invalidated between the
-        GET and here, must not put back a value that is no longer valid."""
+        GET and here, must not put back a value that is no longer valid. Returns the kept form
+        (:meth:`_kept`), for callers waiting on the same load."""
         now = time.monotonic()
         fresh = now + self._ttl_for(value)
-        entry = Entry(value, fresh, fresh + self.stale_ttl)
+        kept = self._kept(value)
+        entry = Entry(kept, fresh, fresh + self.stale_ttl)
         memory = self._memory
         with self._lock:
             if self._generation.get(key, self._floor) > since:
-                return
+                return kept
             memory[key] = entry
             memory.move_to_end(key)
             if len(memory) > self.maxsize:
                 memory.popitem(last=False)
+        return kept
 
     def _lookup(self, key: str) -> Entry | None:
         """The memory entry for *key*, fresh or stale (within ``stale_ttl``), or None."""
@@ -295,7 +357,8 @@ class CacheBase(Lifecycle):
         self.counters["flushes"] += 1
 
     def _stale_value(self, entry: Entry | None, exc: BaseException) -> tuple[bool, Any]:
-        """A stale value to serve when the loader failed transiently, within ``stale_ttl``."""
+        """A stale value to serve when the loader failed transiently, within ``stale_ttl``
+        (in its kept form: :meth:`_copy` it for each caller)."""
         if entry is None or not self.stale_ttl or not classify(exc).transient:
             return False, None
         if time.monotonic() > entry.stale_until:
