@@ -147,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
         "cuts it off through a proxy",
     )
     demo.add_argument(
+        "--plot",
+        metavar="FILE",
+        default=None,
+        help="also write the report's picture (fault schedule, ok %% and p99 over time) to FILE "
+        "as a PNG; needs matplotlib (pip install matplotlib), else only the text picture",
+    )
+    demo.add_argument(
         "--yes-break-this-database",
         action="store_true",
         help="confirm that the database given by --dsn may be written to and have its "
@@ -248,7 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "starts its own throwaway servers)"
             )
         return run_demo(
-            profile=args.profile, dsn=args.dsn, break_this_database=args.yes_break_this_database
+            profile=args.profile,
+            dsn=args.dsn,
+            break_this_database=args.yes_break_this_database,
+            picture=args.plot,
         )
     if args.command == "queue":
         try:

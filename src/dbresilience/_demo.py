@@ -311,11 +311,20 @@ def _spark(values: list[float | None], top: float) -> str:
     return "".join(chars)
 
 
-def timeline(run: Run, columns: int = 48) -> list[str]:
-    """A text picture of *run*: the fault schedule (one digit per phase, with a legend) over
-    time, against ok % and p99 latency in each time slice."""
-    if not run.samples:
-        return [f"{run.name}: no requests"]
+@dataclass
+class Series:
+    """*run*'s requests cut into time slices by start: ok % and p99 ms per slice (``None``
+    where no request started)."""
+
+    origin: float
+    end: float  # seconds after origin of the last request's start
+    width: float  # seconds per slice
+    ok_pct: list[float | None]
+    p99: list[float | None]
+
+
+def series(run: Run, columns: int) -> Series:
+    """*run*'s samples (at least one) in *columns* slices."""
     origin = min([at for at, _ in run.phases] + [at for at, _, _ in run.samples])
     end = max(at for at, _, _ in run.samples) - origin
     width = max(end, 1e-9) / columns
@@ -332,6 +341,16 @@ def timeline(run: Run, columns: int = 48) -> list[str]:
         ok_pct.append(100.0 * sum(ok for _, ok in cell) / len(cell))
         latencies = sorted(ms for ms, _ in cell)
         p99.append(latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)])
+    return Series(origin, end, width, ok_pct, p99)
+
+
+def timeline(run: Run, columns: int = 48) -> list[str]:
+    """A text picture of *run*: the fault schedule (one digit per phase, with a legend) over
+    time, against ok % and p99 latency in each time slice."""
+    if not run.samples:
+        return [f"{run.name}: no requests"]
+    cut = series(run, columns)
+    origin, end, width, ok_pct, p99 = cut.origin, cut.end, cut.width, cut.ok_pct, cut.p99
     schedule = []
     for i in range(columns):
         at = origin + (i + 0.5) * width
@@ -346,6 +365,50 @@ def timeline(run: Run, columns: int = 48) -> list[str]:
         f"  ok %    |{_spark(ok_pct, 100.0)}|  0-100 %",
         f"  p99 ms  |{_spark(p99, worst)}|  0-{worst:.0f} ms",
     ]
+
+
+def plot(runs: list[Run], path: str | os.PathLike[str], columns: int = 120) -> bool:
+    """The picture as a PNG at *path*: for each run, ok % and p99 ms per time slice with the
+    fault phases shaded and named. False (and nothing written) without matplotlib, which the
+    demo does not install (``pip install matplotlib``, about 40 MB with numpy)."""
+    try:
+        import matplotlib as mpl
+    except ImportError:
+        return False
+    mpl.use("Agg")  # a file, never a window
+    import matplotlib.pyplot as plt
+
+    shown = [run for run in runs if run.samples]
+    fig, axes = plt.subplots(
+        len(shown) or 1, 1, figsize=(10, 3.2 * max(1, len(shown))), squeeze=False
+    )
+    for ax, run in zip(axes[:, 0], shown, strict=False):
+        cut = series(run, columns)
+        times = [(i + 0.5) * cut.width for i in range(columns)]
+        end = cut.end
+        for i, (starts, label) in enumerate(run.phases):
+            stop = run.phases[i + 1][0] - cut.origin if i + 1 < len(run.phases) else end
+            begin = starts - cut.origin
+            ax.axvspan(begin, stop, color=f"C{i % 10}", alpha=0.12, linewidth=0)
+            ax.text(begin, 107, label, fontsize=7, va="bottom", rotation=20)
+        ok = [math.nan if v is None else v for v in cut.ok_pct]
+        ax.plot(times, ok, color="tab:green", label="ok %")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("ok %")
+        ax.set_xlabel("seconds")
+        ax.set_title(run.name, loc="left", fontsize=10, pad=24)
+        latency = ax.twinx()
+        latency.plot(
+            times, [math.nan if v is None else v for v in cut.p99], color="tab:red", label="p99"
+        )
+        latency.set_ylabel("p99 ms")
+        latency.set_ylim(bottom=0)
+        lines = ax.get_lines() + latency.get_lines()
+        ax.legend(lines, [str(line.get_label()) for line in lines], loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+    return True
 
 
 def _report(runs: list[Run], out: Callable[[str], None]) -> None:
@@ -372,7 +435,12 @@ def _report(runs: list[Run], out: Callable[[str], None]) -> None:
             out(line)
 
 
-async def _main(dsn: str | None, profile: Profile, out: Callable[[str], None]) -> int:
+async def _main(
+    dsn: str | None,
+    profile: Profile,
+    out: Callable[[str], None],
+    picture: str | os.PathLike[str] | None = None,
+) -> int:
     out("dbresilience demo: the interview service under real faults\n")
     with _world(dsn, out) as world:
         users = _seed(world.admin_dsn, profile.users)
@@ -395,6 +463,8 @@ async def _main(dsn: str | None, profile: Profile, out: Callable[[str], None]) -
             await asyncio.to_thread(_count, world, run)
             runs.append(run)
         _report(runs, out)
+        if picture is not None:
+            _write_picture(runs, picture, out)
         ours = runs[-1]
         out("")
         if ours.lost or ours.doubled:
@@ -409,19 +479,31 @@ async def _main(dsn: str | None, profile: Profile, out: Callable[[str], None]) -
         return 0
 
 
+def _write_picture(
+    runs: list[Run], path: str | os.PathLike[str], out: Callable[[str], None]
+) -> None:
+    """The PNG at *path*, or a line saying why only the text picture above was made."""
+    if plot(runs, path):
+        out(f"\n  picture: {os.fspath(path)} (PNG)")
+    else:
+        out("\n  no PNG: matplotlib is not installed (pip install matplotlib); the text above")
+
+
 def run_demo(
     *,
     profile: str = "default",
     dsn: str | None = None,
     break_this_database: bool = False,
     out: Callable[[str], None] = print,
+    picture: str | os.PathLike[str] | None = None,
 ) -> int:
     """Run the demo; 0 when dbresilience lost and doubled nothing, 1 otherwise.
 
     Without *dsn* it uses only servers it starts itself (``$DATABASE_URL`` is ignored). A *dsn*
     is used only with ``break_this_database=True``: the demo creates tables and rows there and
     terminates that database's client backends; otherwise it raises ``ValueError`` and touches
-    nothing.
+    nothing. With *picture*, the report's picture is also written there as a PNG when
+    matplotlib is installed (the text picture is printed either way).
     """
     one_of("profile", profile, PROFILES)
     if dsn is not None and not break_this_database:
@@ -434,4 +516,4 @@ def run_demo(
         raise SystemExit("the demo needs a POSIX system")
     if dsn is None and os.environ.get("DATABASE_URL"):
         out("  (DATABASE_URL is set and ignored: the demo breaks only what it starts)")
-    return asyncio.run(_main(dsn, PROFILES[profile], out))
+    return asyncio.run(_main(dsn, PROFILES[profile], out, picture))
