@@ -9,6 +9,7 @@ pooled connection on every request).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from decimal import Decimal
@@ -16,8 +17,10 @@ from decimal import Decimal
 import psycopg
 import pytest
 import redis
+import tenacity
 
 import dbresilience as dbr
+from dbresilience import tenacity as dbr_tenacity
 from dbresilience.faults import FaultProxy
 
 
@@ -132,3 +135,36 @@ async def test_callers_waiting_on_one_load_each_get_their_own_value() -> None:
         first["ids"].append(2)
         assert second == third == {"ids": [1]}
         assert second is not third
+
+
+# --- tenacity: a fallback wait that is not a number a sleep takes -----------------------------
+#
+# wait_retry_after promised "never more than max seconds", but passed its fallback's NaN or
+# negative wait straight to tenacity, whose time.sleep raises ValueError for both.
+
+
+@pytest.mark.parametrize(
+    ("fallback", "expected"),
+    [(math.nan, 1.0), (-5.0, 0.0), (math.inf, 60.0), (-math.inf, 0.0)],
+    ids=str,
+)
+def test_wait_retry_after_bounds_what_its_fallback_says(fallback: float, expected: float) -> None:
+    answers = iter([None, ConnectionRefusedError("database restarting"), "ok"])
+
+    def flaky() -> str | None:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer  # retryable, classified retry_after 1 s
+        return answer
+
+    slept: list[float] = []
+    retrying = tenacity.Retrying(
+        retry=dbr_tenacity.retry_if_transient | tenacity.retry_if_result(lambda r: r is None),
+        wait=dbr_tenacity.wait_retry_after(lambda state: fallback),
+        stop=tenacity.stop_after_attempt(3),
+        sleep=slept.append,
+        reraise=True,
+    )
+    assert retrying(flaky) == "ok"
+    assert slept == [expected, max(expected, 1.0)]
+    assert all(0.0 <= s <= 60.0 for s in slept)

@@ -91,7 +91,9 @@ class wait_retry_after(wait_base):  # noqa: N801 - tenacity's naming, for its us
     header), or *fallback*'s wait when that is longer, and never more than *max* seconds.
 
     A failure with no ``retry_after`` (or a result that tenacity retries) waits *fallback*'s
-    time (0 without one). ``TypeError``/``ValueError`` for a bad *fallback* or *max*.
+    time (0 without one); a fallback's negative wait is 0 and its NaN 1 s, so the sleep
+    always gets a number in ``[0, max]``. ``TypeError``/``ValueError`` for a bad *fallback*
+    or *max*.
     """
 
     def __init__(self, fallback: wait_base | None = None, *, max: float = 60.0) -> None:
@@ -102,7 +104,9 @@ class wait_retry_after(wait_base):  # noqa: N801 - tenacity's naming, for its us
 
     def __call__(self, retry_state: RetryCallState) -> float:
         """Seconds to sleep before the next attempt."""
-        wait = float(self.fallback(retry_state)) if self.fallback is not None else 0.0
+        # bounded like a retry-after: a fallback's NaN or negative wait would make
+        # time.sleep raise (NaN counts as no answer: 1 s), infinity waits max
+        wait = bounded_wait(self.fallback(retry_state)) if self.fallback is not None else 0.0
         c = _classification(retry_state)
         if c is not None and c.retry_after is not None:
             wait = max(wait, bounded_wait(c.retry_after))
