@@ -547,3 +547,40 @@ def test_a_real_fault_logs_no_password_and_no_user(pg_cluster: Any) -> None:
         text = formatter.format(record) + repr(record.args) + repr(record.__dict__)
         assert_hidden(text, f"a log record of {record.name}")
         assert PLANTED_USER not in text, f"the user shows in a record of {record.name}: {text}"
+
+
+def test_conninfo_redactor_rewrites_only_what_shows_a_connection() -> None:
+    """The filter on psycopg's loggers: a connection summary, a server's ``for user "…"``, a
+    password pair and URL credentials are rewritten out; any other record (odd arguments
+    included) passes with its message and arguments untouched; nothing is ever dropped."""
+    from dbresilience._logsummary import ConninfoRedactor
+
+    redactor = ConninfoRedactor()
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("psycopg", logging.WARNING, __file__, 1, msg, args, None)
+
+    class Shows:
+        def __repr__(self) -> str:
+            return f"<psycopg.Pipeline [IDLE] (host=db.internal port=6432 user={PLANTED_USER} database=app) at 0x1>"
+
+    for leaky in (
+        record("error ignored terminating %r: %s", Shows(), "boom"),
+        record(
+            "connection failed: %s",
+            f'FATAL:  password authentication failed for user "{PLANTED_USER}"',
+        ),
+        record("connecting with %s", f"host=db password={PW}"),
+        record("connecting to %s", f"postgresql://{PLANTED_USER}:{PW}@db/app"),
+    ):
+        assert redactor.filter(leaky)
+        shown = leaky.getMessage()
+        assert PLANTED_USER not in shown
+        assert "db.internal" not in shown
+        assert_hidden(shown, "a redacted record")
+    plain = record("pool %r is ready to use (%d%%)", "main", 5)
+    assert redactor.filter(plain)
+    assert (plain.msg, plain.args) == ("pool %r is ready to use (%d%%)", ("main", 5))
+    odd = record("%s %s", "only one")  # a record whose arguments do not fit: left as it is
+    assert redactor.filter(odd)
+    assert odd.args == ("only one",)
