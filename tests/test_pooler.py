@@ -670,3 +670,20 @@ def test_keywords_inside_literals_and_comments_are_not_refused(query: str) -> No
     """Keywords inside string literals, dollar quotes, quoted names and comments, and
     set_config(..., true), are not session state."""
     assert session_state_use(query) is None, query
+
+
+def test_a_temporary_table_dropped_at_commit_is_allowed_in_a_transaction(tx_dsn: str) -> None:
+    """CREATE TEMP TABLE … ON COMMIT DROP ends with its transaction, like SET LOCAL: it passes
+    in transaction(); another temp table in the same text is still refused (break12: refused)."""
+    with dbr.Pool(tx_dsn, pooler="transaction", min_size=1, max_size=1) as pool:
+        scratch = "create temp table dbr_scratch (a int) on commit drop"
+
+        def body(conn: psycopg.Connection[Any]) -> object:
+            conn.execute(scratch)
+            conn.execute("insert into dbr_scratch values (1), (2)")
+            row = conn.execute("select count(*) from dbr_scratch").fetchone()
+            return row[0] if row else None
+
+        assert pool.transaction(body) == 2
+        assert session_state_use(f"{scratch}; create temp table dbr_kept (a int)") is not None
+        assert session_state_use("create temp table t (a int); select 'on commit drop'") is not None

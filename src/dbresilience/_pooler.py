@@ -143,12 +143,24 @@ def _session_set_config(code: str) -> bool:
     return False
 
 
+_ON_COMMIT_DROP = re.compile(r"\bon\s+commit\s+drop\b", re.IGNORECASE)
+
+
+def _dropped_at_commit(code: str, match: re.Match[str]) -> bool:
+    """True for ``CREATE TEMP TABLE … ON COMMIT DROP``: it ends with its transaction."""
+    if match.lastgroup != "temp" or not match.group().lower().startswith("create"):
+        return False
+    end = code.find(";", match.end())
+    return _ON_COMMIT_DROP.search(code, match.end(), end if end >= 0 else len(code)) is not None
+
+
 def session_state_use(text: str) -> str | None:
     """What session state the SQL *text* relies on (a sentence naming it), or ``None``.
 
     LISTEN, session advisory locks, temporary tables, session-wide ``SET`` (also
     ``set_config(..., false)`` and ``UPDATE pg_settings``), ``PREPARE`` and ``WITH HOLD``
-    cursors: in transaction mode each would land on whichever server connection the pooler
+    cursors (a temporary table ``ON COMMIT DROP`` is not: it ends with its transaction): in
+    transaction mode each would land on whichever server connection the pooler
     picked, and stay there for another client (or be gone at the next statement). Comments are
     skipped and literals ignored; a function that sets session state inside, or PL/pgSQL's
     ``EXECUTE`` of a string, is not seen. Results are remembered for the 4096 texts seen first.
@@ -157,7 +169,9 @@ def session_state_use(text: str) -> str | None:
     if found is not False:
         return found  # type: ignore[return-value]  # str | None once remembered
     code = _code_of(text)
-    match = _SESSION_STATE.search(code)
+    match = next(
+        (m for m in _SESSION_STATE.finditer(code) if not _dropped_at_commit(code, m)), None
+    )
     if match:
         what: str | None = _WHAT[match.lastgroup or "set"]
     elif "set_config" in code.lower() and _session_set_config(code):
