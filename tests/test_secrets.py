@@ -562,7 +562,8 @@ def test_conninfo_redactor_rewrites_only_what_shows_a_connection() -> None:
 
     class Shows:
         def __repr__(self) -> str:
-            return f"<psycopg.Pipeline [IDLE] (host=db.internal port=6432 user={PLANTED_USER} database=app) at 0x1>"
+            summary = f"host=db.internal port=6432 user={PLANTED_USER} database=app"
+            return f"<psycopg.Pipeline [IDLE] ({summary}) at 0x1>"
 
     for leaky in (
         record("error ignored terminating %r: %s", Shows(), "boom"),
