@@ -458,6 +458,29 @@ async def test_a_key_protects_one_statement_and_reuse_is_never_silent(
     assert "KeyReused" in seen[0].error
 
 
+async def test_a_fresh_key_twice_in_one_batch_is_applied_once(
+    pg_cluster: TemporaryPostgres, events: Ident
+) -> None:
+    """Every key of the batch is new to the ledger (the claim returns as many rows as keys),
+    but one key comes three times: once applied, once a duplicate, once reused; never all
+    three applied (the fast path that skips the per-write check must not take this batch)."""
+    seen: list[dbr.FailedWrite] = []
+    async with (
+        dbr.AsyncPool(pg_cluster.dsn, min_size=1) as pool,
+        dbr.AsyncWriteQueue(pool, on_failed=seen.append, flush_interval=5.0) as queue,
+    ):
+        for i in range(100):
+            queue.submit(insert(events), (i, "a"), key=f"fresh-{i}")
+        queue.submit(insert(events), (7, "a"), key="fresh-7")  # a retry within the batch
+        queue.submit(insert(events), (7, "b"), key="fresh-7")  # the key reused
+        assert await queue.flush(timeout=30)
+        stats = queue.stats()
+    assert rows(pg_cluster.dsn, events) == 100
+    assert (stats["written"], stats["duplicates"], stats["failed"]) == (100, 1, 1)
+    assert stats["batches"] == 1
+    assert [f.params for f in seen] == [[7, "b"]]
+
+
 async def test_batch_size_never_changes_what_is_stored(pg_cluster: TemporaryPostgres) -> None:
     """The same 100 writes, one per batch and all in one batch, store the same values and set
     aside the same writes: a bool into a text column, a float into numeric(6,2), an int into a

@@ -530,7 +530,12 @@ class AsyncWriteQueue(QueueBase):
         literals = (text_array(scopes), text_array(keys), text_array(digests))
         arrays = literals if None not in literals else (scopes, keys, digests)
         cur = await conn.execute(ledger.claim, arrays)
-        fresh = {(row[0], row[1]) for row in await cur.fetchall()}
+        rows = await cur.fetchall()
+        if len(rows) == len(claims) == len(batch) - list(map(_KEY, batch)).count(None):
+            # every key claimed, none twice in the batch: all of it is applied (the usual
+            # batch; what _dedupe would answer, without its 2-4 ms a 5,000-write batch)
+            return batch, 0, []
+        fresh = {(row[0], row[1]) for row in rows}
         applied: dict[tuple[str, str], str] = {}
         if len(fresh) < len(claims):
             taken = [ident for ident in claims if ident not in fresh]
