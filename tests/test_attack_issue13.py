@@ -14,13 +14,16 @@ import time
 import uuid
 from decimal import Decimal
 
+import httpx
 import psycopg
 import pytest
 import redis
 import tenacity
+from fastapi import FastAPI, Request
 
 import dbresilience as dbr
 from dbresilience import tenacity as dbr_tenacity
+from dbresilience import web
 from dbresilience.faults import FaultProxy
 
 
@@ -168,3 +171,38 @@ def test_wait_retry_after_bounds_what_its_fallback_says(fallback: float, expecte
     assert retrying(flaky) == "ok"
     assert slept == [expected, max(expected, 1.0)]
     assert all(0.0 <= s <= 60.0 for s in slept)
+
+
+# --- web: X-Request-ID sent twice -----------------------------------------------------------
+#
+# The middleware took the last value while the app (request.headers) reads the first: a proxy
+# that appends its own id per attempt replaced the client's idempotency key, silently.
+
+
+def _rid_app(**options: object) -> httpx.AsyncClient:
+    app = FastAPI()
+
+    @app.get("/rid")
+    async def rid(request: Request) -> dict[str, object]:
+        return {"rid": web.request_id(), "first": request.headers.get("x-request-id")}
+
+    web.install(app, **options)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app")
+
+
+async def test_a_request_id_sent_twice_with_different_values_is_not_one_of_them() -> None:
+    twice = [("X-Request-ID", "client-key-1"), ("X-Request-ID", "proxy-attempt-7")]
+    async with _rid_app() as client:
+        response = await client.get("/rid", headers=twice)
+        assert response.status_code == 400
+        assert response.json()["code"] == "INVALID_REQUEST_ID"
+        same = [("X-Request-ID", "client-key-1"), ("X-Request-ID", "client-key-1")]
+        response = await client.get("/rid", headers=same)
+        assert response.status_code == 200
+        assert response.json() == {"rid": "client-key-1", "first": "client-key-1"}
+        assert response.headers.get_list("x-request-id") == ["client-key-1"]
+    async with _rid_app(invalid_request_id="hash") as client:
+        ids = {(await client.get("/rid", headers=twice)).json()["rid"] for _ in range(2)}
+        (hashed,) = ids  # the same headers, the same id
+        assert hashed.startswith("sha256-")
+        assert hashed != (await client.get("/rid", headers=twice[:1])).json()["rid"]

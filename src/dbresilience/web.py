@@ -132,7 +132,13 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(self.header)
+        given = None
+        for name, value in scope.get("headers") or ():
+            if name == self.header:
+                # the header twice with different values (a proxy that appended its own): no
+                # one value is the client's, and the app (request.headers) reads the first
+                # while the last would be logged; invalid, not "the last one wins"
+                given = value if given is None or given == value else given + b"\n" + value
         if given is None:
             rid = f"req_{uuid.uuid4().hex[:12]}"
         else:
@@ -176,7 +182,8 @@ class RequestIdMiddleware:
 
 def _clean(value: str) -> str | None:
     """A client's request id as given, if it is safe in logs and headers: 1 to 128 visible
-    ASCII characters (spaces around it are dropped); ``None`` otherwise."""
+    ASCII characters (spaces around it are dropped); ``None`` otherwise (two different values
+    of a repeated header, joined by a newline, included)."""
     value = value.strip()
     if 0 < len(value) <= _MAX_REQUEST_ID and all("!" <= c <= "~" for c in value):
         return value
@@ -291,7 +298,8 @@ def install(
 
     *shape*: ``"dbresilience"`` (``{"code", "message", "request_id"}``) or ``"detail"``
     (FastAPI's ``{"detail": ...}`` around the same). *invalid_request_id*: what to do with an
-    ``X-Request-ID`` that is not 1 to 128 visible ASCII characters: ``"reject"`` it with 400, or
+    ``X-Request-ID`` that is not 1 to 128 visible ASCII characters (or is sent twice with
+    different values): ``"reject"`` it with 400, or
     ``"hash"`` it to ``sha256-<32 hex>`` (the same header always gives the same id). A client's
     id is never replaced by a random one: a retrying client's idempotency key would change.
     """
