@@ -5,6 +5,7 @@ again, while another instance drains."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -133,5 +134,91 @@ def test_a_drainer_that_lost_its_lease_mid_retry_does_not_commit_the_batch_again
         assert rows(pg_dsn, table) == 1
     finally:
         client = redis.Redis.from_url(redis_url)
+        client.delete(*stream_keys(stream))
+        client.close()
+
+
+def test_a_stream_deleted_under_the_drainer_is_said_and_garbage_at_the_lease_is_said(
+    pg_dsn: str,
+    redis_url: str,
+    table: Ident,
+    table_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stream deleted under a running drainer (someone's DEL, or Redis restarted without
+    persistence: what it held and had not applied is gone) is logged as an error, not made again
+    in silence; a value of the wrong type at the lease key (it cannot drain) is logged too; the
+    drainer goes on once the garbage is gone."""
+    stream = f"dbr-attack-{uuid.uuid4().hex[:10]}"
+    key, _, lease = stream_keys(stream)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with (
+            dbr.Pool(pg_dsn, min_size=1) as pool,
+            dbr.WriteQueue(
+                pool,
+                journal=redis_url,
+                stream=stream,
+                ledger_table=f"{table_name}_ledger",
+                lease_ttl=0.3,
+            ) as queue,
+        ):
+            queue.submit(insert(table), (1, "x"))
+            assert queue.flush(5)
+            with caplog.at_level(logging.WARNING, logger="dbresilience"):
+                client.delete(key)
+                queue.submit(insert(table), (2, "x"))
+                assert queue.flush(5)
+                assert any(
+                    r.levelno == logging.ERROR and "is gone" in r.getMessage()
+                    for r in caplog.records
+                ), [r.getMessage() for r in caplog.records]
+                caplog.clear()
+                client.delete(lease)
+                client.hset(lease, "x", "y")  # garbage: the lease cannot be taken
+                time.sleep(0.5)
+                assert any("lease" in r.getMessage() for r in caplog.records), [
+                    r.getMessage() for r in caplog.records
+                ]
+                client.delete(lease)
+                queue.submit(insert(table), (3, "x"))
+                assert queue.flush(5)
+        assert rows(pg_dsn, table) == 3
+    finally:
+        client.delete(*stream_keys(stream))
+        client.close()
+
+
+def test_garbage_at_the_dead_letter_key_is_said_and_the_write_waits_for_it(
+    pg_dsn: str,
+    redis_url: str,
+    table: Ident,
+    table_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A value of the wrong type at the dead-letter key: a refused write cannot be set aside
+    there, so its batch is not acknowledged (never dropped); the drainer says so (it did not:
+    a silent stall) and goes on once the key is fixed."""
+    stream = f"dbr-attack-{uuid.uuid4().hex[:10]}"
+    _, dead, _ = stream_keys(stream)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with (
+            dbr.Pool(pg_dsn, min_size=1) as pool,
+            dbr.WriteQueue(
+                pool, journal=redis_url, stream=stream, ledger_table=f"{table_name}_ledger"
+            ) as queue,
+            caplog.at_level(logging.WARNING, logger="dbresilience"),
+        ):
+            client.set(dead, "garbage")
+            queue.submit(insert(table), ("not a number", "x"))
+            assert not queue.flush(1.5)
+            assert any("dead-letter" in r.getMessage() for r in caplog.records), [
+                r.getMessage() for r in caplog.records
+            ]
+            client.delete(dead)
+            assert queue.flush(5)
+        assert client.xlen(dead) == 1
+    finally:
         client.delete(*stream_keys(stream))
         client.close()

@@ -47,11 +47,13 @@ from dbresilience._journal import Journal, Record, parse_line
 from dbresilience._journal_redis_base import (
     APPEND,
     DONE,
+    GONE,
     GROUP,
     LEASE,
     RELEASE,
     REPLAY,
     SEND_BATCH,
+    UNACKED,
     encode,
     stream_keys,
     text,
@@ -151,6 +153,7 @@ class AsyncStreamJournal:
         # the renewal was sent. A process frozen past it (SIGSTOP, a suspended VM, a long
         # pause) may run its worker before its lease keeper: it must not read or commit then
         self._held_until = 0.0
+        self._lease_error: str | None = None  # the lease keeper's failure, said once
         self._claim_from: str | None = None  # XAUTOCLAIM cursor after taking the lease
         self._group_ready = False
         self._ids: dict[int, bytes] = {}  # local seq -> entry id, for the batch in flight
@@ -406,7 +409,17 @@ class AsyncStreamJournal:
                     self._claim_from = "0-0"  # first, what the previous holder left pending
                 self._holding = got != 0
                 self._held_until = asked + self.lease_ttl
-            except aredis.RedisError:
+                self._lease_error = None
+            except aredis.RedisError as exc:
+                if self._lease_error is None:
+                    logger.warning(
+                        "write queue: cannot take the drain lease of stream %r (%s)",
+                        self.stream,
+                        f"{type(exc).__name__}: {str(exc)[:100]}"
+                        if isinstance(exc, aredis.ResponseError)  # WRONGTYPE: garbage at the key
+                        else type(exc).__name__,
+                    )
+                self._lease_error = type(exc).__name__
                 self._holding = False
             # its own signal (closing only): the sender's, notified on every append, would
             # keep the lease from being renewed while writes flow
@@ -484,7 +497,14 @@ class AsyncStreamJournal:
                 if isinstance(reply, dict):  # RESP3
                     entries = next(iter(reply.values()), [[]])[0] if reply else []
         except aredis.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream or the group is gone: made again
+            # the stream or its group is gone (NOGROUP; UNBLOCKED: deleted during a blocking
+            # read): made again. What it held and was not applied is lost: said, never silent
+            if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                if self._group_ready:
+                    logger.error(
+                        GONE,
+                        self.stream,
+                    )
                 self._group_ready = False
                 self._claim_from = "0-0"
                 return []
@@ -571,12 +591,26 @@ class AsyncStreamJournal:
         if not ids and not set_aside:
             return
         delay = 0.05
+        said = False
         while True:
             try:
                 await self._client.eval(DONE, 2, self.key, self.dead_key, *args)
                 self.counters["dead_lettered"] += len(set_aside)
+                if said:
+                    logger.warning("write queue: the stream takes acknowledgements again")
                 return
             except aredis.RedisError as exc:
+                if not said:  # a stall said once: Redis down, or garbage at a key (WRONGTYPE)
+                    said = True
+                    logger.error(
+                        UNACKED,
+                        len(ids),
+                        len(set_aside),
+                        self.dead_key,
+                        f"{type(exc).__name__}: {str(exc)[:100]}"
+                        if isinstance(exc, aredis.ResponseError)
+                        else type(exc).__name__,
+                    )
                 if give_up():
                     logger.error(
                         "write queue: %d committed writes not acknowledged in the stream (%s)",

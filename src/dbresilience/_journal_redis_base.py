@@ -23,6 +23,15 @@ __all__ = [
 ]
 
 GROUP = "dbr"
+# said by the drainer: the stream or its group found gone; a batch it cannot acknowledge
+GONE = (
+    "write queue: the stream %r or its consumer group is gone (deleted, or Redis restarted "
+    "without persistence): writes it held and had not applied are lost; made again"
+)
+UNACKED = (
+    "write queue: cannot acknowledge %d committed writes (%d for the dead-letter stream %r): "
+    "%s; retrying, the batch stays pending"
+)
 SEND_BATCH = 1000  # entries per XADD script call
 
 # XADD each payload while the stream holds fewer than ARGV[1] entries; the ids added (the rest
