@@ -26,6 +26,8 @@ from dbresilience import tenacity as dbr_tenacity
 from dbresilience import web
 from dbresilience.faults import FaultProxy
 
+from .test_extras import optional_modules, run_blocked
+
 
 @pytest.mark.parametrize(
     "error",
@@ -206,3 +208,33 @@ async def test_a_request_id_sent_twice_with_different_values_is_not_one_of_them(
         (hashed,) = ids  # the same headers, the same id
         assert hashed.startswith("sha256-")
         assert hashed != (await client.get("/rid", headers=twice[:1])).json()["rid"]
+
+
+# --- extras: a write queue on a Redis stream journal without redis ----------------------------
+
+
+def test_a_stream_journal_without_redis_names_the_extra_at_construction() -> None:
+    out = run_blocked(
+        """
+        import dbresilience as dbr
+
+        url = "redis://:secret@cache:6379/0"
+        for name, queue, pool in [
+            ("queue", dbr.WriteQueue, dbr.Pool),
+            ("aqueue", dbr.AsyncWriteQueue, dbr.AsyncPool),
+        ]:
+            try:
+                queue(pool("host=127.0.0.1 dbname=nowhere"), journal=url)
+            except dbr.MissingExtra as exc:
+                out[name] = f"{exc} [{exc.extra}]"
+            except Exception as exc:
+                out[name] = f"{type(exc).__name__}: {exc}"
+        """,
+        optional_modules(),
+    )
+    assert out == {
+        "queue": "WriteQueue(journal='redis://...') needs redis: "
+        "pip install 'dbresilience[redis]' [redis]",
+        "aqueue": "AsyncWriteQueue(journal='redis://...') needs redis: "
+        "pip install 'dbresilience[redis]' [redis]",
+    }

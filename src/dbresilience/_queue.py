@@ -23,7 +23,7 @@ import psycopg
 from dbresilience import _instrument
 from dbresilience._acompat import Signal, Worker, join_worker, spawn
 from dbresilience._classify import classify
-from dbresilience._errors import CircuitOpen, KeyReused, LedgerUnavailable
+from dbresilience._errors import CircuitOpen, KeyReused, LedgerUnavailable, require
 from dbresilience._events import CircuitState, logger
 from dbresilience._journal import Record, is_stream_url
 from dbresilience._lifecycle import ResourceState
@@ -154,7 +154,8 @@ class WriteQueue(QueueBase):
         self._progress = Signal()  # flush() waits on it: a batch committed or set aside
         self._worker: Worker | None = None
         self._lease_lapsed = False  # the stream's lease lapsed with the batch in hand
-        if shared:
+        if shared:  # a Redis stream: redis-py is the redis extra's, so say so here
+            require("redis", extra="redis", what=f"{type(self).__name__}(journal='redis://...')")
             from dbresilience._journal_redis import StreamJournal
             from dbresilience._journal_redis_base import check_stream_url
 
