@@ -687,3 +687,27 @@ def test_a_temporary_table_dropped_at_commit_is_allowed_in_a_transaction(tx_dsn:
         assert pool.transaction(body) == 2
         assert session_state_use(f"{scratch}; create temp table dbr_kept (a int)") is not None
         assert session_state_use("create temp table t (a int); select 'on commit drop'") is not None
+
+
+def test_a_with_hold_server_cursor_is_refused(tx_dsn: str) -> None:
+    """conn.cursor(name, withhold=True) declares a WITH HOLD cursor that outlives the
+    transaction, on a server connection other clients share: refused, like the statement
+    (break12: it went through and another client saw it in pg_cursors)."""
+    with dbr.Pool(tx_dsn, pooler="transaction", min_size=1, max_size=1) as pool:
+        with pool.connection() as conn, pytest.raises(dbr.SessionStateUnsupported):
+            conn.cursor("dbr_hold", withhold=True)
+        # without hold it is fine
+        with pool.connection() as conn, conn.transaction(), conn.cursor("dbr_plain") as cur:
+            cur.execute("select 1")
+            assert cur.fetchone() == (1,)
+        assert pool.fetchall("select name from pg_cursors") == []
+
+
+async def test_a_with_hold_server_cursor_is_refused_async(tx_dsn: str) -> None:
+    """The same through AsyncPool, whose pooler is detected ("auto")."""
+    async with dbr.AsyncPool(tx_dsn, min_size=1, max_size=1) as pool:
+        await pool.fetchone("select 1")
+        assert pool.pooler == "transaction"
+        async with pool.connection() as conn:
+            with pytest.raises(dbr.SessionStateUnsupported):
+                conn.cursor("dbr_hold", withhold=True)

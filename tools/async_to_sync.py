@@ -83,6 +83,7 @@ NAMES: dict[str, str] = {
     "AsyncConnection": "Connection",
     "AsyncPoolConnection": "PoolConnection",
     "AsyncPoolerCursor": "PoolerCursor",
+    "AsyncPoolerServerCursor": "PoolerServerCursor",
     "AsyncCursor": "Cursor",
     "AsyncRowFactory": "RowFactory",
     "AsyncConnectionPool": "ConnectionPool",

@@ -39,7 +39,12 @@ from dbresilience._pool_base import (
     lost_in_commit,
     now,
 )
-from dbresilience._pool_compat import PoolConnection, PoolerCursor, QuickReconnect
+from dbresilience._pool_compat import (
+    PoolConnection,
+    PoolerCursor,
+    PoolerServerCursor,
+    QuickReconnect,
+)
 
 __all__ = ["Pool", "Query"]
 
@@ -254,6 +259,8 @@ class Pool(PoolBase):
         if self._detect_pooler(conn.info.backend_pid, row[0] if row else None):
             conn.prepare_threshold = None
             conn.cursor_factory = PoolerCursor
+        if issubclass(conn.cursor_factory, PoolerCursor):  # transaction mode
+            conn.server_cursor_factory = PoolerServerCursor
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: idle connections at once, those in use when their call ends.

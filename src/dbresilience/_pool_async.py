@@ -37,7 +37,12 @@ from dbresilience._pool_base import (
     lost_in_commit,
     now,
 )
-from dbresilience._pool_compat import AsyncPoolConnection, AsyncPoolerCursor, QuickReconnect
+from dbresilience._pool_compat import (
+    AsyncPoolConnection,
+    AsyncPoolerCursor,
+    AsyncPoolerServerCursor,
+    QuickReconnect,
+)
 
 __all__ = ["AsyncPool", "Query"]
 
@@ -254,6 +259,8 @@ class AsyncPool(PoolBase):
         if self._detect_pooler(conn.info.backend_pid, row[0] if row else None):
             conn.prepare_threshold = None
             conn.cursor_factory = AsyncPoolerCursor
+        if issubclass(conn.cursor_factory, AsyncPoolerCursor):  # transaction mode
+            conn.server_cursor_factory = AsyncPoolerServerCursor
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Close the pool: idle connections at once, those in use when their call ends.

@@ -35,6 +35,7 @@ from psycopg.abc import Params
 from psycopg_pool.base import AttemptWithBackoff
 from typing_extensions import Self
 
+from dbresilience._errors import SessionStateUnsupported
 from dbresilience._pooler import check_query
 
 __all__ = [
@@ -42,8 +43,10 @@ __all__ = [
     "PRIVATE_ATTRIBUTES",
     "AsyncPoolConnection",
     "AsyncPoolerCursor",
+    "AsyncPoolerServerCursor",
     "PoolConnection",
     "PoolerCursor",
+    "PoolerServerCursor",
     "QuickReconnect",
 ]
 
@@ -120,6 +123,35 @@ class AsyncPoolerCursor(psycopg.AsyncCursor[Any]):
         """``AsyncCursor.executemany``, after :func:`~dbresilience._pooler.check_query`."""
         check_query(query, self, None)
         await super().executemany(query, params_seq, returning=returning)
+
+
+_WITH_HOLD = (
+    "refused: a WITH HOLD cursor (it outlives its transaction); a pooler in transaction mode "
+    "(pooler='transaction') shares server sessions between clients. Use a direct connection or "
+    "a session-mode pooler for it (pooler='session')"
+)
+
+
+class PoolerServerCursor(psycopg.ServerCursor[Any]):
+    """psycopg's named (server-side) cursor, refusing ``withhold=True`` behind a transaction
+    pooler: the cursor would outlive its transaction on a server connection other clients
+    share (raised before the object exists, so nothing is left to close)."""
+
+    def __new__(cls, *args: Any, withhold: bool = False, **kwargs: Any) -> Self:
+        """Refuse ``withhold=True`` with :class:`~dbresilience.SessionStateUnsupported`."""
+        if withhold:
+            raise SessionStateUnsupported(_WITH_HOLD)
+        return super().__new__(cls)
+
+
+class AsyncPoolerServerCursor(psycopg.AsyncServerCursor[Any]):
+    """:class:`PoolerServerCursor` for asyncio connections."""
+
+    def __new__(cls, *args: Any, withhold: bool = False, **kwargs: Any) -> Self:
+        """Refuse ``withhold=True`` with :class:`~dbresilience.SessionStateUnsupported`."""
+        if withhold:
+            raise SessionStateUnsupported(_WITH_HOLD)
+        return super().__new__(cls)
 
 
 class QuickReconnect(AttemptWithBackoff):
