@@ -238,3 +238,44 @@ def test_a_stream_journal_without_redis_names_the_extra_at_construction() -> Non
         "aqueue": "AsyncWriteQueue(journal='redis://...') needs redis: "
         "pip install 'dbresilience[redis]' [redis]",
     }
+
+
+# --- configuration errors: what libpq refuses only when it connects ---------------------------
+#
+# hostaddr=notanip went through 4.6 s of retries as an outage (P1001); a port list that does not
+# match the host list failed only at the first connection.
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "kwargs", "says"),
+    [
+        ("hostaddr=notanip dbname=test", None, "hostaddr"),
+        ("host=127.0.0.1 hostaddr=10.0.0.300 dbname=test", None, "hostaddr"),
+        ("host=127.0.0.1,127.0.0.1,127.0.0.1 port=5432,5433 dbname=test", None, "port"),
+        ("host=a,b hostaddr=127.0.0.1 dbname=test", None, "hostaddr"),
+        ("host=127.0.0.1 dbname=test", {"hostaddr": "localhost"}, "hostaddr"),
+        ("host=a,b dbname=test", {"port": "1,2,3"}, "port"),
+    ],
+)
+def test_a_bad_host_list_fails_at_construction(
+    conninfo: str, kwargs: dict[str, object] | None, says: str
+) -> None:
+    with pytest.raises(ValueError, match=says):
+        dbr.Pool(conninfo, kwargs=kwargs)
+    with pytest.raises(ValueError, match=says):
+        dbr.AsyncPool(conninfo, kwargs=kwargs)
+
+
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "hostaddr=127.0.0.1 dbname=test",
+        "hostaddr=::1 dbname=test",
+        "host=a,b,c port=5432 dbname=test",
+        "host=a,b port=5432,5433 hostaddr=127.0.0.1,::1 dbname=test",
+        "host=a,b hostaddr=,127.0.0.1 dbname=test",
+        "postgresql://a:5432,b:5433/test",
+    ],
+)
+def test_valid_host_lists_still_construct(conninfo: str) -> None:
+    dbr.Pool(conninfo)

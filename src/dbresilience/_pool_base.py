@@ -7,6 +7,7 @@ handed to psycopg_pool, and the counters behind ``stats()``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import select
@@ -140,11 +141,48 @@ def check_params(params: dict[str, Any], argument: str) -> None:
                         f"{' (or a comma-separated list of them)' if key == 'port' else ''}, "
                         f"got {part[:40]!r}"
                     )
+        elif key == "hostaddr":
+            for part in text.split(","):
+                part = part.strip()
+                if part and not _is_ip(part):
+                    raise ValueError(
+                        f"{argument}: hostaddr must be numeric IP addresses (a comma-separated "
+                        f"list, one per host; names go in host), got {part[:40]!r}"
+                    )
         elif key in _CHOICE_PARAMS and text and text not in _CHOICE_PARAMS[key]:
             raise ValueError(
                 f"{argument}: {key} must be one of {', '.join(_CHOICE_PARAMS[key])}, "
                 f"got {text[:40]!r}"
             )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_host_lists(params: dict[str, Any], argument: str) -> None:
+    """``ValueError`` naming *argument* when the ``host``, ``hostaddr`` and ``port`` lists of the
+    final parameters (connection string and ``kwargs`` together) do not match the way libpq
+    requires: as many ``hostaddr`` entries as ``host`` entries when both are given, and one
+    port or one per host. libpq refuses them only when it connects."""
+
+    def count(key: str) -> int | None:
+        value = params.get(key)
+        text = "" if value is None else str(value)
+        return text.count(",") + 1 if text else None
+
+    hosts, addrs, ports = count("host"), count("hostaddr"), count("port")
+    if hosts is not None and addrs is not None and hosts != addrs:
+        raise ValueError(
+            f"{argument}: {hosts} host entries but {addrs} hostaddr entries (one per host)"
+        )
+    n = hosts or addrs or 1
+    if ports is not None and ports not in (1, n):
+        raise ValueError(f"{argument}: {ports} port entries for {n} hosts (one, or one per host)")
 
 
 def split_kwargs(kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -277,6 +315,11 @@ class PoolConfig:
             )
         check_params(params, "conninfo")
         libpq_kwargs, connect_options = split_kwargs(kwargs)
+        lists = ("host", "hostaddr", "port")
+        check_host_lists(
+            {**params, **libpq_kwargs},
+            "kwargs" if any(k in libpq_kwargs for k in lists) else "conninfo",
+        )
         pooler = pooler_setting(pooler)
         if pooler == "transaction":
             for statement in warm_sql:
