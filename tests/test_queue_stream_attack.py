@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import redis
 from psycopg import sql
 
 import dbresilience as dbr
+from dbresilience.__main__ import main
 from dbresilience._journal import Record
 from dbresilience._journal_redis_async import AsyncStreamJournal
 from dbresilience._journal_redis_base import stream_keys
@@ -220,5 +222,40 @@ def test_garbage_at_the_dead_letter_key_is_said_and_the_write_waits_for_it(
             assert queue.flush(5)
         assert client.xlen(dead) == 1
     finally:
+        client.delete(*stream_keys(stream))
+        client.close()
+
+
+def test_the_drain_command_starts_while_the_database_is_down_and_applies_once_it_is_back(
+    redis_url: str,
+    table: Ident,
+    table_name: str,
+    pg_dsn: str,
+    pg_proxy: tuple[FaultProxy, str],
+) -> None:
+    """A drainer started (by systemd, after a reboot) before its database answers: it exited
+    with a traceback; now it waits for the database and drains. Its password is never printed."""
+    proxy, proxied = pg_proxy
+    stream = f"dbr-attack-{uuid.uuid4().hex[:10]}"
+    try:
+        with dbr.WriteQueue(None, journal=redis_url, stream=stream, drain=False) as queue:
+            queue.submit(insert(table), (1, "x"), key="one")
+            assert queue.flush(5)
+        proxy.down()
+        threading.Timer(6.0, proxy.restore).start()  # past connect_timeout (5 s)
+        where = [
+            "--journal",
+            redis_url,
+            "--stream",
+            stream,
+            "--ledger-table",
+            f"{table_name}_ledger",
+        ]
+        assert (
+            main(["queue", "drain", *where, "--until-empty", "--max-seconds", "20", proxied]) == 0
+        )
+        assert rows(pg_dsn, table) == 1
+    finally:
+        client = redis.Redis.from_url(redis_url)
         client.delete(*stream_keys(stream))
         client.close()

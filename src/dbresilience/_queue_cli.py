@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+from dbresilience._classify import classify
 from dbresilience._journal_redis_base import check_stream_url
 from dbresilience._redact import redact_url
 
@@ -109,6 +110,16 @@ def _inspect(args: argparse.Namespace, journal: Any, out: Any) -> int:
     return 0 if moved == len(ids) else 1
 
 
+def _empty(journal: Any) -> bool:
+    """Whether the stream holds nothing; False while Redis does not answer."""
+    import redis
+
+    try:
+        return int(journal.length()) == 0
+    except redis.RedisError:
+        return False
+
+
 def _drain(args: argparse.Namespace, out: Any) -> int:
     from dbresilience._pool import Pool
     from dbresilience._queue import WriteQueue
@@ -117,8 +128,19 @@ def _drain(args: argparse.Namespace, out: Any) -> int:
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     try:
+        pool = Pool(args.dsn, min_size=1)
+        try:
+            pool.open()
+        except Exception as exc:  # its message may name the user or the database: the code only
+            found = classify(exc)
+            if not found.retryable:  # bad credentials, no such database: waiting cannot help
+                out(f"failed: the database refuses the drainer ({found.code})")
+                return 1
+            # a drainer started before its database (a reboot): it waits, then drains
+            out(f"the database does not answer yet ({found.code}); draining once it does")
+            pool = Pool(args.dsn, min_size=1).open(wait=False)
         with (
-            Pool(args.dsn, min_size=1) as pool,
+            pool,
             WriteQueue(
                 pool,
                 journal=args.journal,
@@ -131,7 +153,7 @@ def _drain(args: argparse.Namespace, out: Any) -> int:
             while not stop.is_set():
                 if args.max_seconds is not None and time.monotonic() - started > args.max_seconds:
                     break
-                if args.until_empty and journal.length() == 0 and queue.stats()["pending"] == 0:
+                if args.until_empty and queue.stats()["pending"] == 0 and _empty(journal):
                     break
                 stop.wait(0.2)
             stats = queue.stats()
