@@ -13,6 +13,7 @@ import math
 import time
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import psycopg
@@ -279,3 +280,23 @@ def test_a_bad_host_list_fails_at_construction(
 )
 def test_valid_host_lists_still_construct(conninfo: str) -> None:
     dbr.Pool(conninfo)
+
+
+# --- web.lifespan: resources listed in the "wrong" order --------------------------------------
+#
+# lifespan(queue, pool) closed the pool first (reverse order), so the queue's shutdown drain had
+# no pool to write through: without a journal the pending writes were lost.
+
+
+async def test_lifespan_drains_queues_before_closing_pools_whatever_the_order(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], table_name: str
+) -> None:
+    pg_conn.execute(f"CREATE TABLE {table_name} (k int)")
+    pool = dbr.AsyncPool(pg_dsn, min_size=1)
+    queue = dbr.AsyncWriteQueue(pool, flush_interval=60.0, drain_timeout=5.0)
+    cache = dbr.AsyncCredentialCache()
+    app = FastAPI(lifespan=web.lifespan(queue, cache, pool))
+    async with app.router.lifespan_context(app):
+        for k in range(3):
+            queue.submit(f"INSERT INTO {table_name} VALUES (%s)", (k,))
+    assert pg_conn.execute(f"SELECT count(*) FROM {table_name}").fetchone() == (3,)

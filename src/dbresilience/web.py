@@ -356,8 +356,9 @@ def lifespan(
     it is back), an engine from ``dbresilience.sqlalchemy.create_async_engine`` is warmed in a
     background task, caches and breaker states never wait for Redis, and a write queue replays
     its journal into memory. Shutdown drains each :class:`~dbresilience.AsyncWriteQueue`
-    (within its ``drain_timeout``; what is left stays in its journal) before the pool it writes
-    through is closed: list the pool before the queue. Accepts ``AsyncPool``,
+    (within its ``drain_timeout``; what is left stays in its journal) before any pool or
+    engine is closed, whatever order they are listed in; then caches and breaker states, then
+    pools and engines, each group in reverse order. Accepts ``AsyncPool``,
     ``AsyncCredentialCache``, ``AsyncWriteQueue``, ``AsyncRedisBreakerState`` and SQLAlchemy
     ``AsyncEngine`` objects; anything else is a ``TypeError`` here, not at start-up.
     """
@@ -374,15 +375,23 @@ def lifespan(
                 f"AsyncRedisBreakerState or SQLAlchemy AsyncEngine, got {type(resource).__name__}"
             )
 
+    def rank(resource: object) -> int:
+        """Shutdown order: queues drain first (through a pool still open), pools and engines
+        close last, whatever order they were listed in."""
+        if isinstance(resource, AsyncWriteQueue):
+            return 0
+        return 2 if isinstance(resource, AsyncPool) or _is_async_engine(resource) else 1
+
     @contextlib.asynccontextmanager
     async def run(app: object) -> AsyncIterator[None]:
-        closers: list[Callable[[], Awaitable[None]]] = []
+        closers: list[tuple[int, Callable[[], Awaitable[None]]]] = []
         try:
             for resource in resources:
-                closers.append(await _open(resource))
+                closers.append((rank(resource), await _open(resource)))
             yield
         finally:
-            for close in reversed(closers):
+            # reverse listing order within a rank; sorted() is stable
+            for _, close in sorted(reversed(closers), key=lambda c: c[0]):
                 try:
                     await close()
                 except Exception:  # one failing close must not keep the others open
