@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
@@ -21,7 +23,7 @@ from dbresilience.__main__ import main
 from dbresilience._journal import Record
 from dbresilience._journal_redis_async import AsyncStreamJournal
 from dbresilience._journal_redis_base import stream_keys
-from dbresilience.faults import FaultProxy
+from dbresilience.faults import FaultProxy, TemporaryRedis
 
 from .queue_support import Ident, insert, rows
 
@@ -259,3 +261,25 @@ def test_the_drain_command_starts_while_the_database_is_down_and_applies_once_it
         client = redis.Redis.from_url(redis_url)
         client.delete(*stream_keys(stream))
         client.close()
+
+
+def test_redis_frozen_mid_xadd_does_not_put_a_write_in_the_stream_twice(
+    redis_server: TemporaryRedis,
+) -> None:
+    """Redis frozen (SIGSTOP) while it holds an XADD: the client times out and holds the write;
+    when Redis runs again it executes the XADD it had, then gets the write again: it was in the
+    stream twice (an unkeyed write applied twice). The append is idempotent per instance now."""
+    client = redis.Redis.from_url(redis_server.url)
+    with dbr.WriteQueue(None, journal=redis_server.url, stream="s", drain=False) as queue:
+        queue.submit("select 1", ())
+        pid = redis_server._proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            queue.submit("select %s", (2,))  # returns after the client's timeout: held
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert queue.flush(10)
+        queue.submit("select %s", (3,))
+        assert queue.flush(10)
+    assert client.xlen(stream_keys("s")[0]) == 3
+    client.close()

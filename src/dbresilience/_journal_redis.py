@@ -57,6 +57,7 @@ from dbresilience._journal_redis_base import (
     SEND_BATCH,
     UNACKED,
     encode,
+    producer_key,
     stream_keys,
     text,
 )
@@ -134,6 +135,7 @@ class StreamJournal:
         self.timeout = timeout
         self.dead_max = dead_max
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.producer_key = producer_key(stream, self.consumer)
         self._lock = threading.Lock()
         # (the write numbered in the fallback file, its payload), in submission order
         self._outbox: collections.deque[tuple[Record, str]] = collections.deque()
@@ -203,6 +205,9 @@ class StreamJournal:
             self._holding = False
         with self._lock:
             left = len(self._outbox)
+        if not left and self._sent:  # every append answered: the marker has no more use
+            with contextlib.suppress(aredis.RedisError):
+                self._client.delete(self.producer_key)
         with contextlib.suppress(aredis.RedisError):
             self._client.close()
         if self._file is not None:
@@ -298,24 +303,29 @@ class StreamJournal:
         try:
             with self._lock:
                 chunk = _take(self._outbox, SEND_BATCH)
+                first = self._sent + 1  # the head's ticket
             if not chunk:
                 return True
             try:
-                ids = self._append(
-                    keys=[self.key], args=[self.max_len, *[payload for _, payload in chunk]]
+                reply = self._append(
+                    keys=[self.key, self.producer_key],
+                    args=[self.max_len, first, *[payload for _, payload in chunk]],
                 )
             except aredis.RedisError as exc:
                 self._stall(f"Redis unavailable: {type(exc).__name__}")
                 return None
-            n = len(ids)
+            skipped, known, ids = (int(reply[0]), text(reply[1]), reply[2])
+            n = skipped + len(ids)
             with self._lock:
                 for _ in range(n):
                     self._outbox.popleft()
                 self._sent += n
-                if n:
+                if ids:
                     self._last_id = text(ids[-1])
-                    if self._file is not None:
-                        self._file_done(chunk[n - 1][0].seq)
+                elif known:  # added by a call whose reply never came
+                    self._last_id = known
+                if n and self._file is not None:
+                    self._file_done(chunk[n - 1][0].seq)
             self.counters["sent"] += n
             if n < len(chunk):
                 self._stall(f"the stream holds max_len={self.max_len} writes")

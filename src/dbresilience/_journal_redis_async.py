@@ -55,6 +55,7 @@ from dbresilience._journal_redis_base import (
     SEND_BATCH,
     UNACKED,
     encode,
+    producer_key,
     stream_keys,
     text,
 )
@@ -132,6 +133,7 @@ class AsyncStreamJournal:
         self.timeout = timeout
         self.dead_max = dead_max
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.producer_key = producer_key(stream, self.consumer)
         self._lock = threading.Lock()
         # (the write numbered in the fallback file, its payload), in submission order
         self._outbox: collections.deque[tuple[Record, str]] = collections.deque()
@@ -205,6 +207,9 @@ class AsyncStreamJournal:
             self._holding = False
         with self._lock:
             left = len(self._outbox)
+        if not left and self._sent:  # every append answered: the marker has no more use
+            with contextlib.suppress(aredis.RedisError):
+                await self._client.delete(self.producer_key)
         with contextlib.suppress(aredis.RedisError):
             await self._client.aclose()
         if self._file is not None:
@@ -311,24 +316,29 @@ class AsyncStreamJournal:
         try:
             with self._lock:
                 chunk = _take(self._outbox, SEND_BATCH)
+                first = self._sent + 1  # the head's ticket
             if not chunk:
                 return True
             try:
-                ids = await self._append(
-                    keys=[self.key], args=[self.max_len, *[payload for _, payload in chunk]]
+                reply = await self._append(
+                    keys=[self.key, self.producer_key],
+                    args=[self.max_len, first, *[payload for _, payload in chunk]],
                 )
             except aredis.RedisError as exc:
                 self._stall(f"Redis unavailable: {type(exc).__name__}")
                 return None
-            n = len(ids)
+            skipped, known, ids = int(reply[0]), text(reply[1]), reply[2]
+            n = skipped + len(ids)
             with self._lock:
                 for _ in range(n):
                     self._outbox.popleft()
                 self._sent += n
-                if n:
+                if ids:
                     self._last_id = text(ids[-1])
-                    if self._file is not None:
-                        self._file_done(chunk[n - 1][0].seq)
+                elif known:  # added by a call whose reply never came
+                    self._last_id = known
+                if n and self._file is not None:
+                    self._file_done(chunk[n - 1][0].seq)
             self.counters["sent"] += n
             if n < len(chunk):
                 self._stall(f"the stream holds max_len={self.max_len} writes")

@@ -19,6 +19,7 @@ __all__ = [
     "REPLAY",
     "check_stream_url",
     "encode",
+    "producer_key",
     "stream_keys",
 ]
 
@@ -34,17 +35,36 @@ UNACKED = (
 )
 SEND_BATCH = 1000  # entries per XADD script call
 
-# XADD each payload while the stream holds fewer than ARGV[1] entries; the ids added (the rest
-# stay with the caller: backpressure, never trimming)
+# XADD each payload while the stream holds fewer than ARGV[1] entries; ARGV[2] is the first
+# payload's ticket (this instance's count of writes), KEYS[2] this instance's marker: "ticket id"
+# of the last one added. A call that timed out on the client (Redis frozen, a reply lost) may
+# have run: its payloads come again and are skipped, never added twice. Returns {skipped, the
+# marker's id when some were skipped, the ids added}; the rest stay with the caller
+# (backpressure, never trimming)
 APPEND = """
+local first = tonumber(ARGV[2])
+local done, last = 0, ''
+local v = redis.pcall('GET', KEYS[2])
+if type(v) == 'string' then
+  local sp = string.find(v, ' ', 1, true)
+  if sp then
+    done = tonumber(string.sub(v, 1, sp - 1)) or 0
+    last = string.sub(v, sp + 1)
+  end
+end
+local skip = math.max(0, math.min(done - first + 1, #ARGV - 2))
 local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
 local ids = {}
-for i = 2, #ARGV do
+for i = 3 + skip, #ARGV do
   if room <= 0 then break end
   ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
   room = room - 1
 end
-return ids
+if #ids > 0 then
+  redis.call('SET', KEYS[2], (first + skip + #ids - 1) .. ' ' .. ids[#ids], 'PX', 3600000)
+end
+if skip == 0 then last = '' end
+return {skip, last, ids}
 """
 
 # take or renew the lease: 2 newly taken, 1 renewed, 0 held by another
@@ -102,6 +122,12 @@ for i = 1, #ARGV do
 end
 return moved
 """
+
+
+def producer_key(stream: str, producer: str) -> str:
+    """The key of *producer*'s append marker on *stream* (see ``APPEND``; expires after an
+    hour: it only has to outlive a timed-out call until its payloads come again)."""
+    return f"{{{stream}}}:p:{producer}"
 
 
 def stream_keys(stream: str) -> tuple[str, str, str]:
