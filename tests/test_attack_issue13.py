@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import subprocess
+import sys
 import time
 import uuid
 from decimal import Decimal
@@ -300,3 +303,25 @@ async def test_lifespan_drains_queues_before_closing_pools_whatever_the_order(
         for k in range(3):
             queue.submit(f"INSERT INTO {table_name} VALUES (%s)", (k,))
     assert pg_conn.execute(f"SELECT count(*) FROM {table_name}").fetchone() == (3,)
+
+
+# --- demo safety: libpq's environment -------------------------------------------------------
+#
+# Without --dsn the demo connects to "host=127.0.0.1 port=N", and libpq lets PGHOSTADDR win over
+# host: every demo connection (the ones that terminate backends included) went to the address
+# the environment named. 127.0.0.2 refuses here; a real server there would have been broken.
+
+
+def test_the_demo_ignores_a_pghostaddr_naming_another_server() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["PGHOSTADDR"] = "127.0.0.2"
+    result = subprocess.run(
+        [sys.executable, "-m", "dbresilience", "demo", "--profile", "short"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "127.0.0.2" not in result.stdout + result.stderr

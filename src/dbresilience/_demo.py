@@ -516,4 +516,24 @@ def run_demo(
         raise SystemExit("the demo needs a POSIX system")
     if dsn is None and os.environ.get("DATABASE_URL"):
         out("  (DATABASE_URL is set and ignored: the demo breaks only what it starts)")
-    return asyncio.run(_main(dsn, PROFILES[profile], out, picture))
+    if dsn is not None:
+        return asyncio.run(_main(dsn, PROFILES[profile], out, picture))
+    with _own_servers_only():
+        return asyncio.run(_main(dsn, PROFILES[profile], out, picture))
+
+
+#: libpq environment variables that can send a connection to ``host=127.0.0.1 port=N`` to
+#: another server: PGHOSTADDR wins over host, and a service file can add a hostaddr
+_REDIRECTING_ENV = ("PGHOSTADDR", "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR")
+
+
+@contextlib.contextmanager
+def _own_servers_only() -> Iterator[None]:
+    """Without ``--dsn``: libpq's variables that could redirect a connection meant for the
+    demo's own servers are unset while it runs (``PGHOSTADDR=<a real server>`` sent every
+    connection, the ones that terminate backends included, to that address), then restored."""
+    saved = {name: os.environ.pop(name) for name in _REDIRECTING_ENV if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
