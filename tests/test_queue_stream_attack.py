@@ -283,3 +283,36 @@ def test_redis_frozen_mid_xadd_does_not_put_a_write_in_the_stream_twice(
         assert queue.flush(10)
     assert client.xlen(stream_keys("s")[0]) == 3
     client.close()
+
+
+def test_an_acknowledgement_whose_reply_was_lost_does_not_dead_letter_a_write_twice(
+    pg_dsn: str, table: Ident, table_name: str, redis_server: TemporaryRedis
+) -> None:
+    """The batch's acknowledgement (dead letters + XACK + XDEL, one script) reaches Redis, which
+    is frozen (SIGSTOP) past the client's timeout: the client sends it again, and Redis, thawed,
+    runs both. The refused write was dead-lettered twice (a `replay --all` applied it twice)."""
+    stream = "s"
+    _, dead, _ = stream_keys(stream)
+    client = redis.Redis.from_url(redis_server.url)
+    pid = redis_server._proc.pid  # type: ignore[union-attr]
+    with (
+        dbr.Pool(pg_dsn, min_size=1) as pool,
+        dbr.WriteQueue(
+            pool, journal=redis_server.url, stream=stream, ledger_table=f"{table_name}_ledger"
+        ) as queue,
+        psycopg.connect(pg_dsn) as locker,
+    ):
+        queue.submit(insert(table), (1, "x"))
+        assert queue.flush(5)  # the ledger exists, the worker is warm
+        locker.execute(sql.SQL("lock table {} in access exclusive mode").format(table))
+        queue.submit(insert(table), ("not a number", "x"))  # waits for the lock
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            locker.commit()  # the write is refused: dead-lettered and acknowledged, in Redis
+            time.sleep(2.5)  # past the client's 2 s timeout: it will send it again
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert queue.flush(10)
+    assert client.xlen(dead) == 1
+    client.close()

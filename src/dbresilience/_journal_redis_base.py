@@ -86,14 +86,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# a batch is done: ARGV = group, dead-letter bound, n, then n dead letters (4 values each), then
-# the batch's ids to XACK and XDEL
+# a batch is done: ARGV = group, dead-letter bound, n, then n dead letters (4 values each: the
+# last is the entry it comes from), then the batch's ids to XACK and XDEL. A dead letter is added
+# only while its entry is still in the stream: a call run twice (its reply lost, the client
+# sending it again) adds it once
 DONE = """
 local n = tonumber(ARGV[3])
 local at = 4
+local added = 0
 for i = 1, n do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
-             'd', ARGV[at], 'error', ARGV[at + 1], 'code', ARGV[at + 2], 'from', ARGV[at + 3])
+  local from = ARGV[at + 3]
+  if from == '' or #redis.call('XRANGE', KEYS[1], from, from) == 1 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+               'd', ARGV[at], 'error', ARGV[at + 1], 'code', ARGV[at + 2], 'from', from)
+    added = added + 1
+  end
   at = at + 4
 end
 if at <= #ARGV then
@@ -101,7 +108,7 @@ if at <= #ARGV then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
   redis.call('XDEL', KEYS[1], unpack(ids))
 end
-return n
+return added
 """
 
 # dead letters back into the stream (at its end), each removed from the dead-letter stream
