@@ -45,6 +45,7 @@ from dbresilience._errors import (
     SessionStateUnsupported,
     UpstreamError,
     UpstreamTimeout,
+    WriteTooLarge,
 )
 from dbresilience._events import (
     BreakerHook,
@@ -126,6 +127,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "WriteQueue",
+    "WriteTooLarge",
     "classify",
     "doctor",
     "log_retry",

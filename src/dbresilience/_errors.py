@@ -10,6 +10,7 @@ catches the library's error)::
     ├── DatabaseUnavailable              [psycopg.OperationalError] the pool cannot connect
     ├── CommitUnknown                    [psycopg.OperationalError] lost during COMMIT (P1017)
     ├── QueueFull                        [queue.Full] a write queue has no room
+    ├── WriteTooLarge                    [ValueError] a write larger than Redis takes
     ├── QueueClosed                      [RuntimeError] a write queue is not open
     ├── QueueStalled                     [RuntimeError] a write queue's worker keeps failing
     ├── JournalLocked                    [RuntimeError] another queue owns the journal
@@ -57,6 +58,7 @@ __all__ = [
     "SessionStateUnsupported",
     "UpstreamError",
     "UpstreamTimeout",
+    "WriteTooLarge",
 ]
 
 
@@ -179,6 +181,15 @@ class QueueFull(DBResilienceError, queue.Full):
     timed out). Nothing was queued.
 
     A ``queue.Full``, as the standard library's queues raise when they have no room.
+    """
+
+
+class WriteTooLarge(DBResilienceError, ValueError):
+    """``submit`` to a queue on a Redis journal: the write is larger than Redis takes in one
+    value (its ``proto-max-bulk-len``, 512 MB by default). Nothing was queued: it could never
+    enter the stream, and would hold back every write behind it.
+
+    A ``ValueError``: the write itself is at fault, not the queue's state.
     """
 
 

@@ -41,7 +41,7 @@ import redis.asyncio as aredis
 
 from dbresilience._acompat import ASignal, AWorker, asleep, aspawn, await_worker
 from dbresilience._classify import classify
-from dbresilience._errors import QueueFull
+from dbresilience._errors import QueueFull, WriteTooLarge
 from dbresilience._events import logger
 from dbresilience._journal import Journal, Record, parse_line
 from dbresilience._journal_redis_base import (
@@ -50,9 +50,13 @@ from dbresilience._journal_redis_base import (
     GONE,
     GROUP,
     LEASE,
+    LEFT_AT_CLOSE,
+    REDIS_MAX_BULK,
     RELEASE,
     REPLAY,
     SEND_BATCH,
+    TOO_LARGE,
+    TOO_LARGE_HELD,
     UNACKED,
     encode,
     producer_key,
@@ -143,6 +147,10 @@ class AsyncStreamJournal:
         self._stalled = False  # Redis down or the stream full: the outbox holds the writes
         self._why: str | None = None
         self._last_id: str | None = None  # the last entry this instance added
+        # the largest payload Redis takes (its proto-max-bulk-len, asked once it answers; its
+        # default until then): a larger one would cut the connection at every send, forever
+        self._max_bytes = REDIS_MAX_BULK
+        self._max_bytes_known = False
         self._wakeup = ASignal()  # the sender waits on it
         self._progress = ASignal()  # appenders and flush wait on it
         self._stop = ASignal()  # the lease keeper waits on it between renewals: closing
@@ -161,7 +169,13 @@ class AsyncStreamJournal:
         self._ids: dict[int, bytes] = {}  # local seq -> entry id, for the batch in flight
         self._seq = 0
         self._read_error: str | None = None
-        self.counters = {"sent": 0, "received": 0, "claimed": 0, "dead_lettered": 0}
+        self.counters = {
+            "sent": 0,
+            "received": 0,
+            "claimed": 0,
+            "dead_lettered": 0,
+            "too_large": 0,
+        }
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -207,6 +221,15 @@ class AsyncStreamJournal:
             self._holding = False
         with self._lock:
             left = len(self._outbox)
+        if self.drain:  # this queue drained: what it leaves waits for another drainer
+            with contextlib.suppress(aredis.RedisError):
+                backlog = int(await self._client.xlen(self.key))
+                if backlog:
+                    logger.warning(
+                        LEFT_AT_CLOSE,
+                        backlog,
+                        self.stream,
+                    )
         if not left and self._sent:  # every append answered: the marker has no more use
             with contextlib.suppress(aredis.RedisError):
                 await self._client.delete(self.producer_key)
@@ -231,6 +254,9 @@ class AsyncStreamJournal:
         outbox holds ``max_buffer`` writes (``on_full="block"`` first waits ``block_timeout``).
         """
         payload = encode(record, self.serializer)
+        size = len(payload.encode())
+        if size > self._max_bytes:
+            raise WriteTooLarge(TOO_LARGE % (size, self._max_bytes))
         with self._lock:
             if len(self._outbox) >= self.max_buffer and self.on_full != "block":
                 raise QueueFull(
@@ -314,8 +340,18 @@ class AsyncStreamJournal:
             if not self._send_lock.acquire(timeout=self.timeout * 2):
                 return False  # another thread is sending (slowly): the wait decides
         try:
+            if not self._max_bytes_known:
+                try:
+                    await self._learn_max_bytes()
+                except aredis.ResponseError as exc:
+                    self._stall(self._refusal(exc))
+                    return None
+                except aredis.RedisError as exc:
+                    self._stall(f"Redis unavailable: {type(exc).__name__}")
+                    return None
             with self._lock:
-                chunk = _take(self._outbox, SEND_BATCH)
+                self._set_aside_too_large()
+                chunk = _take(self._outbox, SEND_BATCH, self._max_bytes)
                 first = self._sent + 1  # the head's ticket
             if not chunk:
                 return True
@@ -324,7 +360,11 @@ class AsyncStreamJournal:
                     keys=[self.key, self.producer_key],
                     args=[self.max_len, first, *[payload for _, payload in chunk]],
                 )
+            except aredis.ResponseError as exc:  # Redis answers, and refuses: say why
+                self._stall(self._refusal(exc))
+                return None
             except aredis.RedisError as exc:
+                self._max_bytes_known = False  # a write over the limit cuts the connection
                 self._stall(f"Redis unavailable: {type(exc).__name__}")
                 return None
             skipped, known, ids = int(reply[0]), text(reply[1]), reply[2]
@@ -359,6 +399,36 @@ class AsyncStreamJournal:
             else:
                 self._send_lock.release()
 
+    async def _learn_max_bytes(self) -> None:
+        """Ask Redis the largest value it takes (``CONFIG GET proto-max-bulk-len``); a Redis
+        that refuses CONFIG (a managed one) keeps the default."""
+        try:
+            reply = await self._client.config_get("proto-max-bulk-len")
+            value = reply.get("proto-max-bulk-len") or reply.get(b"proto-max-bulk-len")
+            if value is not None:
+                self._max_bytes = max(1024, int(value) - 1024)  # room for the command's framing
+        except aredis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise
+        self._max_bytes_known = True
+
+    def _set_aside_too_large(self) -> None:
+        """Under the lock: writes at the head of the outbox larger than Redis takes (its limit
+        lowered after they were accepted) leave it, logged as lost, so that they never hold
+        back the writes behind them."""
+        while self._outbox and len(self._outbox[0][1].encode()) > self._max_bytes:
+            record, payload = self._outbox.popleft()
+            self._sent += 1  # its ticket is spent: the marker skips nothing for it
+            self.counters["too_large"] += 1
+            logger.error(
+                TOO_LARGE_HELD,
+                len(payload.encode()),
+                self._max_bytes,
+            )
+            if self._file is not None:
+                self._file_done(record.seq)
+            self._progress.notify()
+
     def _file_done(self, seq: int) -> None:
         """Under the lock: the fallback file's writes up to *seq* are in the stream."""
         assert self._file is not None
@@ -369,8 +439,16 @@ class AsyncStreamJournal:
         except OSError as exc:  # the next send writes the watermark; a replay re-sends (keys)
             logger.error("write queue: the fallback journal cannot record progress: %s", exc)
 
+    def _refusal(self, exc: BaseException) -> str:
+        """What an error reply to the append says, for the log and ``stream_stalled``: the key
+        and the fault (a value of the wrong type at the stream's key), never the URL."""
+        said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if said.startswith("WRONGTYPE"):
+            return f"WRONGTYPE at key {self.key!r}: it holds a value that is not a stream"
+        return f"Redis refuses the append to {self.key!r}: {said[:100]}"
+
     def _stall(self, why: str) -> None:
-        if not self._stalled:
+        if not self._stalled or why != self._why:
             logger.warning(
                 "write queue: %s; writes are held in memory (up to %d) until it takes them",
                 why,
@@ -653,16 +731,20 @@ class AsyncStreamJournal:
             out.append(item)
         return out
 
-    async def replay(self, ids: Sequence[str]) -> int:
-        """Move the dead letters *ids* back to the end of the stream; how many moved."""
+    async def replay(self, ids: Sequence[str]) -> tuple[int, int]:
+        """Move the dead letters *ids* back to the end of the stream while it holds fewer than
+        ``max_len`` entries: ``(moved, held back)``, the ones held back (no room) left in the
+        dead-letter stream; an id not found counts in neither."""
         if not ids:
-            return 0
-        return int(await self._client.eval(REPLAY, 2, self.key, self.dead_key, *ids))
+            return 0, 0
+        reply = await self._client.eval(REPLAY, 2, self.key, self.dead_key, self.max_len, *ids)
+        return int(reply[0]), int(reply[1])
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``stream_buffered`` (held in memory), ``stream_stalled`` (why, or None),
         ``stream_sent``, ``stream_received``, ``stream_claimed``, ``stream_dead_lettered``,
-        ``stream_draining`` (this instance holds the lease)."""
+        ``stream_too_large`` (held writes dropped: larger than Redis takes), ``stream_draining``
+        (this instance holds the lease)."""
         with self._lock:
             buffered = len(self._outbox)
         return {
@@ -676,10 +758,17 @@ class AsyncStreamJournal:
         return f"<{type(self).__name__} {redact_url(self.url)} stream={self.stream!r}>"
 
 
-def _take(items: collections.deque[tuple[Record, str]], n: int) -> list[tuple[Record, str]]:
+def _take(
+    items: collections.deque[tuple[Record, str]], n: int, max_bytes: int
+) -> list[tuple[Record, str]]:
+    """The first *n* items, fewer to stay within *max_bytes* in all (at least the first, and
+    never one larger than *max_bytes*): one call's arguments stay within what Redis reads."""
     out: list[tuple[Record, str]] = []
+    total = 0
     for item in items:
-        if len(out) >= n:
+        size = len(item[1].encode())
+        if len(out) >= n or size > max_bytes or (out and total + size > max_bytes):
             break
+        total += size
         out.append(item)
     return out

@@ -15,6 +15,7 @@ __all__ = [
     "DONE",
     "GROUP",
     "LEASE",
+    "REDIS_MAX_BULK",
     "RELEASE",
     "REPLAY",
     "check_stream_url",
@@ -33,7 +34,25 @@ UNACKED = (
     "write queue: cannot acknowledge %d committed writes (%d for the dead-letter stream %r): "
     "%s; retrying, the batch stays pending"
 )
+# said at close by a queue that drained: writes in the stream wait for another drainer
+LEFT_AT_CLOSE = (
+    "write queue: closed with %d writes left in the stream %r for the next drainer "
+    "(not applied by this one)"
+)
+# a submit refused: the write can never enter the stream
+TOO_LARGE = (
+    "write queue: this write is %d bytes in the stream; Redis takes at most "
+    "proto-max-bulk-len=%d bytes a value: refused, not queued"
+)
+# a held write larger than Redis takes now (its limit lowered after the write was accepted)
+TOO_LARGE_HELD = (
+    "write queue: a write of %d bytes is larger than Redis takes now (proto-max-bulk-len=%d): "
+    "LOST, never in the stream; the writes behind it go on"
+)
 SEND_BATCH = 1000  # entries per XADD script call
+# Redis's default proto-max-bulk-len (512 MB), less room for the command's framing: the largest
+# payload a stream takes until the server is asked its own; also the bytes of one append call
+REDIS_MAX_BULK = 512 * 1024 * 1024 - 1024
 
 # XADD each payload while the stream holds fewer than ARGV[1] entries; ARGV[2] is the first
 # payload's ticket (this instance's count of writes), KEYS[2] this instance's marker: "ticket id"
@@ -111,23 +130,31 @@ end
 return added
 """
 
-# dead letters back into the stream (at its end), each removed from the dead-letter stream
+# dead letters back into the stream (at its end), each removed from the dead-letter stream,
+# while the stream holds fewer than ARGV[1] entries (its bound: never pushed past it). ARGV[2..]
+# are the ids. Returns {moved, held back for lack of room (left in the dead-letter stream)}
 REPLAY = """
-local moved = 0
-for i = 1, #ARGV do
+local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
+local moved, held = 0, 0
+for i = 2, #ARGV do
   local e = redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i])
   if #e == 1 then
-    local f = e[1][2]
-    for j = 1, #f, 2 do
-      if f[j] == 'd' then
-        redis.call('XADD', KEYS[1], '*', 'd', f[j + 1])
-        redis.call('XDEL', KEYS[2], ARGV[i])
-        moved = moved + 1
+    if room <= 0 then
+      held = held + 1
+    else
+      local f = e[1][2]
+      for j = 1, #f, 2 do
+        if f[j] == 'd' then
+          redis.call('XADD', KEYS[1], '*', 'd', f[j + 1])
+          redis.call('XDEL', KEYS[2], ARGV[i])
+          moved = moved + 1
+          room = room - 1
+        end
       end
     end
   end
 end
-return moved
+return {moved, held}
 """
 
 

@@ -30,7 +30,13 @@ from psycopg import sql
 
 from dbresilience import _instrument
 from dbresilience._classify import ErrorKind, classify
-from dbresilience._errors import DBResilienceError, QueueClosed, QueueFull, QueueStalled
+from dbresilience._errors import (
+    DBResilienceError,
+    QueueClosed,
+    QueueFull,
+    QueueStalled,
+    WriteTooLarge,
+)
 from dbresilience._events import logger
 from dbresilience._journal import Journal, Record
 from dbresilience._lifecycle import Lifecycle, ResourceState
@@ -645,6 +651,8 @@ class QueueBase(Lifecycle):
             raise QueueClosed("the write queue is not open")
         try:
             self._stream.append(Record(1, statement, params, key))
+        except WriteTooLarge:  # larger than Redis takes: said as such, nothing queued
+            raise
         except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
             raise TypeError(f"params cannot be journaled: {exc}") from None
         with self._cond:

@@ -3,7 +3,8 @@
 - ``failed``: the dead-letter stream (writes set aside, with their error), as JSON lines; the
   parameters only with ``--params`` (they are row data).
 - ``replay``: dead letters back to the end of the stream (``--id``, repeatable, or ``--all``),
-  to be applied again once their cause is fixed.
+  to be applied again once their cause is fixed; never past the stream's bound (``--max-len``,
+  the queues' ``max_stream_len``): what does not fit stays a dead letter, said, exit status 3.
 - ``drain``: a long-lived drainer, for instances that only append (``drain=False``): applies
   the stream into the database until SIGTERM/SIGINT (or, ``--until-empty``, until the stream
   holds nothing).
@@ -49,6 +50,13 @@ def add_queue_parser(sub: Any) -> None:
         elif name == "replay":
             p.add_argument("--id", action="append", default=[], help="a dead letter's id")
             p.add_argument("--all", action="store_true", help="every dead letter")
+            p.add_argument(
+                "--max-len",
+                type=int,
+                default=1_000_000,
+                help="the stream's bound (the queues' max_stream_len, default 1,000,000): "
+                "replay stops there",
+            )
         else:
             p.add_argument("dsn", help="the database to apply into")
             p.add_argument("--batch-size", type=int, default=5000, help="writes a transaction")
@@ -59,13 +67,13 @@ def add_queue_parser(sub: Any) -> None:
             p.add_argument("--max-seconds", type=float, default=None, help="exit after this long")
 
 
-def _journal(url: str, stream: str) -> Any:
+def _journal(url: str, stream: str, max_len: int = 1) -> Any:
     from dbresilience._journal_redis import StreamJournal
 
     journal = StreamJournal(
         check_stream_url("--journal", url, "dbresilience queue"),
         stream=stream,
-        max_len=1,
+        max_len=max_len,
         max_buffer=1,
         lease_ttl=10.0,
         on_full="raise",
@@ -81,7 +89,11 @@ def run_queue_command(args: argparse.Namespace, out: Any = print) -> int:
         return _drain(args, out)
     import redis
 
-    journal = _journal(args.journal, args.stream)
+    max_len = getattr(args, "max_len", 1)
+    if max_len < 1:
+        out("--max-len: a positive number of entries")
+        return 2
+    journal = _journal(args.journal, args.stream, max_len)
     try:
         return _inspect(args, journal, out)
     except redis.RedisError as exc:  # its message names a host or an id, never a password
@@ -105,8 +117,14 @@ def _inspect(args: argparse.Namespace, journal: Any, out: Any) -> int:
         out("replay: name dead letters with --id (repeatable) or --all")
         return 2
     ids = [item["id"] for item in letters] if args.all else args.id
-    moved = journal.replay(ids)
+    moved, held = journal.replay(ids)
     out(f"replayed {moved} of {len(ids)} dead letters")
+    if held:  # the stream at its bound: never pushed past it
+        out(
+            f"{held} left in the dead-letter stream: the stream holds --max-len={args.max_len} "
+            "entries; replay them again once it has drained"
+        )
+        return 3
     return 0 if moved == len(ids) else 1
 
 
