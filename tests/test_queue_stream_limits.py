@@ -5,6 +5,7 @@ closed after its pool says how many writes it left in the stream."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -190,3 +191,30 @@ def test_a_drainer_closed_after_its_pool_says_what_it_left_in_the_stream(
     finally:
         client.close()
     assert rows(pg_dsn, table) == 1
+
+
+def test_async_queue_refuses_a_write_larger_than_redis_takes(
+    redis_server: TemporaryRedis,
+) -> None:
+    """AsyncWriteQueue (its submit cannot wait): the same refusal at submit, and the write
+    after it goes into the stream."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.config_set("proto-max-bulk-len", "1mb")
+    stream = f"dbr-limits-{uuid.uuid4().hex[:10]}"
+
+    async def run() -> None:
+        async with dbr.AsyncWriteQueue(
+            None, journal=redis_server.url, stream=stream, drain=False
+        ) as queue:
+            queue.submit("select 1", (), key="a")
+            assert await queue.flush(5)  # the limit is known once Redis answered
+            with pytest.raises(dbr.WriteTooLarge, match="1047552"):
+                queue.submit("select %s", ("x" * 2_000_000,), key="b")
+            queue.submit("select 2", (), key="c")
+            assert await queue.flush(5)
+
+    try:
+        asyncio.run(run())
+        assert client.xlen(stream_keys(stream)[0]) == 2
+    finally:
+        client.close()
