@@ -14,6 +14,7 @@ between two socket operations and resets are real RSTs (a linger-0 close from th
 
 from __future__ import annotations
 
+from dbresilience.faults._common import free_port
 from dbresilience.faults._pgbouncer import TemporaryPgBouncer, find_pgbouncer
 from dbresilience.faults._postgres import (
     TemporaryPostgres,
@@ -22,7 +23,7 @@ from dbresilience.faults._postgres import (
     find_pg_bindir,
     terminate_backends,
 )
-from dbresilience.faults._proxy import FaultProxy, ProxyMode, free_port
+from dbresilience.faults._proxy import FaultProxy, ProxyMode
 from dbresilience.faults._redis import TemporaryRedis
 
 __all__ = [

@@ -9,13 +9,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
+from dbresilience.faults._common import _Fixture, free_port, wait_until
 from dbresilience.faults._postgres import _chown_tree, _scratch_root, _server_user
-from dbresilience.faults._proxy import free_port
 
 __all__ = ["TemporaryPgBouncer", "find_pgbouncer"]
 
@@ -43,7 +41,7 @@ def find_pgbouncer() -> str:
     )
 
 
-class TemporaryPgBouncer:
+class TemporaryPgBouncer(_Fixture):
     """A throwaway PgBouncer on ``127.0.0.1`` and a free port, in front of *upstream*.
 
     ``TemporaryPgBouncer("127.0.0.1", 5432, pool_mode="transaction", default_pool_size=2)``;
@@ -154,18 +152,23 @@ class TemporaryPgBouncer:
         self._proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                self._proc = None
-                raise RuntimeError(f"pgbouncer exited at start: {err.strip()[-2000:]}{self._log()}")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            time.sleep(0.02)
+        if wait_until(self._listening, timeout, 0.02):
+            return self
         self.kill()
         raise RuntimeError(f"pgbouncer did not listen on port {self.port} within {timeout} s")
+
+    def _listening(self) -> bool:
+        """True once it accepts a connection; raises if the process exited instead."""
+        proc = self._proc
+        assert proc is not None
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            self._proc = None
+            raise RuntimeError(f"pgbouncer exited at start: {err.strip()[-2000:]}{self._log()}")
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        return False
 
     def _log(self) -> str:
         path = self.log_path
@@ -244,17 +247,6 @@ class TemporaryPgBouncer:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-    def __enter__(self) -> TemporaryPgBouncer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -21,9 +21,8 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
-from dbresilience.faults._proxy import free_port
+from dbresilience.faults._common import _Fixture, free_port
 
 _log = logging.getLogger("dbresilience.faults")
 
@@ -296,7 +295,7 @@ def terminate_backends(dsn: str, databases: list[str] | None = None) -> int:
     return len(rows)
 
 
-class TemporaryPostgres:
+class TemporaryPostgres(_Fixture):
     """A throwaway PostgreSQL cluster on ``127.0.0.1`` and a free port, for breaking on purpose.
 
     ``start()`` makes the cluster (a copy of a per-process ``initdb`` template) and starts it;
@@ -485,17 +484,6 @@ class TemporaryPostgres:
                 self.stop("immediate")
         shutil.rmtree(self._base, ignore_errors=True)
         self._base = None
-
-    def __enter__(self) -> TemporaryPostgres:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"TemporaryPostgres(port={self.port}, running={self._base is not None})"

@@ -1,4 +1,4 @@
-"""The TCP fault proxy: :class:`FaultProxy`, its :class:`ProxyMode` and :func:`free_port`."""
+"""The TCP fault proxy: :class:`FaultProxy` and its :class:`ProxyMode`."""
 
 from __future__ import annotations
 
@@ -14,19 +14,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
+
+from dbresilience.faults._common import _Fixture
 
 logger = logging.getLogger("dbresilience.faults")
 
 _CHUNK = 65536
 _MAX_BUFFER = 4 * 1024 * 1024
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on *host*."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class ProxyMode(enum.Enum):
@@ -59,7 +53,7 @@ class _Link:
     closed: bool = False
 
 
-class FaultProxy:
+class FaultProxy(_Fixture):
     """A TCP proxy on ``127.0.0.1`` in front of *upstream* that can break on command.
 
     ``down()`` refuses new connections and resets live ones; ``silent()`` accepts new ones and
@@ -123,17 +117,6 @@ class FaultProxy:
         self._thread = None
         self._wake_r.close()
         self._wake_w.close()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def address(self) -> tuple[str, int]:

@@ -7,14 +7,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 
-from dbresilience.faults._proxy import free_port
+from dbresilience.faults._common import _Fixture, free_port, wait_until
 
 
-class TemporaryRedis:
+class TemporaryRedis(_Fixture):
     """A throwaway ``redis-server`` on ``127.0.0.1`` and a free port, keeping nothing on disk.
 
     ``start()`` / ``stop()`` may be called repeatedly (same port); ``close()`` stops it and
@@ -59,18 +57,21 @@ class TemporaryRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
-            ):
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return self
-            time.sleep(0.05)
+        if wait_until(self._answers, 10, 0.05):
+            return self
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
+
+    def _answers(self) -> bool:
+        """True once it answers PING."""
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
+        ):
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return True
+        return False
 
     def stop(self) -> None:
         """Stop the server (SIGKILL: nothing to save) and wait for it to exit."""
@@ -85,14 +86,3 @@ class TemporaryRedis:
         """Stop the server and delete its folder. Idempotent."""
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> TemporaryRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
