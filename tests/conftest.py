@@ -3,9 +3,11 @@
 - ``pg_dsn``: the running PostgreSQL (``$DBR_TEST_DSN``, default the local trust server); where
   none answers, a throwaway cluster started from the installed server binaries.
 - ``pg_cluster``: a throwaway cluster that a test may stop, restart or freeze; it is running and
-  thawed when the test starts and put back that way after.
+  thawed when the test starts and put back that way after (the pytest plugin's
+  ``dbr_postgres``, ``src/dbresilience/pytest_plugin.py``).
 - ``redis_url``: the running Redis (``$DBR_TEST_REDIS``), else a throwaway ``redis-server``.
-- ``redis_server``: a throwaway ``redis-server`` a test may stop and start.
+- ``redis_server``: a throwaway ``redis-server`` a test may stop and start (the plugin's
+  ``dbr_redis``).
 - ``make_proxy``: builds :class:`dbresilience.faults.FaultProxy` objects closed after the test.
 - ``start_pgbouncer(upstream_dsn, **options)``: a :class:`dbresilience.faults.TemporaryPgBouncer`
   in front of an upstream (for module-scoped fixtures: one PgBouncer per module).
@@ -15,7 +17,6 @@ Under ``CI=true`` a service that cannot be had is an error, never a skip.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +30,6 @@ from dbresilience.faults import (
     TemporaryPgBouncer,
     TemporaryPostgres,
     TemporaryRedis,
-    terminate_backends,
 )
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -94,43 +94,11 @@ def table_name(pg_conn: psycopg.Connection[tuple[object, ...]]) -> Iterator[str]
         )
 
 
-@pytest.fixture(scope="session")
-def _session_cluster() -> Iterator[TemporaryPostgres]:
-    try:
-        cluster = TemporaryPostgres().start()
-    except Exception as exc:
-        _unavailable("a throwaway PostgreSQL cluster", exc)
-        return
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
 @pytest.fixture
-def pg_cluster(_session_cluster: TemporaryPostgres) -> Iterator[TemporaryPostgres]:
-    """A throwaway cluster this test may stop, restart or freeze; restored afterwards."""
-    if not _session_cluster.running:
-        _session_cluster.start()
-    frozen: list[int] = []
-    original_freeze = _session_cluster.freeze
-
-    def tracking_freeze(pid: int) -> None:
-        frozen.append(pid)
-        original_freeze(pid)
-
-    _session_cluster.freeze = tracking_freeze  # type: ignore[method-assign]
-    try:
-        yield _session_cluster
-    finally:
-        _session_cluster.freeze = original_freeze  # type: ignore[method-assign]
-        for pid in frozen:
-            with contextlib.suppress(ProcessLookupError):
-                TemporaryPostgres.thaw(pid)
-        if not _session_cluster.running:
-            _session_cluster.start()
-        else:  # close whatever the test left connected (frozen backends included)
-            terminate_backends(_session_cluster.dsn)
+def pg_cluster(dbr_postgres: TemporaryPostgres) -> TemporaryPostgres:
+    """A throwaway cluster this test may stop, restart or freeze; restored afterwards (the
+    plugin's ``dbr_postgres``: one cluster per session, thawed and running for each test)."""
+    return dbr_postgres
 
 
 @pytest.fixture
@@ -178,17 +146,9 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[TemporaryRedis]:
-    """A throwaway ``redis-server`` this test may stop and start."""
-    try:
-        server = TemporaryRedis().start()
-    except Exception as exc:
-        _unavailable("redis-server", exc)
-        return
-    try:
-        yield server
-    finally:
-        server.close()
+def redis_server(dbr_redis: TemporaryRedis) -> TemporaryRedis:
+    """A throwaway ``redis-server`` this test may stop and start (the plugin's ``dbr_redis``)."""
+    return dbr_redis
 
 
 @pytest.fixture
@@ -206,14 +166,19 @@ def make_proxy() -> Iterator[Callable[[str, int], FaultProxy]]:
         proxy.close()
 
 
-@pytest.fixture
-def pg_proxy(pg_dsn: str, make_proxy: Callable[[str, int], FaultProxy]) -> tuple[FaultProxy, str]:
-    """A fault proxy in front of ``pg_dsn`` and the DSN that goes through it."""
-    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+def _tcp_address(dsn: str) -> tuple[str, int]:
+    """``(host, port)`` of the server of *dsn* over TCP (a socket folder is 127.0.0.1)."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
     host = str(params.get("host") or "127.0.0.1")
     if host.startswith("/"):
         host = "127.0.0.1"
-    proxy = make_proxy(host, int(params.get("port") or 5432))
+    return host, int(params.get("port") or 5432)
+
+
+@pytest.fixture
+def pg_proxy(pg_dsn: str, make_proxy: Callable[[str, int], FaultProxy]) -> tuple[FaultProxy, str]:
+    """A fault proxy in front of ``pg_dsn`` and the DSN that goes through it."""
+    proxy = make_proxy(*_tcp_address(pg_dsn))
     return proxy, proxy.dsn(pg_dsn)
 
 
@@ -253,12 +218,8 @@ def start_pgbouncer(upstream_dsn: str, **options: Any) -> TemporaryPgBouncer:
     A missing ``pgbouncer`` binary is a skip with the reason outside CI and an error under
     ``CI=true`` (``make test`` installs it as root: ``apt-get install pgbouncer``).
     """
-    params = psycopg.conninfo.conninfo_to_dict(upstream_dsn)
-    host = str(params.get("host") or "127.0.0.1")
-    if host.startswith("/"):
-        host = "127.0.0.1"
     try:
-        bouncer = TemporaryPgBouncer(host, int(params.get("port") or 5432), **options)
+        bouncer = TemporaryPgBouncer(*_tcp_address(upstream_dsn), **options)
     except FileNotFoundError as exc:
         _unavailable("PgBouncer", exc)
         raise  # pragma: no cover - _unavailable always raises
