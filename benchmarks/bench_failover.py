@@ -45,6 +45,15 @@ class Probe:
         if self.promoted_at is not None and self.first_read is None:
             self.first_read = time.monotonic()
 
+    def wait(self, timeout: float, tick: float) -> None:
+        """Sleep *tick* at a time until the promotion, a write and a read after it are all
+        seen, *timeout* seconds at most."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (
+            self.promoted_at is None or self.first_write is None or self.first_read is None
+        ):
+            time.sleep(tick)
+
 
 Candidate = Callable[[str, Probe, threading.Event], Iterator[None]]
 
@@ -64,6 +73,31 @@ def _threads(*targets: Callable[[], None]) -> list[threading.Thread]:
 
 
 @contextlib.contextmanager
+def _load(
+    stop: threading.Event, write: Callable[[], None], read: Callable[[], None]
+) -> Iterator[None]:
+    """A writer and a reader thread looping until *stop*; joined when the block ends."""
+    threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
+    yield
+    for thread in threads:
+        thread.join()
+
+
+@contextlib.contextmanager
+def primary_and_standby(create: str) -> Iterator[tuple[TemporaryPostgres, TemporaryPostgres, str]]:
+    """A fresh primary (*create* run on it) and a synchronous standby, and the multi-host
+    conninfo (``target_session_attrs=read-write``) that finds whichever is the primary."""
+    with TemporaryPostgres() as primary:
+        primary.execute(create)
+        with primary.start_replica(synchronous=True) as replica:
+            dsn = (
+                f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} user=postgres "
+                "dbname=postgres target_session_attrs=read-write"
+            )
+            yield primary, replica, dsn
+
+
+@contextlib.contextmanager
 def dbr_queue(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]:
     counter = iter(range(10**9))
     with (
@@ -79,10 +113,8 @@ def dbr_queue(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]:
             pool.fetchone("select 1")
             probe.read()
 
-        threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
-        yield
-        for thread in threads:
-            thread.join()
+        with _load(stop, write, read):
+            yield
         queue.flush(10)
 
 
@@ -100,10 +132,8 @@ def dbr_execute(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]
             pool.fetchone("select 1")
             probe.read()
 
-        threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
-        yield
-        for thread in threads:
-            thread.join()
+        with _load(stop, write, read):
+            yield
 
 
 @contextlib.contextmanager
@@ -123,26 +153,27 @@ def psycopg_pool_defaults(dsn: str, probe: Probe, stop: threading.Event) -> Iter
                 conn.execute("select 1").fetchone()
             probe.read()
 
-        threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
-        yield
-        for thread in threads:
-            thread.join()
+        with _load(stop, write, read):
+            yield
 
 
 @contextlib.contextmanager
-def sqlalchemy_pre_ping(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]:
+def sqlalchemy_engine(
+    dsn: str, probe: Probe, stop: threading.Event, prefix: str, **options: object
+) -> Iterator[None]:
+    """SQLAlchemy's ``create_engine`` with *options*, writing keys ``<prefix><n>``."""
     import sqlalchemy as sa
 
     counter = iter(range(10**9))
     engine = sa.create_engine(
-        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), pool_pre_ping=True
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), **options
     )
     statement = sa.text("insert into ev (k, v) values (:k, :v)")
 
     def write() -> None:
         i = next(counter)
         with engine.begin() as conn:
-            conn.execute(statement, {"k": f"k{i}", "v": i})
+            conn.execute(statement, {"k": f"{prefix}{i}", "v": i})
         probe.wrote()
 
     def read() -> None:
@@ -150,13 +181,18 @@ def sqlalchemy_pre_ping(dsn: str, probe: Probe, stop: threading.Event) -> Iterat
             conn.execute(sa.text("select 1")).fetchone()
         probe.read()
 
-    threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
     try:
-        yield
-        for thread in threads:
-            thread.join()
+        with _load(stop, write, read):
+            yield
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def sqlalchemy_pre_ping(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]:
+    """SQLAlchemy's engine with ``pool_pre_ping=True``."""
+    with sqlalchemy_engine(dsn, probe, stop, "k", pool_pre_ping=True):
+        yield
 
 
 def one_failover(candidate: Candidate, outage: float) -> Probe:
@@ -164,24 +200,16 @@ def one_failover(candidate: Candidate, outage: float) -> Probe:
     crashes; *outage* seconds later the standby is promoted; 5 s more of load."""
     probe = Probe()
     stop = threading.Event()
-    with TemporaryPostgres() as primary:
-        primary.execute("create table ev (k text, v int)")
-        with primary.start_replica(synchronous=True) as replica:
-            dsn = (
-                f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} user=postgres "
-                "dbname=postgres target_session_attrs=read-write"
-            )
-            with candidate(dsn, probe, stop):
-                time.sleep(0.5)
-                primary.kill()
-                time.sleep(outage)
-                probe.promoted_at = replica.promote()
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and (
-                    probe.first_write is None or probe.first_read is None
-                ):
-                    time.sleep(0.02)
-                stop.set()
+    with (
+        primary_and_standby("create table ev (k text, v int)") as (primary, replica, dsn),
+        candidate(dsn, probe, stop),
+    ):
+        time.sleep(0.5)
+        primary.kill()
+        time.sleep(outage)
+        probe.promoted_at = replica.promote()
+        probe.wait(10, 0.02)
+        stop.set()
     return probe
 
 
@@ -189,46 +217,34 @@ def _one_breaker_opened() -> Probe:
     probe = Probe()
     stop = threading.Event()
     counter = iter(range(10**9))
-    with TemporaryPostgres() as primary:
-        primary.execute("create table ev (k text, v int)")
-        with primary.start_replica(synchronous=True) as replica:
-            dsn = (
-                f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} "
-                "user=postgres dbname=postgres target_session_attrs=read-write"
-            )
-            with (
-                dbr.Pool(dsn) as pool,
-                dbr.WriteQueue(pool, on_commit=lambda batch: probe.wrote()) as queue,
-            ):
+    with (
+        primary_and_standby("create table ev (k text, v int)") as (primary, replica, dsn),
+        dbr.Pool(dsn) as pool,
+        dbr.WriteQueue(pool, on_commit=lambda batch: probe.wrote()) as queue,
+    ):
 
-                def write() -> None:
-                    i = next(counter)
-                    queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
+        def write() -> None:
+            i = next(counter)
+            queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
 
-                def read() -> None:
-                    pool.fetchone("select 1", timeout=1.0)
-                    probe.read()
-                    time.sleep(0.04)  # with the loop's tick: one read every 50 ms
+        def read() -> None:
+            pool.fetchone("select 1", timeout=1.0)
+            probe.read()
+            time.sleep(0.04)  # with the loop's tick: one read every 50 ms
 
-                threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
-                time.sleep(0.5)
-                primary.kill()
-                deadline = time.monotonic() + 20
-                breaker = pool.breaker
-                assert breaker is not None
-                while breaker.state is not dbr.CircuitState.OPEN:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the reads did not open the breaker in 20 s")
-                    time.sleep(0.02)
-                probe.promoted_at = replica.promote()
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and (
-                    probe.first_write is None or probe.first_read is None
-                ):
-                    time.sleep(0.02)
-                stop.set()
-                for thread in threads:
-                    thread.join()
+        with _load(stop, write, read):
+            time.sleep(0.5)
+            primary.kill()
+            deadline = time.monotonic() + 20
+            breaker = pool.breaker
+            assert breaker is not None
+            while breaker.state is not dbr.CircuitState.OPEN:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the reads did not open the breaker in 20 s")
+                time.sleep(0.02)
+            probe.promoted_at = replica.promote()
+            probe.wait(10, 0.02)
+            stop.set()
     return probe
 
 

@@ -42,10 +42,10 @@ from .bench_failover import (
     TICK,
     Candidate,
     Probe,
-    _loop,
-    _threads,
     dbr_queue,
+    primary_and_standby,
     psycopg_pool_defaults,
+    sqlalchemy_engine,
 )
 
 OUTAGE = 1.0  # seconds each fault lasts before it is healed
@@ -62,30 +62,8 @@ TARGETS = {
 @contextlib.contextmanager
 def sqlalchemy_defaults(dsn: str, probe: Probe, stop: threading.Event) -> Iterator[None]:
     """SQLAlchemy's engine as ``create_engine`` makes it (QueuePool, no pre-ping)."""
-    import sqlalchemy as sa
-
-    counter = iter(range(10**9))
-    engine = sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
-    statement = sa.text("insert into ev (k, v) values (:k, :v)")
-
-    def write() -> None:
-        i = next(counter)
-        with engine.begin() as conn:
-            conn.execute(statement, {"k": f"s{i}", "v": i})
-        probe.wrote()
-
-    def read() -> None:
-        with engine.connect() as conn:
-            conn.execute(sa.text("select 1")).fetchone()
-        probe.read()
-
-    threads = _threads(lambda: _loop(stop, write), lambda: _loop(stop, read))
-    try:
+    with sqlalchemy_engine(dsn, probe, stop, "s"):
         yield
-        for thread in threads:
-            thread.join()
-    finally:
-        engine.dispose()
 
 
 class Back:
@@ -137,18 +115,17 @@ def _measure(
         time.sleep(OUTAGE)
         back = Back(probe_dsn, probe).start()
         heal()
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline and (
-            probe.promoted_at is None or probe.first_write is None or probe.first_read is None
-        ):
-            time.sleep(TICK)
+        probe.wait(WAIT, TICK)
         back.stop()
         stop.set()
     return probe
 
 
+_EV = "create table if not exists ev (k text, v int)"
+
+
 def _table(pg: TemporaryPostgres) -> None:
-    pg.execute("create table if not exists ev (k text, v int)")
+    pg.execute(_EV)
 
 
 def server_restart(pg: TemporaryPostgres) -> Shape:
@@ -166,11 +143,7 @@ def backends_killed(pg: TemporaryPostgres) -> Shape:
             time.sleep(0.5)
             terminate_backends(pg.dsn, ["postgres"])
             probe.promoted_at = time.monotonic()  # it never stopped accepting
-            deadline = time.monotonic() + WAIT
-            while time.monotonic() < deadline and (
-                probe.first_write is None or probe.first_read is None
-            ):
-                time.sleep(TICK)
+            probe.wait(WAIT, TICK)
             stop.set()
         return probe
 
@@ -195,14 +168,8 @@ def network_frozen(proxy: FaultProxy, pg: TemporaryPostgres) -> Shape:
 
 def failover(candidate: Candidate) -> Probe:
     """A fresh primary and synchronous standby each time (a promotion cannot be undone)."""
-    with TemporaryPostgres() as primary:
-        _table(primary)
-        with primary.start_replica(synchronous=True) as replica:
-            dsn = (
-                f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} user=postgres "
-                "dbname=postgres target_session_attrs=read-write"
-            )
-            return _measure(candidate, dsn, dsn, primary.kill, lambda: replica.promote())
+    with primary_and_standby(_EV) as (primary, replica, dsn):
+        return _measure(candidate, dsn, dsn, primary.kill, lambda: replica.promote())
 
 
 def _median(probes: list[Probe], attr: str) -> float:
