@@ -4,6 +4,7 @@ factory here; see :mod:`dbresilience.sqlalchemy`)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import weakref
 from datetime import timedelta
@@ -273,7 +274,7 @@ def instrument(
 
     def _pop(conn: sa.Connection | None, cursor: Any) -> Any:
         """The entry of *cursor*'s statement, taken off the connection's stack (or None)."""
-        stack = conn.info.get(_WATCH) if conn is not None else None
+        stack = _info_of(conn).get(_WATCH)
         if not stack:
             return None
         for i in range(len(stack) - 1, -1, -1):
@@ -288,6 +289,7 @@ def instrument(
             conn.invalidate()  # the answer came, but the socket is already shut
 
     _bound_transaction_ends(engine.dialect, watchdog, config)
+    _bound_initialize(engine.dialect, watchdog, config)
 
     @event.listens_for(engine, "handle_error")
     def _handle_error(context: sa.engine.ExceptionContext) -> None:
@@ -363,6 +365,66 @@ def _bound_transaction_ends(dialect: Any, watchdog: Watchdog, config: PoolConfig
 
     dialect.do_commit = bounded(plain_commit, "commit", config.query_timeout)
     dialect.do_rollback = bounded(plain_rollback, "rollback", rollback_for)
+
+
+def _info_of(conn: sa.Connection | None) -> dict[Any, Any]:
+    """*conn*'s ``info`` dictionary; empty (and not kept) for the connection SQLAlchemy gives
+    the dialect's first-connect queries, which has none (its ``info`` raises
+    ``NotImplementedError``: raised from the error handler, the dialect took it for "this
+    server cannot say" and initialized with ``server_version_info=None``)."""
+    if conn is None:
+        return {}
+    try:
+        return conn.info
+    except NotImplementedError:
+        return {}
+
+
+def _bound_initialize(dialect: Any, watchdog: Watchdog, config: PoolConfig) -> None:
+    """Bound the dialect's first-connect queries by ``connect_timeout``, not the statement
+    deadline.
+
+    SQLAlchemy runs ``dialect.initialize`` (server version, default schema, isolation level,
+    hstore lookup) on the engine's first connection, and again on a later one only if it
+    raised. They are part of opening a connection: with a small ``query_timeout`` the server's
+    ``statement_timeout`` and ``lock_timeout`` (set from it) cancelled them on a busy server.
+    They run under ``connect_timeout`` on both sides: ``SET LOCAL`` of the two server
+    settings (undone by the rollback that ends the initialization) and the watchdog on the
+    socket (past it the socket is shut and the connect raises; the next connect
+    initializes again).
+    """
+    plain_initialize = dialect.initialize
+    limit = config.connect_timeout
+    millis = max(1, math.ceil(limit * 1000))
+    relax = f"SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}"
+
+    def initialize(connection: sa.Connection) -> None:
+        driver = _driver_connection(connection.connection)
+        try:
+            fd = None if driver is None or driver.closed else driver.pgconn.socket
+        except psycopg.Error:
+            fd = None
+        if fd is None:
+            plain_initialize(connection)
+            return
+        entry = watchdog.watch(fd, time.monotonic() + limit)
+        try:
+            connection.exec_driver_sql(relax)
+            plain_initialize(connection)
+        except Exception as exc:
+            if watchdog.done(entry) and hasattr(exc, "add_note"):
+                exc.add_note(
+                    f"the dialect's first-connect queries on engine {config.name!r} ran past "
+                    f"connect_timeout ({limit:.2f} s); the connection was shut down"
+                )
+            raise
+        if watchdog.done(entry):
+            raise sa.exc.DisconnectionError(
+                f"the dialect's first-connect queries on engine {config.name!r} ran past "
+                f"connect_timeout ({limit:.2f} s); the connection was shut down"
+            )
+
+    dialect.initialize = initialize
 
 
 def _cursor_closed(cursor: Any) -> bool:
