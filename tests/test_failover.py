@@ -9,6 +9,7 @@ lost acknowledged write is the library's fault, never the topology's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -74,6 +75,40 @@ class Load:
             if self.promoted_at is not None and self.first_commit is None:
                 self.first_commit = now
 
+    @contextlib.contextmanager
+    def running(self, pool: dbr.Pool, queue: dbr.WriteQueue, write_every: float) -> Iterator[None]:
+        """While the block runs: keyed writes through *queue* every *write_every* seconds and a
+        read (1 s deadline) on *pool* every 50 ms, each in its own thread, recorded here; when
+        it ends, both threads stop and are joined."""
+        stop = threading.Event()
+
+        def write() -> None:
+            i = 0
+            while not stop.is_set():
+                queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
+                i += 1
+                time.sleep(write_every)
+
+        def read() -> None:
+            while not stop.is_set():
+                t = time.monotonic()
+                try:
+                    pool.fetchone("select 1", timeout=1.0)
+                    self.reads.append((t, None))
+                except Exception as exc:
+                    self.reads.append((t, type(exc).__name__))
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=write), threading.Thread(target=read)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
     def check(self, new_primary: TemporaryPostgres, written: int) -> dict[str, float]:
         """0 acknowledged writes lost, none applied twice; the recovery figures."""
         with psycopg.connect(new_primary.dsn) as conn:
@@ -102,33 +137,11 @@ def test_failover_after_a_crash_loses_no_acknowledged_write(
     reads come back."""
     primary, replica = pair
     load = Load()
-    stop = threading.Event()
     with (
         dbr.Pool(multi_host(primary, replica), min_size=2, max_size=4) as pool,
         dbr.WriteQueue(pool, on_commit=load.on_commit) as queue,
     ):
-
-        def write() -> None:
-            i = 0
-            while not stop.is_set():
-                queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
-                i += 1
-                time.sleep(0.005)
-
-        def read() -> None:
-            while not stop.is_set():
-                t = time.monotonic()
-                try:
-                    pool.fetchone("select 1", timeout=1.0)
-                    load.reads.append((t, None))
-                except Exception as exc:
-                    load.reads.append((t, type(exc).__name__))
-                time.sleep(0.05)
-
-        threads = [threading.Thread(target=write), threading.Thread(target=read)]
-        for thread in threads:
-            thread.start()
-        try:
+        with load.running(pool, queue, write_every=0.005):
             time.sleep(0.5)
             primary.stop(how)
             time.sleep(0.5)
@@ -137,10 +150,6 @@ def test_failover_after_a_crash_loses_no_acknowledged_write(
             while load.first_commit is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.3)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join()
         assert queue.flush(20)
         stats = queue.stats()
         assert stats["failed"] == 0
@@ -241,29 +250,11 @@ def test_reads_and_queued_writes_come_back_at_once_after_a_long_failover(
     the test waits for the first read and the first commit, not for a fixed time."""
     primary, replica = pair
     load = Load()
-    stop = threading.Event()
     breaker = dbr.CircuitBreaker(window=60, open_for=60)
     with (
         dbr.Pool(multi_host(primary, replica), breaker=breaker) as pool,
         dbr.WriteQueue(pool, on_commit=load.on_commit) as queue,
     ):
-
-        def write() -> None:
-            i = 0
-            while not stop.is_set():
-                queue.submit(INSERT, (f"k{i}", i), key=f"k{i}")
-                i += 1
-                time.sleep(0.01)
-
-        def read() -> None:
-            while not stop.is_set():
-                t = time.monotonic()
-                try:
-                    pool.fetchone("select 1", timeout=1.0)
-                    load.reads.append((t, None))
-                except Exception as exc:
-                    load.reads.append((t, type(exc).__name__))
-                time.sleep(0.05)
 
         def back() -> bool:
             with load.lock:
@@ -272,10 +263,7 @@ def test_reads_and_queued_writes_come_back_at_once_after_a_long_failover(
                 error is None and t >= (load.promoted_at or 0) for t, error in list(load.reads)
             )
 
-        threads = [threading.Thread(target=write), threading.Thread(target=read)]
-        for thread in threads:
-            thread.start()
-        try:
+        with load.running(pool, queue, write_every=0.01):
             while not any(error is None for _, error in list(load.reads)):
                 time.sleep(0.01)  # the pool serves before the crash
             primary.kill()
@@ -287,10 +275,6 @@ def test_reads_and_queued_writes_come_back_at_once_after_a_long_failover(
             while not back():
                 assert time.monotonic() < hang, "no read or no committed write after promotion"
                 time.sleep(0.02)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join()
         assert queue.flush(20)
         written = queue.stats()["written"]
     figures = load.check(replica, written)
