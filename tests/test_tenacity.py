@@ -3,6 +3,8 @@ keeps the commit-unknown rule, and waits what the classification asks."""
 
 from __future__ import annotations
 
+import random
+import threading
 import uuid
 from typing import Any
 
@@ -37,10 +39,69 @@ def failures(pg_dsn: str) -> dict[str, Exception]:
             except psycopg.Error as exc:
                 found[name] = exc
             conn.execute("SET statement_timeout = 0")
+        found["serialization"] = _serialization_failure(pg_dsn)
+        found["deadlock"] = _deadlock(pg_dsn)
     found["commit_unknown"] = dbr.CommitUnknown("the connection was lost during COMMIT")
     found["circuit_open"] = dbr.CircuitOpen("db", 0.3, "5 failures")
     found["bug"] = KeyError("a bug")
     return found
+
+
+def _serialization_failure(pg_dsn: str) -> Exception:
+    """A real 40001: a repeatable-read update of a row another transaction changed."""
+    table = f"dbr_ten_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as setup:
+        setup.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v int)")
+        setup.execute(f"INSERT INTO {table} VALUES (1, 0)")
+        try:
+            with psycopg.connect(pg_dsn) as a, psycopg.connect(pg_dsn) as b:
+                a.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                a.execute(f"SELECT v FROM {table}")
+                b.execute(f"UPDATE {table} SET v = 1 WHERE id = 1")
+                b.commit()
+                try:
+                    a.execute(f"UPDATE {table} SET v = 2 WHERE id = 1")
+                except psycopg.errors.SerializationFailure as exc:
+                    return exc
+                raise AssertionError("no serialization failure")
+        finally:
+            setup.execute(f"DROP TABLE {table}")
+
+
+def _deadlock(pg_dsn: str) -> Exception:
+    """A real 40P01: two transactions updating two rows in opposite orders."""
+    table = f"dbr_ten_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as setup:
+        setup.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+        setup.execute(f"INSERT INTO {table} VALUES (1), (2)")
+        try:
+            with psycopg.connect(pg_dsn) as a, psycopg.connect(pg_dsn) as b:
+                b.execute("SET deadlock_timeout = '50ms'")
+                a.execute(f"UPDATE {table} SET id = id WHERE id = 1")
+                b.execute(f"UPDATE {table} SET id = id WHERE id = 2")
+                blocked = threading.Thread(
+                    target=lambda: a.execute(f"UPDATE {table} SET id = id WHERE id = 2")
+                )
+                blocked.start()
+                try:
+                    for _ in range(100):  # until a waits for b's row
+                        row = setup.execute(
+                            "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted",
+                            (a.info.backend_pid,),
+                        ).fetchone()
+                        if row and row[0]:
+                            break
+                        threading.Event().wait(0.01)
+                    b.execute(f"UPDATE {table} SET id = id WHERE id = 1")
+                except psycopg.errors.DeadlockDetected as exc:
+                    return exc
+                finally:
+                    b.rollback()
+                    blocked.join(5)
+                    a.rollback()
+                raise AssertionError("no deadlock")
+        finally:
+            setup.execute(f"DROP TABLE {table}")
 
 
 def _attempts(retry: Any, exc: Exception, wait: Any = None) -> tuple[int, list[float]]:
@@ -83,6 +144,8 @@ def _with_retry_attempts(exc: Exception, idempotent: bool) -> int:
     ("name", "transient", "safe"),
     [
         ("refused", 3, 3),
+        ("deadlock", 3, 3),
+        ("serialization", 3, 3),
         ("unique", 1, 1),
         ("syntax", 1, 1),
         ("statement_timeout", 1, 1),
@@ -105,14 +168,49 @@ def test_tenacity_retries_what_with_retry_retries(
     assert _with_retry_attempts(exc, idempotent=False) == safe
 
 
-def test_wait_honours_the_retry_after(failures: dict[str, Exception]) -> None:
-    """wait_retry_after sleeps the classification's retry_after (1 s for a refused server,
-    capped by max), or the fallback's wait when that is longer."""
+@pytest.mark.parametrize("name", ["deadlock", "serialization", "refused"])
+def test_wait_is_what_with_retry_waits(failures: dict[str, Exception], name: str) -> None:
+    """Under tenacity, wait_retry_after() sleeps exactly what with_retry() sleeps for the same
+    failure and random draws: its backoff (full jitter from 0.1 s), not the 1 s Retry-After
+    hint the classification carries for an HTTP client (before: at least 1 s per retry)."""
+    exc = failures[name]
+    random.seed(1307)
+    _, tenacity_sleeps = _attempts(
+        dbr_tenacity.retry_if_transient, exc, dbr_tenacity.wait_retry_after()
+    )
+    with_retry_sleeps: list[float] = []
+
+    @dbr.with_retry(
+        attempts=3,
+        idempotent=True,
+        on_retry=lambda details: with_retry_sleeps.append(details.delay),
+        budget=None,
+    )
+    def fail() -> None:
+        raise exc
+
+    random.seed(1307)
+    with pytest.raises(type(exc)):
+        fail()
+    assert len(tenacity_sleeps) == 2
+    assert tenacity_sleeps == with_retry_sleeps
+    assert 0 <= tenacity_sleeps[0] <= 0.1
+    assert 0 <= tenacity_sleeps[1] <= 0.2
+
+
+def test_wait_uses_the_fallback_and_honours_an_open_circuit(
+    failures: dict[str, Exception],
+) -> None:
+    """A fallback replaces with_retry's backoff (capped by max); a failure with_retry does not
+    retry but the strategy does (an open circuit) waits its retry_after."""
     refused = failures["refused"]
-    _, sleeps = _attempts(dbr_tenacity.retry_if_transient, refused, dbr_tenacity.wait_retry_after())
-    assert sleeps == [1.0, 1.0]
     wait = dbr_tenacity.wait_retry_after(tenacity.wait_fixed(3), max=2.5)
     assert _attempts(dbr_tenacity.retry_if_transient, refused, wait)[1] == [2.5, 2.5]
+    wait = dbr_tenacity.wait_retry_after(tenacity.wait_fixed(0.05))
+    assert _attempts(dbr_tenacity.retry_if_transient, failures["deadlock"], wait)[1] == [
+        0.05,
+        0.05,
+    ]
     # an open circuit's own wait: retried here only because the strategy says so
     circuit = failures["circuit_open"]
     _, sleeps = _attempts(

@@ -21,9 +21,12 @@ For code already written with tenacity (``pip install 'dbresilience[tenacity]'``
 - :data:`retry_if_safe_to_retry`: the same, except a failure whose write may have been applied
   (``commit_unknown``: the connection died during the statement or the COMMIT) is not re-run,
   like ``with_retry()``.
-- :class:`wait_retry_after`: wait what the failure's classification asks (its
-  ``retry_after``: an open circuit's time until its next probe, 1 s for an unreachable
-  server …), or the *fallback* wait when that is longer; at most *max* seconds.
+- :class:`wait_retry_after`: wait what ``with_retry`` would: for a failure it retries (a
+  deadlock, a serialization failure, an unreachable server …) the backoff (*fallback*, by
+  default ``with_retry``'s own: full jitter from 0.1 s doubling up to 2 s); for one it does
+  not but your strategy does (an open circuit) the classification's ``retry_after`` (the
+  circuit's time until its next probe), or *fallback*'s wait when that is longer; at most
+  *max* seconds.
 
 tenacity runs these strategies on every call that fails; ``with_retry`` stays the cheaper
 choice for new code (it builds nothing on the success path). Combine them with tenacity's own
@@ -32,6 +35,7 @@ choice for new code (it builds nothing on the success path). Combine them with t
 
 from __future__ import annotations
 
+from dbresilience._backoff import Backoff
 from dbresilience._classify import Classification, classify
 from dbresilience._errors import bounded_wait, require
 
@@ -87,14 +91,23 @@ retry_if_safe_to_retry = retry_if_classified(idempotent=False)
 
 
 class wait_retry_after(wait_base):  # noqa: N801 - tenacity's naming, for its users
-    """Wait the failure's ``Classification.retry_after`` (bounded like a ``Retry-After``
-    header), or *fallback*'s wait when that is longer, and never more than *max* seconds.
+    """Wait what :func:`dbresilience.with_retry` would wait, never more than *max* seconds.
 
-    A failure with no ``retry_after`` (or a result that tenacity retries) waits *fallback*'s
-    time (0 without one); a fallback's negative wait is 0 and its NaN 1 s, so the sleep
-    always gets a number in ``[0, max]``. ``TypeError``/``ValueError`` for a bad *fallback*
-    or *max*.
+    A failure :func:`dbresilience.classify` calls ``retryable`` (what ``with_retry`` retries:
+    a deadlock, a serialization failure, a lost connection …) waits the backoff: *fallback*'s
+    wait, or without one ``with_retry``'s default (full jitter, ``uniform(0, min(2, 0.1 *
+    2 ** (n - 1)))`` before retry *n*). Its ``retry_after`` is the hint for an HTTP client
+    (``Retry-After``), not for a retry inside the call: ``with_retry`` does not wait it either.
+
+    A failure ``with_retry`` does not retry but your strategy does (an open circuit, a query
+    timeout) waits its ``Classification.retry_after`` (the circuit's time to its next probe),
+    or *fallback*'s wait when that is longer. A result that tenacity retries waits
+    *fallback*'s time (0 without one). A fallback's negative wait is 0 and its NaN 1 s, so
+    the sleep always gets a number in ``[0, max]``. ``TypeError``/``ValueError`` for a bad
+    *fallback* or *max*.
     """
+
+    _BACKOFF = Backoff(0.1, 2.0)  # with_retry's defaults: base_delay=0.1, max_delay=2.0
 
     def __init__(self, fallback: wait_base | None = None, *, max: float = 60.0) -> None:
         if fallback is not None and not callable(fallback):
@@ -104,11 +117,16 @@ class wait_retry_after(wait_base):  # noqa: N801 - tenacity's naming, for its us
 
     def __call__(self, retry_state: RetryCallState) -> float:
         """Seconds to sleep before the next attempt."""
-        # bounded like a retry-after: a fallback's NaN or negative wait would make
-        # time.sleep raise (NaN counts as no answer: 1 s), infinity waits max
-        wait = bounded_wait(self.fallback(retry_state)) if self.fallback is not None else 0.0
         c = _classification(retry_state)
-        if c is not None and c.retry_after is not None:
+        if self.fallback is not None:
+            # bounded like a retry-after: a fallback's NaN or negative wait would make
+            # time.sleep raise (NaN counts as no answer: 1 s), infinity waits max
+            wait = bounded_wait(self.fallback(retry_state))
+        elif c is not None and c.retryable:
+            wait = self._BACKOFF.delay(max(1, retry_state.attempt_number))
+        else:
+            wait = 0.0
+        if c is not None and not c.retryable and c.retry_after is not None:
             wait = max(wait, bounded_wait(c.retry_after))
         return min(wait, self.max)
 
