@@ -21,6 +21,25 @@ def rows(dsn: str, table: Ident) -> int:
     return int(row[0])
 
 
+def kv_table(dsn: str, name: str) -> Ident:
+    """Create a table *name* ``(k int, v text)`` on *dsn* (no unique constraint: a write
+    applied twice shows); its identifier."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create table {} (k int, v text)").format(Ident(name)))
+    return Ident(name)
+
+
+def drop_stream(url: str, stream: str) -> None:
+    """Delete a stream journal's keys (the stream, its dead letters, its lease) on *url*."""
+    import redis  # here: the other queue tests need no redis
+
+    from dbresilience._journal_redis_base import stream_keys
+
+    client = redis.Redis.from_url(url)
+    client.delete(*stream_keys(stream))
+    client.close()
+
+
 #: a process that submits 3,000 keyed writes to a journaled queue, then dies with os._exit
 #: (no close, no drain: whatever was in flight is cut off); format with dsn, journal, insert
 CRASH_CHILD = """

@@ -29,7 +29,7 @@ from dbresilience._journal import Record, parse_line
 from dbresilience._journal_redis_base import stream_keys
 from dbresilience.faults import TemporaryPostgres, TemporaryRedis, terminate_backends
 
-from .queue_support import Ident, insert, rows
+from .queue_support import Ident, drop_stream, insert, kv_table, rows
 
 
 @pytest.fixture
@@ -37,17 +37,13 @@ def stream(redis_url: str) -> Iterator[str]:
     """A stream name of this test's own on the shared Redis, deleted after."""
     name = f"dbr-test-{uuid.uuid4().hex[:10]}"
     yield name
-    client = redis.Redis.from_url(redis_url)
-    client.delete(*stream_keys(name))
-    client.close()
+    drop_stream(redis_url, name)
 
 
 @pytest.fixture
 def table(pg_dsn: str, table_name: str) -> Ident:
     """A table (k int, v text) on the shared server, dropped after (with its ledger)."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create table {} (k int, v text)").format(Ident(table_name)))
-    return Ident(table_name)
+    return kv_table(pg_dsn, table_name)
 
 
 def _distinct(dsn: str, table: Ident) -> tuple[int, int]:

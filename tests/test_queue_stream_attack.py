@@ -25,15 +25,13 @@ from dbresilience._journal_redis_async import AsyncStreamJournal
 from dbresilience._journal_redis_base import stream_keys
 from dbresilience.faults import FaultProxy, TemporaryRedis
 
-from .queue_support import Ident, insert, rows
+from .queue_support import Ident, drop_stream, insert, kv_table, rows
 
 
 @pytest.fixture
 def table(pg_dsn: str, table_name: str) -> Ident:
     """A table (k int, v text) on the shared server, dropped after (with its ledger)."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create table {} (k int, v text)").format(Ident(table_name)))
-    return Ident(table_name)
+    return kv_table(pg_dsn, table_name)
 
 
 def _journal(url: str, stream: str, ttl: float) -> AsyncStreamJournal:
@@ -83,9 +81,7 @@ def test_a_holder_whose_lease_expired_while_it_was_frozen_reads_nothing(redis_ur
     try:
         assert asyncio.run(run()) == []
     finally:
-        client = redis.Redis.from_url(redis_url)
-        client.delete(*stream_keys(stream))
-        client.close()
+        drop_stream(redis_url, stream)
 
 
 def test_a_drainer_that_lost_its_lease_mid_retry_does_not_commit_the_batch_again(
@@ -137,9 +133,7 @@ def test_a_drainer_that_lost_its_lease_mid_retry_does_not_commit_the_batch_again
         asyncio.run(run())
         assert rows(pg_dsn, table) == 1
     finally:
-        client = redis.Redis.from_url(redis_url)
-        client.delete(*stream_keys(stream))
-        client.close()
+        drop_stream(redis_url, stream)
 
 
 def test_a_stream_deleted_under_the_drainer_is_said_and_garbage_at_the_lease_is_said(
@@ -258,9 +252,7 @@ def test_the_drain_command_starts_while_the_database_is_down_and_applies_once_it
         )
         assert rows(pg_dsn, table) == 1
     finally:
-        client = redis.Redis.from_url(redis_url)
-        client.delete(*stream_keys(stream))
-        client.close()
+        drop_stream(redis_url, stream)
 
 
 def test_redis_frozen_mid_xadd_does_not_put_a_write_in_the_stream_twice(

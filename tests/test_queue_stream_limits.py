@@ -11,10 +11,8 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 import redis
-from psycopg import sql
 
 import dbresilience as dbr
 from dbresilience.__main__ import main
@@ -23,7 +21,7 @@ from dbresilience._journal_redis_base import encode, stream_keys
 from dbresilience._serialize import DEFAULT
 from dbresilience.faults import TemporaryRedis
 
-from .queue_support import Ident, insert, rows
+from .queue_support import Ident, drop_stream, insert, kv_table, rows
 
 
 @pytest.fixture
@@ -31,17 +29,13 @@ def stream(redis_url: str) -> Iterator[str]:
     """A stream name of this test's own on the shared Redis, deleted after."""
     name = f"dbr-limits-{uuid.uuid4().hex[:10]}"
     yield name
-    client = redis.Redis.from_url(redis_url)
-    client.delete(*stream_keys(name))
-    client.close()
+    drop_stream(redis_url, name)
 
 
 @pytest.fixture
 def table(pg_dsn: str, table_name: str) -> Ident:
     """A table (k int, v text) on the shared server, dropped after (with its ledger)."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create table {} (k int, v text)").format(Ident(table_name)))
-    return Ident(table_name)
+    return kv_table(pg_dsn, table_name)
 
 
 def test_replay_all_never_pushes_the_stream_past_its_bound(
