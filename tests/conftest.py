@@ -9,6 +9,7 @@
 - ``redis_server``: a throwaway ``redis-server`` a test may stop and start (the plugin's
   ``dbr_redis``).
 - ``make_proxy``: builds :class:`dbresilience.faults.FaultProxy` objects closed after the test.
+- ``proxy``: a fault proxy in front of ``pg_cluster``.
 - ``start_pgbouncer(upstream_dsn, **options)``: a :class:`dbresilience.faults.TemporaryPgBouncer`
   in front of an upstream (for module-scoped fixtures: one PgBouncer per module).
 
@@ -180,6 +181,14 @@ def pg_proxy(pg_dsn: str, make_proxy: Callable[[str, int], FaultProxy]) -> tuple
     """A fault proxy in front of ``pg_dsn`` and the DSN that goes through it."""
     proxy = make_proxy(*_tcp_address(pg_dsn))
     return proxy, proxy.dsn(pg_dsn)
+
+
+@pytest.fixture
+def proxy(
+    pg_cluster: TemporaryPostgres, make_proxy: Callable[[str, int], FaultProxy]
+) -> FaultProxy:
+    """A fault proxy in front of ``pg_cluster`` (shared by a test's examples), closed after."""
+    return make_proxy(*_tcp_address(pg_cluster.dsn))
 
 
 @pytest.fixture

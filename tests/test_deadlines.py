@@ -25,7 +25,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -124,15 +124,6 @@ class Fault:
         finally:
             timer.cancel()
             self.lift()
-
-
-@pytest.fixture
-def proxy(
-    pg_cluster: TemporaryPostgres, make_proxy: Callable[[str, int], FaultProxy]
-) -> FaultProxy:
-    """A fault proxy in front of the throwaway cluster, shared by a test's examples."""
-    params = psycopg.conninfo.conninfo_to_dict(pg_cluster.dsn)
-    return make_proxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
 
 
 def pool_options(app: str) -> dict[str, Any]:

@@ -35,7 +35,6 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -392,15 +391,6 @@ class ProcessesModel(RuleBasedStateMachine):
         TOTALS["set aside"] += len(self.set_aside)
         TOTALS["examples"] += 1
         TOTALS.update(self.faults)
-
-
-@pytest.fixture
-def proxy(
-    pg_cluster: TemporaryPostgres, make_proxy: Callable[[str, int], FaultProxy]
-) -> FaultProxy:
-    """A fault proxy in front of the throwaway cluster, shared by the examples."""
-    params = psycopg.conninfo.conninfo_to_dict(pg_cluster.dsn)
-    return make_proxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
 
 
 @pytest.mark.slow
