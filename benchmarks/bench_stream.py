@@ -31,6 +31,21 @@ DSN = os.environ.get("DBR_TEST_DSN", "host=127.0.0.1 port=5432 dbname=test user=
 REDIS = os.environ.get("DBR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+def _timed_submits(
+    queue: Any, insert: str, base: int, n: int, times: list[float]
+) -> tuple[float, float]:
+    """*n* submits (keys *base*...), each one's seconds appended to *times*, then a flush;
+    the wall-clock times of the first submit and of the flush's end."""
+    perf = time.perf_counter
+    began = time.time()
+    for i in range(base, base + n):
+        start = perf()
+        queue.submit(insert, (i, "v"))
+        times.append(perf() - start)
+    queue.flush(300)
+    return began, time.time()
+
+
 def _producer(kind: str, table: str, stream: str, base: int, n: int, folder: str, out: Any) -> None:
     """One producer process: *n* submits of *kind*; sends back the submit times (s)."""
     import dbresilience as dbr
@@ -51,13 +66,7 @@ def _producer(kind: str, table: str, stream: str, base: int, n: int, folder: str
         return
     if kind == "append":  # drain=False: no pool, nothing applied here
         queue = dbr.WriteQueue(None, journal=REDIS, stream=stream, drain=False).open()
-        began = time.time()
-        for i in range(base, base + n):
-            start = perf()
-            queue.submit(insert, (i, "v"))
-            times.append(perf() - start)
-        queue.flush(300)
-        ended = time.time()
+        began, ended = _timed_submits(queue, insert, base, n, times)
         queue.close()
         out.put((times, began, ended))
         return
@@ -68,13 +77,7 @@ def _producer(kind: str, table: str, stream: str, base: int, n: int, folder: str
         path = os.path.join(folder, f"{base}.journal")
         queue = dbr.WriteQueue(pool, journal=path, ledger_table=f"{table}_l")
     queue.open()
-    began = time.time()
-    for i in range(base, base + n):
-        start = perf()
-        queue.submit(insert, (i, "v"))
-        times.append(perf() - start)
-    queue.flush(300)
-    ended = time.time()
+    began, ended = _timed_submits(queue, insert, base, n, times)
     queue.close()
     pool.close()
     out.put((times, began, ended))
