@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import hmac
-import ipaddress
 import random
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any, NamedTuple
 from dbresilience._classify import classify
 from dbresilience._lifecycle import Lifecycle
 from dbresilience._redact import check_redis_url, redact_url
-from dbresilience._serialize import Serializer, check_serializer
+from dbresilience._serialize import _IP_TYPES, Serializer, check_serializer
 from dbresilience._validate import (
     bytes_or_none,
     fraction,
@@ -90,12 +89,7 @@ _FROZEN = frozenset(
         dtime,
         timedelta,
         uuid.UUID,
-        ipaddress.IPv4Address,
-        ipaddress.IPv6Address,
-        ipaddress.IPv4Network,
-        ipaddress.IPv6Network,
-        ipaddress.IPv4Interface,
-        ipaddress.IPv6Interface,
+        *_IP_TYPES,
     }
 )
 

@@ -191,12 +191,17 @@ def _tz_from(spec: str) -> tzinfo | None:
     return zone
 
 
-def _dump_datetime(value: datetime) -> Ext:
+def _dump_zoned(code: int, value: datetime | time) -> Ext:
+    """A datetime or time as ``<naive iso>|<fold>|<zone spec or nothing>``."""
     tz = value.tzinfo
     if tz is None:
-        return Ext(_DATETIME, f"{value.isoformat()}|{value.fold}|".encode())
+        return Ext(code, f"{value.isoformat()}|{value.fold}|".encode())
     naive = value.replace(tzinfo=None).isoformat()
-    return Ext(_DATETIME, f"{naive}|{value.fold}|{_tz_spec(tz)}".encode())
+    return Ext(code, f"{naive}|{value.fold}|{_tz_spec(tz)}".encode())
+
+
+def _dump_datetime(value: datetime) -> Ext:
+    return _dump_zoned(_DATETIME, value)
 
 
 def _load_datetime(data: bytes) -> datetime:
@@ -205,11 +210,7 @@ def _load_datetime(data: bytes) -> datetime:
 
 
 def _dump_time(value: time) -> Ext:
-    tz = value.tzinfo
-    if tz is None:
-        return Ext(_TIME, f"{value.isoformat()}|{value.fold}|".encode())
-    naive = value.replace(tzinfo=None).isoformat()
-    return Ext(_TIME, f"{naive}|{value.fold}|{_tz_spec(tz)}".encode())
+    return _dump_zoned(_TIME, value)
 
 
 def _load_time(data: bytes) -> time:
