@@ -10,6 +10,7 @@
   ``dbr_redis``).
 - ``make_proxy``: builds :class:`dbresilience.faults.FaultProxy` objects closed after the test.
 - ``proxy``: a fault proxy in front of ``pg_cluster``.
+- ``primary_with_replica(synchronous=, setup=)``: a throwaway primary and streaming replica.
 - ``start_pgbouncer(upstream_dsn, **options)``: a :class:`dbresilience.faults.TemporaryPgBouncer`
   in front of an upstream (for module-scoped fixtures: one PgBouncer per module).
 
@@ -18,6 +19,7 @@ Under ``CI=true`` a service that cannot be had is an error, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +33,7 @@ from dbresilience.faults import (
     TemporaryPgBouncer,
     TemporaryPostgres,
     TemporaryRedis,
+    TemporaryReplica,
 )
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -219,6 +222,28 @@ def victim_dsn(pg_dsn: str) -> Iterator[str]:
                     psycopg.sql.Identifier(name)
                 )
             )
+
+
+@contextlib.contextmanager
+def primary_with_replica(
+    *, synchronous: bool = False, setup: str | None = None
+) -> Iterator[tuple[TemporaryPostgres, TemporaryReplica]]:
+    """A throwaway primary (*setup* run on it first) with a streaming replica, both closed on
+    leaving; no throwaway PostgreSQL is a skip."""
+    try:
+        primary = TemporaryPostgres().start()
+    except Exception as exc:
+        pytest.skip(f"no throwaway PostgreSQL: {exc}")
+    try:
+        if setup is not None:
+            primary.execute(setup)
+        replica = primary.start_replica(synchronous=synchronous)
+        try:
+            yield primary, replica
+        finally:
+            replica.close()
+    finally:
+        primary.close()
 
 
 def start_pgbouncer(upstream_dsn: str, **options: Any) -> TemporaryPgBouncer:

@@ -20,6 +20,7 @@ import pytest
 
 import dbresilience as dbr
 from dbresilience.faults import TemporaryPostgres, TemporaryReplica
+from tests.conftest import primary_with_replica
 
 # the promise checked here is the benchmark's target (promotion -> first committed write <= 2 s,
 # default settings), given a margin for a loaded machine
@@ -34,19 +35,8 @@ INSERT = "insert into ev (k, v) values (%s, %s)"
 def pair() -> Iterator[tuple[TemporaryPostgres, TemporaryReplica]]:
     """A throwaway primary with a synchronous streaming replica and a table ``ev (k, v)``
     without a unique constraint: a write applied twice shows."""
-    try:
-        primary = TemporaryPostgres().start()
-    except Exception as exc:
-        pytest.skip(f"no throwaway PostgreSQL: {exc}")
-    try:
-        primary.execute("create table ev (k text, v int)")
-        replica = primary.start_replica(synchronous=True)
-        try:
-            yield primary, replica
-        finally:
-            replica.close()
-    finally:
-        primary.close()
+    with primary_with_replica(synchronous=True, setup="create table ev (k text, v int)") as pair:
+        yield pair
 
 
 def multi_host(primary: TemporaryPostgres, replica: TemporaryReplica) -> str:

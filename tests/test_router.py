@@ -18,6 +18,7 @@ import pytest
 import dbresilience as dbr
 from dbresilience._router_base import Position, ReplicaStatus, RouterBase, lsn
 from dbresilience.faults import FaultProxy, TemporaryPostgres, TemporaryReplica
+from tests.conftest import primary_with_replica
 
 WHO = "select pg_is_in_recovery()"  # True: the replica answered
 
@@ -25,18 +26,8 @@ WHO = "select pg_is_in_recovery()"  # True: the replica answered
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[TemporaryPostgres, TemporaryReplica]]:
     """A throwaway primary with an asynchronous streaming replica, shared by the module."""
-    try:
-        primary = TemporaryPostgres().start()
-    except Exception as exc:
-        pytest.skip(f"no throwaway PostgreSQL: {exc}")
-    try:
-        replica = primary.start_replica()
-        try:
-            yield primary, replica
-        finally:
-            replica.close()
-    finally:
-        primary.close()
+    with primary_with_replica() as pair:
+        yield pair
 
 
 @pytest.fixture
