@@ -122,11 +122,16 @@ def _scenario(kind: str, producers: int, n: int) -> tuple[float, float]:
             assert row[0] == producers * n, row
         return statistics.median(times) * 1e6, producers * n / elapsed
     finally:
-        client.delete("{" + stream + "}", "{" + stream + "}:dead", "{" + stream + "}:lease")
-        client.close()
-        with psycopg.connect(DSN, autocommit=True) as admin:
-            for name in (table, f"{table}_l"):
-                admin.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(name)))
+        _clean_up(client, stream, table)
+
+
+def _clean_up(client: redis.Redis, stream: str, table: str) -> None:
+    """Delete the stream's keys (then close *client*) and drop *table* and its ledger."""
+    client.delete("{" + stream + "}", "{" + stream + "}:dead", "{" + stream + "}:lease")
+    client.close()
+    with psycopg.connect(DSN, autocommit=True) as admin:
+        for name in (table, f"{table}_l"):
+            admin.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(name)))
 
 
 def _drain_backlog(n: int) -> float:
@@ -152,11 +157,7 @@ def _drain_backlog(n: int) -> float:
                 elapsed = time.perf_counter() - start
         return n / elapsed
     finally:
-        client.delete("{" + stream + "}", "{" + stream + "}:dead", "{" + stream + "}:lease")
-        client.close()
-        with psycopg.connect(DSN, autocommit=True) as admin:
-            for name in (table, f"{table}_l"):
-                admin.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(name)))
+        _clean_up(client, stream, table)
 
 
 def _memory_per_write(n: int) -> tuple[float, float]:
