@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from dbresilience.faults import _reaper
 from dbresilience.faults._common import _Fixture, free_port, wait_until
 from dbresilience.faults._postgres import _chown_tree, _scratch_root, _server_user
 
@@ -152,6 +153,7 @@ class TemporaryPgBouncer(_Fixture):
         self._proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
+        self._track(self._proc.pid)
         if wait_until(self._listening, timeout, 0.02):
             return self
         self.kill()
@@ -195,6 +197,14 @@ class TemporaryPgBouncer(_Fixture):
         if proc.stderr is not None:
             proc.stderr.close()
         self._proc = None
+        self._track(None)
+
+    def _track(self, pid: int | None) -> None:
+        """Tell this process's watcher (see ``_reaper``) to kill PgBouncer and delete its
+        folder if this process dies without closing it."""
+        assert self._dir is not None
+        config = self._dir / "pgbouncer.ini"
+        _reaper.track(f"pgbouncer:{self._dir}", marker=str(config), pid=pid, dirs=(self._dir,))
 
     def stop(self) -> None:
         """Shut down at once (``SIGTERM``): every client and server connection is closed."""
@@ -246,6 +256,7 @@ class TemporaryPgBouncer(_Fixture):
         self.stop()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
+            _reaper.forget(f"pgbouncer:{self._dir}")
             self._dir = None
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from dbresilience.faults import _reaper
 from dbresilience.faults._common import _Fixture, free_port
 
 _log = logging.getLogger("dbresilience.faults")
@@ -157,6 +158,7 @@ def _scratch_root(user: str | None) -> Path:
             _chown_tree(base, user)
             if _reachable(base, user):
                 atexit.register(shutil.rmtree, base, True)
+                _reaper.track(f"scratch:{base}", marker="", dirs=(base,))  # if we are killed
                 _SCRATCH[user] = base
                 return base
             shutil.rmtree(base, ignore_errors=True)
@@ -382,8 +384,27 @@ class TemporaryPostgres(_Fixture):
         options = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in self.settings.items())
         options += f" -p {self.port} -k {shlex.quote(str(self._base))}"
         log = str(self._base / "server.log")
+        self._track()  # before the start: a kill during it must not leave a postmaster behind
         self._pg_ctl("-w", "-t", "60", "-l", log, "-o", options, "start", timeout=90)
+        self._track()  # with its pid, in case postmaster.pid is removed before the reaping
         return self
+
+    def _track(self) -> None:
+        """Tell this process's watcher (see ``_reaper``) to stop the postmaster and delete the
+        files if this process dies without closing the cluster."""
+        assert self._base is not None
+        pidfile = self.data_dir / "postmaster.pid"
+        pid: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().split("\n", 1)[0])
+        _reaper.track(
+            f"pg:{self._base}",
+            marker=str(self.data_dir),
+            pid=pid,
+            pidfile=pidfile,
+            dirs=(self._base,),
+            postmaster=True,
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: ``"fast"`` (backends get 57P01), ``"immediate"`` (crash-like)."""
@@ -483,6 +504,7 @@ class TemporaryPostgres(_Fixture):
             with contextlib.suppress(subprocess.SubprocessError):
                 self.stop("immediate")
         shutil.rmtree(self._base, ignore_errors=True)
+        _reaper.forget(f"pg:{self._base}")
         self._base = None
 
     def __repr__(self) -> str:

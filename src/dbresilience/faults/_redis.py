@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from dbresilience.faults import _reaper
 from dbresilience.faults._common import _Fixture, free_port, wait_until
 
 
@@ -57,6 +58,7 @@ class TemporaryRedis(_Fixture):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        self._track(self._proc.pid)
         if wait_until(self._answers, 10, 0.05):
             return self
         self.stop()
@@ -81,8 +83,15 @@ class TemporaryRedis(_Fixture):
             self._proc.kill()
         self._proc.wait(10)
         self._proc = None
+        self._track(None)
+
+    def _track(self, pid: int | None) -> None:
+        """Tell this process's watcher (see ``_reaper``) to kill the server and delete its
+        folder if this process dies without closing it."""
+        _reaper.track(f"redis:{self._dir}", marker=str(self._dir), pid=pid, dirs=(self._dir,))
 
     def close(self) -> None:
         """Stop the server and delete its folder. Idempotent."""
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+        _reaper.forget(f"redis:{self._dir}")
