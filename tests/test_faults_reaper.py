@@ -1,6 +1,7 @@
 """Throwaway servers die with their owner: a process that starts a TemporaryPostgres, a
-TemporaryRedis and a TemporaryPgBouncer and is then SIGKILLed (or just exits without closing
-them) leaves no server process and no scratch folder behind."""
+TemporaryRedis and a TemporaryPgBouncer and is then SIGKILLed (also with its postmaster frozen,
+or after restarting all three), SIGTERMed or just exits without closing them leaves no server
+process and no scratch folder behind."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ _OWNER = textwrap.dedent(
     backend = conn.info.backend_pid
     red = TemporaryRedis().start()
     bouncer = TemporaryPgBouncer("127.0.0.1", pg.port).start()
+    if sys.argv[1] == "restart":  # new pids: the watcher must follow them
+        conn.close()
+        pg.restart()
+        red.stop()
+        red.start()
+        bouncer.restart()
+        conn = __import__("psycopg").connect(pg.dsn)
+        backend = conn.info.backend_pid
     postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
     print(json.dumps({
         "postmaster": postmaster,
@@ -71,9 +80,11 @@ def _run_owner(how: str) -> dict[str, object]:
             for pid in (info["postmaster"], info["backend"]):
                 assert isinstance(pid, int)
                 os.kill(pid, signal.SIGSTOP)
-        if how in ("kill", "frozen"):
+        if how == "term":
+            proc.terminate()  # Python's default handler: die at once, no atexit
+        elif how != "exit":
             proc.kill()
-        assert proc.wait(30) in (0, -signal.SIGKILL)
+        assert proc.wait(30) in (0, -signal.SIGKILL, -signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -84,7 +95,7 @@ def _run_owner(how: str) -> dict[str, object]:
     return info
 
 
-@pytest.mark.parametrize("how", ["kill", "frozen", "exit"])
+@pytest.mark.parametrize("how", ["kill", "frozen", "restart", "term", "exit"])
 def test_servers_die_with_their_owner(how: str) -> None:
     try:
         find_pgbouncer()
