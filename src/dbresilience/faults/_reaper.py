@@ -18,6 +18,7 @@ that file is gone, the last one the owner reported.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -55,6 +56,26 @@ def _send(message: dict[str, object]) -> None:
             stdin.flush()
         except OSError:  # the watcher died: the next message starts another
             _WATCHER = None
+
+
+def _close_at_exit() -> None:
+    """At a normal exit, close the pipe (the watcher reads EOF and stops whatever is still
+    running) and wait for the watcher, so it is done before the interpreter is and Python does
+    not warn about a child still running or a pipe left open."""
+    global _WATCHER
+    with _LOCK:
+        watcher, _WATCHER = _WATCHER, None
+    if watcher is None or watcher[0] != os.getpid():
+        return
+    proc = watcher[1]
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+atexit.register(_close_at_exit)
 
 
 def track(
