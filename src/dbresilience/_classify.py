@@ -453,8 +453,6 @@ _MESSAGES: tuple[tuple[ErrorKind, tuple[str, ...]], ...] = (
             "network error",
             "consuming input failed",
             "sending query failed",
-            "could not receive data from server",
-            "could not send data to server",
             "connection to server was lost",
             "connection to server lost",
             "lost synchronization with server",
