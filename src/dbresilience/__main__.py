@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 from dbresilience import __version__
 from dbresilience._classify import classify
 from dbresilience._errors import MissingExtra, require
-from dbresilience._redact import redact_text, secrets_of
+from dbresilience._redact import redact_error, secrets_of
 
 _TIMEOUT_SETTINGS = (
     "statement_timeout",
@@ -82,7 +82,6 @@ def _probe(dsn: str, connect_timeout: float) -> dict[str, Any]:
             }
     except Exception as exc:
         c = classify(exc)
-        lines = str(exc).splitlines()
         return {
             "ok": False,
             "elapsed_ms": round((time.perf_counter() - start) * 1000),
@@ -92,7 +91,7 @@ def _probe(dsn: str, connect_timeout: float) -> dict[str, Any]:
             "http_status": c.http_status,
             "retry_after": c.retry_after,
             "error_type": type(exc).__name__,
-            "error": redact_text(lines[0] if lines else "", secrets),
+            "error": redact_error(exc, secrets),
         }
 
 

@@ -33,7 +33,7 @@ from dbresilience._doctor_parse import (
     statement_shape,
     walk,
 )
-from dbresilience._redact import redact_text, secrets_of
+from dbresilience._redact import redact_error, secrets_of
 from dbresilience._validate import non_negative_int, positive_int, seconds, strings
 
 if TYPE_CHECKING:
@@ -353,8 +353,7 @@ def doctor(
             conninfo, connect_timeout=max(2, round(timeout)), prepare_threshold=None
         )
     except psycopg.OperationalError as exc:
-        lines = str(exc).splitlines()
-        message = redact_text(lines[0] if lines else "", secrets)
+        message = redact_error(exc, secrets)
         raise psycopg.OperationalError(f"doctor could not connect: {message}") from None
     with conn:
         conn.read_only = True

@@ -134,15 +134,14 @@ def run_doctor_command(
     import psycopg
 
     from dbresilience._doctor import doctor
-    from dbresilience._redact import redact_text, secrets_of
+    from dbresilience._redact import redact_error, secrets_of
 
     stream = out or sys.stdout
     secrets = [*secrets_of(dsn), os.environ.get("PGPASSWORD", "")]
     try:
         report = doctor(dsn, schemas=schemas)
     except (psycopg.Error, ValueError, TypeError) as exc:
-        lines = str(exc).splitlines()
-        message = redact_text(lines[0] if lines else type(exc).__name__, secrets)
+        message = redact_error(exc, secrets, default=type(exc).__name__)
         if as_json:
             stream.write(json.dumps({"error": message, "checks": [], "skipped": []}) + "\n")
         else:

@@ -30,6 +30,7 @@ __all__ = [
     "MASK",
     "check_redis_url",
     "looks_secret",
+    "redact_error",
     "redact_params",
     "redact_text",
     "redact_url",
@@ -107,6 +108,13 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         lambda m: f"{m.group(1)}{m.group(2)}{MASK}" if looks_secret(m.group(1)) else m.group(0),
         text,
     )
+
+
+def redact_error(exc: BaseException, secrets: Iterable[str] = (), default: str = "") -> str:
+    """The first line of ``str(exc)`` (*default* when it is empty) through :func:`redact_text`:
+    what a command-line tool may print of an error (later lines may quote a statement)."""
+    lines = str(exc).splitlines()
+    return redact_text(lines[0] if lines else default, secrets)
 
 
 def secrets_of(dsn: str) -> list[str]:
