@@ -285,8 +285,9 @@ class AsyncCredentialCache(CacheBase):
             # Encoded with Redis or without (memory-only mode must not accept what production
             # refuses): a value the serializer cannot give back as it is is the caller's
             # TypeError, neither kept nor shared. Encoded once, on the load: a hit never pays.
-            payload = self._encode(k, value)
-            flight.result = self._remember(k, value, since)
+            body = self._dump(value)
+            payload = self._encode(k, value, body)
+            flight.result = self._remember(k, value, since, body)  # not serialized again
             await self._share(k, value, payload, version)
             return self._public(value)
         except BaseException as exc:

@@ -214,24 +214,28 @@ class CacheBase(Lifecycle):
         """The pub/sub channel invalidations travel on."""
         return f"{self.namespace}:invalidate"
 
-    def _encode(self, key: str | int, value: Any) -> bytes:
-        """*value* as stored in Redis (see ``VALUE_FORMAT``).
+    def _dump(self, value: Any) -> bytes:
+        """*value*'s serializer bytes (``b""`` for "not found").
 
         Raises ``TypeError`` naming the type the serializer cannot give back as it is (too
         deep or circular included). Called on every load, with Redis or without: a value
         memory-only mode kept would be refused in production.
         """
         if value is NOT_FOUND:
-            body = b""
-            kind = _NOT_FOUND
-        else:
-            try:
-                body = self._dumps(value)
-            except TypeError:
-                raise
-            except (ValueError, ArithmeticError, RecursionError) as exc:  # a custom serializer
-                raise TypeError(f"the cache's serializer refused the value: {exc}") from exc
-            kind = _VALUE
+            return b""
+        try:
+            return self._dumps(value)
+        except TypeError:
+            raise
+        except (ValueError, ArithmeticError, RecursionError) as exc:  # a custom serializer
+            raise TypeError(f"the cache's serializer refused the value: {exc}") from exc
+
+    def _encode(self, key: str | int, value: Any, body: bytes | None = None) -> bytes:
+        """*value* as stored in Redis (see ``VALUE_FORMAT``); *body* is :meth:`_dump`'s, when
+        the caller already has it. Raises what :meth:`_dump` raises."""
+        if body is None:
+            body = self._dump(value)
+        kind = _NOT_FOUND if value is NOT_FOUND else _VALUE
         if self._signing_key is None:
             return self._header + bytes((kind,)) + body
         head = self._header + bytes((kind - 32,))  # upper case: signed
@@ -291,11 +295,14 @@ class CacheBase(Lifecycle):
         """A token for :meth:`_remember`, taken before a value is read (loaded or fetched)."""
         return self._tick
 
-    def _kept(self, value: Any) -> Any:
+    def _kept(self, value: Any, body: bytes | None = None) -> Any:
         """*value* as memory keeps it: as it is when nobody can change it in place (a tuple
-        row of scalars, a ``Decimal`` …), else as its serializer's bytes (:class:`Packed`)."""
+        row of scalars, a ``Decimal`` …), else as its serializer's bytes (:class:`Packed`;
+        *body*, when the caller already has them from :meth:`_dump`)."""
         if value is NOT_FOUND or _frozen(value):
             return value
+        if body is not None:
+            return Packed(body)
         try:
             return Packed(self._dumps(value))
         except Exception:  # a custom serializer that cannot: shared as before
@@ -305,14 +312,14 @@ class CacheBase(Lifecycle):
         """A caller's own copy of what :meth:`_kept` returned."""
         return self._loads(kept) if type(kept) is Packed else kept
 
-    def _remember(self, key: str, value: Any, since: int) -> Any:
+    def _remember(self, key: str, value: Any, since: int, body: bytes | None = None) -> Any:
         """Keep *value* in memory unless an invalidation of *key* (or a flush) arrived after
         *since* was taken: a slow load, or a Redis hit whose key was invalidated between the
         GET and here, must not put back a value that is no longer valid. Returns the kept form
         (:meth:`_kept`), for callers waiting on the same load."""
         now = time.monotonic()
         fresh = now + self._ttl_for(value)
-        kept = self._kept(value)
+        kept = self._kept(value, body)
         entry = Entry(kept, fresh, fresh + self.stale_ttl)
         memory = self._memory
         with self._lock:
