@@ -373,6 +373,22 @@ def bouncer(upstream: FaultProxy) -> Iterator[TemporaryPgBouncer]:
     b.close()
 
 
+def _until_served(bouncer: TemporaryPgBouncer, within: float = 15.0) -> None:
+    """Wait until *bouncer* serves a query again: after a login failure PgBouncer refuses
+    clients for ``server_login_retry`` ("server login has been failing"), and the next test on
+    this module's PgBouncer (any order: pytest-randomly) must find it as it was."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with psycopg.connect(bouncer.dsn, autocommit=True, connect_timeout=2) as conn:
+                conn.execute("select 1")
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def _failure(fn: Any) -> BaseException:
     try:
         fn()
@@ -445,6 +461,7 @@ def test_pgbouncer_server_crash_and_login_failures(
         assert "server login has been failing" in seen
     finally:
         upstream.restore()
+        _until_served(bouncer)
     # PgBouncer's check_fast_fail() text (src/janitor.c): not produced by 1.18 here
     c = dbr.classify(psycopg.errors.ProtocolViolation("pgbouncer cannot connect to server"))
     assert (c.code, c.retryable) == ("P1001", True)
