@@ -285,7 +285,7 @@ def first_query(quick: bool) -> float:
     ``select 1`` is also what ``open()`` warms with, so a first query of another text is a row
     of its own.
     """
-    trials = 5 if quick else 15
+    trials = 9 if quick else 41  # the first call is one sample a trial: many, for a stable median
     rows: dict[str, list[float]] = {
         "cold: psycopg.connect + select 1": [],
         "first psycopg_pool query after open(wait=True)": [],

@@ -106,6 +106,31 @@ def test_no_hook_means_no_event_is_built(
         assert cache.get_or_load(1, down) == 1  # failed load, stale served
 
 
+def test_warm_up_calls_are_announced_but_neither_counted_nor_in_the_breaker(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """open() warms through the call path (breaker and budget included): the hooks see those
+    calls as ``warm``; stats()["calls"] and the breaker's window do not, so three failures
+    right after open() still open a breaker with minimum_calls=3."""
+    seen: list[instrumentation.Event] = []
+    instrumentation.set_hooks([seen.append])
+    breaker = dbr.CircuitBreaker("warm", minimum_calls=3, open_for=30)
+    with dbr.Pool(pg_cluster.dsn, min_size=2, breaker=breaker, query_timeout=0.5) as pool:
+        warm = [e for e in seen if isinstance(e, instrumentation.PoolCallDone)]
+        assert len(warm) >= 12
+        assert {(e.operation, e.outcome) for e in warm} == {("warm", "ok")}
+        assert pool.stats()["calls"] == 0
+        pg_cluster.stop("fast")
+        try:
+            for _ in range(3):
+                with pytest.raises(psycopg.OperationalError):
+                    pool.fetchone("select 1")
+            assert breaker.state is dbr.CircuitState.OPEN
+            assert pool.stats()["calls"] == 3
+        finally:
+            pg_cluster.start()
+
+
 def test_hook_errors_never_change_the_outcome(
     pg_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -49,6 +49,7 @@ PAIRS: list[tuple[str, str]] = [
     ("tests/test_pool_async.py", "tests/test_pool.py"),
     ("tests/test_cache_async.py", "tests/test_cache.py"),
     ("tests/test_queue_async.py", "tests/test_queue.py"),
+    ("tests/test_queue_claim_async.py", "tests/test_queue_claim.py"),
 ]
 
 NAMES: dict[str, str] = {

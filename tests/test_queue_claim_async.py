@@ -1,0 +1,190 @@
+"""The ledger's optimistic claim (AsyncWriteQueue; ``test_queue_claim.py`` is generated from it).
+
+A keyed batch claims its keys with a plain INSERT and does not wait for its answer; a key already
+in the ledger makes that INSERT fail, the whole transaction with it, and the batch goes again with
+the careful ``ON CONFLICT DO NOTHING RETURNING`` claim. These tests try to make that fallback
+apply a write twice, drop one, or take a write's own unique violation for the ledger's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import dbresilience as dbr
+from dbresilience.faults import TemporaryPostgres, terminate_backends
+
+from .acompat import agather, asleep, aspawn
+from .queue_support import Ident, insert, rows
+
+
+@pytest.fixture
+def unique_kv(pg_cluster: TemporaryPostgres) -> Iterator[Ident]:
+    """A table ``(k int primary key, v text)``: a write's own unique violation, and a second
+    copy of a write, both show."""
+    name = Ident(f"dbr_claim_{uuid.uuid4().hex[:10]}")
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create table {} (k int primary key, v text)").format(name))
+    yield name
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop table if exists {}").format(name))
+        conn.execute("drop table if exists dbr_queue_ledger")
+
+
+def values(dsn: str, table: Ident) -> dict[int, str]:
+    """Every row of *table* as ``{k: v}``."""
+    with psycopg.connect(dsn) as conn:
+        got = conn.execute(sql.SQL("select k, v from {}").format(table)).fetchall()
+    return {int(k): str(v) for k, v in got}
+
+
+async def test_a_batch_with_applied_keys_goes_again_carefully_and_then_fast(
+    pg_cluster: TemporaryPostgres, events: Ident
+) -> None:
+    """Keys already applied in the middle of a fresh batch: the optimistic claim fails, nothing
+    of the batch is applied by that attempt, the careful claim skips the applied keys, sets the
+    reused one aside and applies the rest once. The next all-new batch is claimed carefully and
+    turns the optimistic claim back on: a later conflict is counted again."""
+    seen: list[dbr.FailedWrite] = []
+    async with (
+        dbr.AsyncPool(pg_cluster.dsn, min_size=1) as pool,
+        dbr.AsyncWriteQueue(pool, flush_interval=60, on_failed=seen.append) as queue,
+    ):
+        for i in range(100):
+            queue.submit(insert(events), (i, "a"), key=f"k{i}")
+        assert await queue.flush(timeout=30)
+        assert queue.stats()["ledger_conflicts"] == 0  # all new: no conflict, no retry
+
+        for i in range(50, 150):  # 50..99 again, same parameters: duplicates
+            queue.submit(insert(events), (i, "a"), key=f"k{i}")
+        queue.submit(insert(events), (7, "reused"), key="k7")  # same key, other parameters
+        assert await queue.flush(timeout=30)
+        stats = queue.stats()
+        assert (stats["written"], stats["duplicates"], stats["failed"]) == (150, 50, 1)
+        assert stats["ledger_conflicts"] == 1
+
+        for i in range(150, 250):  # all new, claimed carefully: optimistic again after it
+            queue.submit(insert(events), (i, "a"), key=f"k{i}")
+        assert await queue.flush(timeout=30)
+        assert queue.stats()["ledger_conflicts"] == 1
+
+        queue.submit(insert(events), (250, "a"), key="k250")
+        queue.submit(insert(events), (0, "a"), key="k0")  # applied in the first batch
+        assert await queue.flush(timeout=30)
+        stats = queue.stats()
+    assert stats["ledger_conflicts"] == 2  # the optimistic claim was back on, and failed
+    assert (stats["written"], stats["duplicates"], stats["failed"]) == (251, 51, 1)
+    assert rows(pg_cluster.dsn, events) == 251  # no unique constraint: a double would show
+    assert [item.params for item in seen] == [[7, "reused"]]
+    assert "KeyReused" in seen[0].error
+
+
+async def test_a_writes_own_unique_violation_is_its_verdict_not_a_ledger_conflict(
+    pg_cluster: TemporaryPostgres, unique_kv: Ident
+) -> None:
+    """A keyed write violating the table's own primary key (another key, same row) is set
+    aside as a refused write; the ledger's fallback is not taken for it, and its key is not
+    left claimed: the same key with fixed parameters is applied later."""
+    seen: list[dbr.FailedWrite] = []
+    async with (
+        dbr.AsyncPool(pg_cluster.dsn, min_size=1) as pool,
+        dbr.AsyncWriteQueue(pool, flush_interval=60, on_failed=seen.append) as queue,
+    ):
+        for i in range(20):
+            queue.submit(insert(unique_kv), (i, "a"), key=f"w{i}")
+        queue.submit(insert(unique_kv), (5, "clash"), key="clash")  # k=5 twice: 23505
+        assert await queue.flush(timeout=30)
+        stats = queue.stats()
+        assert stats["ledger_conflicts"] == 0
+        assert (stats["written"], stats["failed"]) == (20, 1)
+        queue.submit(insert(unique_kv), (500, "fixed"), key="clash")  # not claimed before
+        assert await queue.flush(timeout=30)
+        assert queue.stats()["written"] == 21
+    assert [item.params for item in seen] == [[5, "clash"]]
+    assert "UniqueViolation" in seen[0].error or "23505" in seen[0].error
+    assert len(values(pg_cluster.dsn, unique_kv)) == 21
+
+
+async def test_a_user_table_named_like_the_ledger_in_another_schema_is_not_the_ledger(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """The ledger in schema ``dbr_ops``, the user's table of the same name in ``public``: the
+    user's unique violation is a verdict (set aside), not taken for a ledger conflict."""
+    name = f"led_{uuid.uuid4().hex[:8]}"
+    user_table = Ident(name)
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute("create schema if not exists dbr_ops")
+        conn.execute(sql.SQL("create table {} (k int primary key, v text)").format(user_table))
+    try:
+        async with (
+            dbr.AsyncPool(pg_cluster.dsn, min_size=1) as pool,
+            dbr.AsyncWriteQueue(pool, flush_interval=60, ledger_table=f"dbr_ops.{name}") as queue,
+        ):
+            for i in range(10):
+                queue.submit(insert(user_table), (i, "a"), key=f"s{i}")
+            queue.submit(insert(user_table), (3, "clash"), key="s-clash")
+            assert await queue.flush(timeout=30)
+            stats = queue.stats()
+        assert (stats["written"], stats["failed"], stats["ledger_conflicts"]) == (10, 1, 0)
+        assert len(values(pg_cluster.dsn, user_table)) == 10
+    finally:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute("drop schema dbr_ops cascade")
+            conn.execute(sql.SQL("drop table {}").format(user_table))
+
+
+@pytest.mark.parametrize("use_copy", [False, True])
+async def test_two_instances_racing_for_the_same_keys_apply_each_once(
+    pg_cluster: TemporaryPostgres, unique_kv: Ident, use_copy: bool
+) -> None:
+    """Two queues on two pools submit the same 3,000 keyed writes at once (instances retrying
+    the same requests): the optimistic claims collide mid-transaction, wait for each other and
+    fail; every key is applied exactly once, every write is accounted for, none set aside."""
+    n = 3_000
+    async with (
+        dbr.AsyncPool(pg_cluster.dsn, min_size=1) as pool_a,
+        dbr.AsyncPool(pg_cluster.dsn, min_size=1) as pool_b,
+        dbr.AsyncWriteQueue(pool_a, flush_interval=60, batch_size=250, use_copy=use_copy) as a,
+        dbr.AsyncWriteQueue(pool_b, flush_interval=60, batch_size=250, use_copy=use_copy) as b,
+    ):
+        for i in range(n):
+            a.submit(insert(unique_kv), (i, "v"), key=f"r{i}")
+            b.submit(insert(unique_kv), (i, "v"), key=f"r{i}")
+        flushes = [aspawn(a.flush, 60), aspawn(b.flush, 60)]
+        assert all(await agather(*flushes))
+        sa, sb = a.stats(), b.stats()
+    assert sa["failed"] == sb["failed"] == 0
+    assert sa["written"] + sb["written"] == n
+    assert sa["duplicates"] + sb["duplicates"] == n
+    assert sorted(values(pg_cluster.dsn, unique_kv)) == list(range(n))
+
+
+async def test_batches_prepared_ahead_meet_bisection_and_killed_backends(
+    pg_cluster: TemporaryPostgres, unique_kv: Ident
+) -> None:
+    """Batches are prepared while the one before is on the server; bisection (three refused
+    writes) and backends killed mid-stream change which records a batch holds: a batch
+    prepared for other records must never be applied in their place. Every value lands under
+    its own key, once."""
+    n = 3_000
+    bad = {500, 1_700, 2_900}  # each repeats k = 0: the table's own unique violation
+    seen: list[dbr.FailedWrite] = []
+    async with (
+        dbr.AsyncPool(pg_cluster.dsn, min_size=1, breaker=None) as pool,
+        dbr.AsyncWriteQueue(pool, batch_size=100, flush_interval=60, on_failed=seen.append) as q,
+    ):
+        for i in range(n):
+            q.submit(insert(unique_kv), (0 if i in bad else i, f"v{i}"), key=f"a{i}")
+        flushing = aspawn(q.flush, 60)
+        await asleep(0.05)
+        terminate_backends(pg_cluster.dsn)
+        assert await agather(flushing)
+        stats = q.stats()
+    assert stats["failed"] == 3
+    assert stats["written"] + stats["duplicates"] == n - 3
+    assert sorted(item.params[1] for item in seen) == sorted(f"v{i}" for i in bad)
+    assert values(pg_cluster.dsn, unique_kv) == {i: f"v{i}" for i in range(n) if i not in bad}
