@@ -42,18 +42,20 @@ def proxy(
     return make_proxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
 
 
-def make_engine(kind: str, dsn: str, query_timeout: float) -> Any:
+def make_engine(
+    kind: str, dsn: str, query_timeout: float, pool_size: int = 1, app: str | None = None
+) -> Any:
     factory = dbr_sa.create_engine if kind == "sync" else dbr_sa.create_async_engine
     return factory(
         url_of(dsn),
-        pool_size=1,
+        pool_size=pool_size,
         max_overflow=0,
         query_timeout=query_timeout,
         acquire_timeout=5.0,
         connect_timeout=CONNECT_TIMEOUT,
         warm=0,
         pooler=None,
-        connect_args={"application_name": f"dbr_first_{uuid.uuid4().hex[:8]}"},
+        connect_args={"application_name": app or f"dbr_first_{uuid.uuid4().hex[:8]}"},
     )
 
 
@@ -193,4 +195,36 @@ def test_frozen_network_during_first_connect(
         serves(engine)
     finally:
         proxy.restore()
+        dispose(engine)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_warming_counts_only_connections_that_passed_their_check(
+    pg_cluster: TemporaryPostgres, proxy: FaultProxy, kind: str
+) -> None:
+    """The first warmed connection is cut right after it connects, so its ``select 1`` fails:
+    warming goes on until two connections passed the check (before, the failed one counted,
+    and the engine was left with one warm connection of the two asked)."""
+    app = f"dbr_warm_{uuid.uuid4().hex[:8]}"
+    engine = make_engine(kind, proxy.dsn(pg_cluster.dsn), 5.0, pool_size=2, app=app)
+    fired: list[bool] = []
+
+    @sa.event.listens_for(sync_engine_of(engine), "engine_connect")
+    def _cut(conn: Any) -> None:
+        if not fired:
+            fired.append(True)
+            proxy.reset()
+
+    try:
+        if kind == "sync":
+            dbr_sa.warm_engine(engine, 2)
+        else:
+            asyncio.run(dbr_sa.warm_async_engine(engine, 2))
+        assert fired
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            open_ = conn.execute(
+                "select count(*) from pg_stat_activity where application_name = %s", (app,)
+            ).fetchone()
+        assert open_ == (2,)
+    finally:
         dispose(engine)

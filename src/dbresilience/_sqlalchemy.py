@@ -95,11 +95,15 @@ def warm_engine(engine: Engine, connections: int | None = None) -> Engine:
         while len(held) < n_warm:
             try:
                 conn = engine.connect()
+                try:
+                    conn.exec_driver_sql("select 1")
+                    # end the check's transaction: behind a transaction pooler an open one
+                    # holds a server connection, and warming more than it has would wait forever
+                    conn.rollback()
+                except BaseException:
+                    conn.close()  # not warm: it does not count (it did, once)
+                    raise
                 held.append(conn)
-                conn.exec_driver_sql("select 1")
-                # end the check's transaction: behind a transaction pooler an open one holds
-                # a server connection, and warming more than it has would wait forever
-                conn.rollback()
             except sa.exc.DBAPIError as exc:
                 delay = connect_delay(exc, delay, deadline_at)
                 sleep(delay)

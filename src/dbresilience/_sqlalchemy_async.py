@@ -103,11 +103,15 @@ async def warm_async_engine(engine: AsyncEngine, connections: int | None = None)
         while len(held) < n_warm:
             try:
                 conn = await engine.connect()
+                try:
+                    await conn.exec_driver_sql("select 1")
+                    # end the check's transaction: behind a transaction pooler an open one
+                    # holds a server connection, and warming more than it has would wait forever
+                    await conn.rollback()
+                except BaseException:
+                    await conn.close()  # not warm: it does not count (it did, once)
+                    raise
                 held.append(conn)
-                await conn.exec_driver_sql("select 1")
-                # end the check's transaction: behind a transaction pooler an open one holds
-                # a server connection, and warming more than it has would wait forever
-                await conn.rollback()
             except sa.exc.DBAPIError as exc:
                 delay = connect_delay(exc, delay, deadline_at)
                 await asleep(delay)
