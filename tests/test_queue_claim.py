@@ -143,9 +143,11 @@ def test_a_user_table_named_like_the_ledger_in_another_schema_is_not_the_ledger(
 def test_two_instances_racing_for_the_same_keys_apply_each_once(
     pg_cluster: TemporaryPostgres, unique_kv: Ident, use_copy: bool
 ) -> None:
-    """Two queues on two pools submit the same 3,000 keyed writes at once (instances retrying
-    the same requests): the optimistic claims collide mid-transaction, wait for each other and
-    fail; every key is applied exactly once, every write is accounted for, none set aside."""
+    """Two queues on two pools submit the same 3,000 keyed writes at once, in opposite orders
+    (instances retrying the same requests): the optimistic claims collide mid-transaction, wait
+    for each other and fail; every key is applied exactly once, every write is accounted for,
+    none set aside. Claims go in key order, so the two never deadlock (a deadlock is retried,
+    and would show in ``retried``)."""
     n = 3000
     with (
         dbr.Pool(pg_cluster.dsn, min_size=1) as pool_a,
@@ -155,11 +157,13 @@ def test_two_instances_racing_for_the_same_keys_apply_each_once(
     ):
         for i in range(n):
             a.submit(insert(unique_kv), (i, "v"), key=f"r{i}")
-            b.submit(insert(unique_kv), (i, "v"), key=f"r{i}")
+            j = n - 1 - i
+            b.submit(insert(unique_kv), (j, "v"), key=f"r{j}")
         flushes = [spawn(a.flush, 60), spawn(b.flush, 60)]
         assert all(gather(*flushes))
         sa, sb = (a.stats(), b.stats())
     assert sa["failed"] == sb["failed"] == 0
+    assert sa["retried"] == sb["retried"] == 0
     assert sa["written"] + sb["written"] == n
     assert sa["duplicates"] + sb["duplicates"] == n
     assert sorted(values(pg_cluster.dsn, unique_kv)) == list(range(n))
@@ -190,3 +194,46 @@ def test_batches_prepared_ahead_meet_bisection_and_killed_backends(
     assert stats["written"] + stats["duplicates"] == n - 3
     assert sorted(item.params[1] for item in seen) == sorted(f"v{i}" for i in bad)
     assert values(pg_cluster.dsn, unique_kv) == {i: f"v{i}" for i in range(n) if i not in bad}
+
+
+def test_claims_in_key_order_never_deadlock_two_instances(
+    pg_cluster: TemporaryPostgres, unique_kv: Ident
+) -> None:
+    """A third session holds the ledger row of key r1500; queue A claims r1400…r1599 submitted
+    in ascending order, queue B the same keys submitted descending. Both stop at r1500 holding
+    what they claimed before it; once the row is let go, a claim in submission order would
+    deadlock (A waits on B's upper keys, B on A's lower ones: 40P01, retried). In key order
+    both take the keys in one order: no deadlock, each key applied once."""
+    from dbresilience._queue_base import scope_of
+
+    statement = insert(unique_kv)
+    keys = [f"r{i}" for i in range(1400, 1600)]
+    with (
+        dbr.Pool(pg_cluster.dsn, min_size=1) as pool_a,
+        dbr.Pool(pg_cluster.dsn, min_size=1) as pool_b,
+        dbr.WriteQueue(pool_a, flush_interval=60, batch_size=500) as a,
+        dbr.WriteQueue(pool_b, flush_interval=60, batch_size=500) as b,
+    ):
+        a.submit(statement, (-1, "first"), key="first")  # the ledger exists after it
+        assert a.flush(timeout=30)
+        blocker = psycopg.connect(pg_cluster.dsn)
+        try:
+            blocker.execute(
+                "insert into dbr_queue_ledger (scope, key, digest) values (%s, 'r1500', 'x')",
+                (scope_of(statement),),
+            )
+            for key in keys:
+                a.submit(statement, (int(key[1:]), "v"), key=key)
+            for key in reversed(keys):
+                b.submit(statement, (int(key[1:]), "v"), key=key)
+            flushes = [spawn(a.flush, 30), spawn(b.flush, 30)]
+            sleep(0.5)  # both claims are waiting on r1500
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert all(gather(*flushes))
+        sa, sb = (a.stats(), b.stats())
+    assert sa["retried"] == sb["retried"] == 0  # no 40P01
+    assert sa["failed"] == sb["failed"] == 0
+    assert sa["written"] + sb["written"] == len(keys) + 1
+    assert sorted(values(pg_cluster.dsn, unique_kv)) == [-1, *range(1400, 1600)]

@@ -331,6 +331,11 @@ class Ahead(NamedTuple):
     shapes: list[FastShape | None]  # the shapes the rewrites were made from
 
 
+def _claim_order(item: tuple[tuple[str, str], str]) -> str:
+    """Sort key of a claim: its key (see QueueBase._claim_arrays)."""
+    return item[0][1]
+
+
 def is_bad_write(exc: BaseException) -> bool:
     """True when *exc* is the database's (or the driver's) verdict on the write itself: bad SQL
     or data, a constraint, a trigger's refusal. Such a write is found by bisection and set
@@ -973,9 +978,13 @@ class QueueBase(Lifecycle):
     def _claim_arrays(claims: dict[tuple[str, str], str]) -> tuple[Any, Any, Any]:
         """The claim's three arrays (scopes, keys, digests), as array literals where they can
         be (psycopg's list dumper costs microseconds an element)."""
-        scopes = [scope for scope, _ in claims]
-        keys = [key for _, key in claims]
-        digests = list(claims.values())
+        # in key order: instances claiming the same keys lock them in the same order (no
+        # deadlock between them), and the ledger's index takes sorted keys 12 % faster (random
+        # keys; 1 ms of sorting for 5,000, mostly in the look-ahead, off the critical path)
+        items = sorted(claims.items(), key=_claim_order)
+        scopes = [scope for (scope, _), _ in items]
+        keys = [key for (_, key), _ in items]
+        digests = [digest for _, digest in items]
         literals = (text_array(scopes), text_array(keys), text_array(digests))
         return literals if None not in literals else (scopes, keys, digests)
 
