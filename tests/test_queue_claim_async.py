@@ -235,3 +235,50 @@ async def test_claims_in_key_order_never_deadlock_two_instances(
     assert sa["failed"] == sb["failed"] == 0
     assert sa["written"] + sb["written"] == len(keys) + 1
     assert sorted(values(pg_cluster.dsn, unique_kv)) == [-1, *range(1400, 1600)]
+
+
+async def test_a_table_altered_under_steady_load_is_read_again_within_the_minute(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """Under steady load every batch is prepared ahead, while the one before is on the server:
+    the cached table shapes must still be read again after a minute (the promise without the
+    look-ahead). A ``date`` column altered to ``timestamp``: a rewrite made from the old shape
+    parses ``'… 12:34:56'`` as a date and stores midnight, silently; the writes submitted after
+    the minute must store what one INSERT per row stores."""
+    name = Ident(f"dbr_shape_{uuid.uuid4().hex[:10]}")
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create table {} (k int primary key, d date)").format(name))
+    statement = f"insert into {name.as_string()} (k, d) values (%s, %s)"
+    altered: list[int] = []
+    queue: dbr.AsyncWriteQueue | None = None
+
+    async def alter_after_the_first_batch(batch: object) -> None:
+        # the next batch is prepared by now, from the shape of the date column
+        if not altered:
+            altered.append(len(altered))
+            with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("alter table {} alter d type timestamp").format(name))
+            assert queue is not None
+            queue._shapes_read -= 120  # the shapes were read more than a minute ago
+
+    try:
+        async with (
+            dbr.AsyncPool(pg_cluster.dsn, min_size=1) as pool,
+            dbr.AsyncWriteQueue(
+                pool, batch_size=100, flush_interval=60, on_commit=alter_after_the_first_batch
+            ) as queue,
+        ):
+            for i in range(300):
+                queue.submit(statement, (i, "2024-05-06 12:34:56"), key=f"d{i}")
+            assert await queue.flush(timeout=30)
+            stats = queue.stats()
+        assert (stats["written"], stats["failed"], stats["batches"]) == (300, 0, 3)
+        with psycopg.connect(pg_cluster.dsn) as conn:
+            got = conn.execute(
+                sql.SQL("select d::text, count(*) from {} where k >= 100 group by d").format(name)
+            ).fetchall()
+        assert got == [("2024-05-06 12:34:56", 200)]
+    finally:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop table if exists {}").format(name))
+            conn.execute("drop table if exists dbr_queue_ledger")

@@ -880,12 +880,17 @@ class QueueBase(Lifecycle):
             ).format(self._ledger),
         )
 
-    def _unknown_shapes(self, work: Sequence[tuple[str, list[Any]]]) -> list[str]:
-        """The statements of *work* worth a catalog look-up: rewritable, not looked up yet."""
+    def _expire_shapes(self) -> None:
+        """Forget the cached table shapes once a minute (a table altered since they were read:
+        a column's new type parses a string otherwise than its old one did)."""
         now = time.monotonic()
         if now - self._shapes_read > 60.0:
             self._shapes.clear()
             self._shapes_read = now
+
+    def _unknown_shapes(self, work: Sequence[tuple[str, list[Any]]]) -> list[str]:
+        """The statements of *work* worth a catalog look-up: rewritable, not looked up yet."""
+        self._expire_shapes()
         unknown = []
         for statement, params in work:
             if len(params) >= FAST_MIN_ROWS and statement not in self._shapes:
@@ -967,7 +972,10 @@ class QueueBase(Lifecycle):
 
     def _fresh_rewrites(self, ahead: Ahead) -> bool:
         """True when the rewrites in *ahead* were made from the shapes cached now (a failed
-        batch or a minute clears them: a table may have been altered)."""
+        batch or a minute clears them: a table may have been altered). The minute is checked
+        here too: under steady load every batch is prepared ahead and never reads the shapes
+        through ``_unknown_shapes``, so a shape read before an ALTER was used for ever."""
+        self._expire_shapes()
         get = self._shapes.get
         return all(
             shape is None or get(statement) is shape
