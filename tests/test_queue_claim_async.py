@@ -282,3 +282,54 @@ async def test_a_table_altered_under_steady_load_is_read_again_within_the_minute
         with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("drop table if exists {}").format(name))
             conn.execute("drop table if exists dbr_queue_ledger")
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_a_table_altered_between_batches_is_written_with_its_new_types(
+    pg_cluster: TemporaryPostgres, keyed: bool
+) -> None:
+    """A batch rewritten with the table's shape, then ``date`` altered to ``timestamp``, then
+    the next batch at once (within the shapes' minute): the rewrite's guard sees the change,
+    the batch goes again with the shape read anew, and the times are stored as one INSERT per
+    row stores them (before: cast through the cached ``date[]``, every time became midnight).
+    Then the table dropped and made again under the same name: the writes land in the new one.
+    Nothing is set aside."""
+    name = Ident(f"dbr_alter_{uuid.uuid4().hex[:8]}")
+    ddl = sql.SQL("create table {} (k int, d date)").format(name)
+    statement = f"insert into {name.as_string()} (k, d) values (%s, %s)"
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(ddl)
+    try:
+        async with (
+            dbr.AsyncPool(pg_cluster.dsn, min_size=1) as pool,
+            dbr.AsyncWriteQueue(pool, flush_interval=60) as queue,
+        ):
+            for i in range(50):
+                queue.submit(statement, (i, "2024-05-06"), key=f"a{i}" if keyed else None)
+            assert await queue.flush(timeout=30)
+            with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("alter table {} alter column d type timestamp").format(name))
+            for i in range(50, 100):
+                queue.submit(statement, (i, "2024-05-06 12:34:56"), key=f"a{i}" if keyed else None)
+            assert await queue.flush(timeout=30)
+            with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+                got = conn.execute(
+                    sql.SQL("select d::text, count(*) from {} where k >= 50 group by 1").format(
+                        name
+                    )
+                ).fetchall()
+                assert got == [("2024-05-06 12:34:56", 50)]
+                conn.execute(sql.SQL("drop table {}").format(name))
+                conn.execute(ddl)
+            for i in range(100, 150):
+                queue.submit(statement, (i, "2024-05-07"), key=f"a{i}" if keyed else None)
+            assert await queue.flush(timeout=30)
+            stats = queue.stats()
+        assert stats["failed"] == 0
+        with psycopg.connect(pg_cluster.dsn) as conn:
+            got = conn.execute(sql.SQL("select k, d::text from {} order by k").format(name))
+            assert got.fetchall() == [(i, "2024-05-07") for i in range(100, 150)]
+        assert stats["written"] == 150
+    finally:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop table if exists {}").format(name))

@@ -275,12 +275,26 @@ def test_triggers_rules_defaults_and_on_conflict(
 
 def test_fast_insert_rewrites_only_what_it_can() -> None:
     """Pure logic: which statements and runs are rewritten, and the literal escaping."""
-    row = (True, [["n", True, "pg_catalog._int4", ","], ["v", True, "pg_catalog._text", ","]])
+    row = (
+        True,
+        [
+            ["n", True, "pg_catalog._int4", ",", "'n'", 23],
+            ["v", True, "pg_catalog._text", ",", "'v%'", 25],
+        ],
+        16384,
+    )
     shape = fast_shape("INSERT INTO t (n, v) VALUES (%s, %s)", row)
     assert shape is not None
     statement, params = fast_insert(shape, [(1, "a"), (2, None)]) or ("", [])
-    assert statement == (
+    assert statement.startswith(
         "INSERT INTO t (n, v) SELECT * FROM unnest(%s::pg_catalog._int8, %s::pg_catalog._text)"
+        " WHERE (SELECT CASE"
+    )
+    # the shape guard: the relation and each column's type as read, a % doubled for psycopg
+    assert "IN (('n', 23), ('v%%', 25))) = 2" in statement
+    assert "c.oid = 16384)" in statement
+    assert (
+        fast_shape("INSERT INTO t (n, v) VALUES (%s, %s)", (True, [r[:4] for r in row[1]])) is None
     )
     assert params == ["{1,2}", '{"a",NULL}']
     assert fast_insert(shape, [(1, "a"), (2, 3)]) is None  # mixed Python types

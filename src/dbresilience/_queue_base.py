@@ -109,26 +109,56 @@ FAST_MIN_ROWS = 2  # a lone write goes as itself: its verdict is always one INSE
 # The catalog facts the rewrite depends on, read once per statement (see fast_shape):
 # the relation (a plain table, no INSERT rule, no INSERT trigger other than BEFORE … FOR EACH
 # ROW, no foreign key to itself) and, per named column, the facts to choose its array type.
-SHAPE_SQL = """
-SELECT c.relkind = 'r' AND NOT c.relhasrules
+_REWRITABLE = """c.relkind = 'r' AND NOT c.relhasrules
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
                        WHERE g.tgrelid = c.oid AND NOT g.tgisinternal
                          AND g.tgtype & 4 <> 0 AND g.tgtype & 3 <> 3)
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k
-                       WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.confrelid = c.oid),
+                       WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.confrelid = c.oid)"""
+SHAPE_SQL = """
+SELECT {rewritable},
        (SELECT array_agg(json_build_array(
                    a.attname,
                    t.typtype = 'b' AND t.oid IN (20, 21, 23, 700, 701, 1700, 25, 1042, 1043),
                    CASE WHEN t.typarray <> 0 AND t.typcategory <> 'A'
                         THEN quote_ident(n.nspname) || '.' || quote_ident(at.typname) END,
-                   t.typdelim::text))
+                   t.typdelim::text,
+                   quote_literal(a.attname),
+                   a.atttypid::int8))
           FROM pg_catalog.pg_attribute a
           JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
           LEFT JOIN pg_catalog.pg_type at ON at.oid = t.typarray
           LEFT JOIN pg_catalog.pg_namespace n ON n.oid = at.typnamespace
-          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       c.oid::int8
   FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)
-"""
+""".replace("{rewritable}", _REWRITABLE)
+
+# Every rewrite checks, in its own statement (one index look-up in the catalog, evaluated
+# once), that the table is still what its shape was read from: the same relation, still
+# rewritable, each named column of the same type. Otherwise it fails with this marker in a
+# 22P02 (a cast of the marker to boolean: SQL has no RAISE outside PL/pgSQL), which the queue
+# takes as "read the shapes again and retry", never as the write's verdict. Before it, a table
+# altered under a cached shape (date -> timestamp) was written through the old type, silently,
+# for up to a minute.
+SHAPE_GUARD_MARKER = "dbresilience-shape-guard"
+_SHAPE_GUARD = """ WHERE (SELECT CASE WHEN coalesce({rewritable}
+         AND (SELECT count(*) FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                AND (a.attname, a.atttypid) IN ({columns})) = {n}, false)
+    THEN true ELSE ('dbresilience-shape-guard ' || coalesce(c.oid::text, '-'))::bool END
+  FROM (SELECT 1) AS one LEFT JOIN pg_catalog.pg_class c ON c.oid = {oid})"""
+assert SHAPE_GUARD_MARKER in _SHAPE_GUARD
+
+
+def is_shape_changed(exc: BaseException) -> bool:
+    """True when *exc* is a rewrite's shape guard failing: the table changed since its shape
+    was read (retried with the shapes read again; never the write's verdict)."""
+    if getattr(exc, "sqlstate", None) != "22P02":
+        return False
+    diag = getattr(exc, "diag", None)
+    message = getattr(diag, "message_primary", None) or ""
+    return SHAPE_GUARD_MARKER in message
 
 
 class ColumnShape(NamedTuple):
@@ -168,15 +198,22 @@ def fast_shape(statement: str, row: Any) -> FastShape | None:
     table, names, written, tail = target
     by_name = {item[0]: item for item in row[1]}
     columns = []
+    checks = []
     for name in names:
         item = by_name.get(name)
-        if item is None:
+        if item is None or len(item) < 6 or len(row) < 3:
             return None
         columns.append(ColumnShape(bool(item[1]), item[2], item[3] or ","))
+        # the server's own quote_literal; a % doubled: the statement goes through psycopg
+        literal = str(item[4]).replace("%", "%%")
+        checks.append(f"({literal}, {int(item[5])})")
+    guard = _SHAPE_GUARD.format(
+        rewritable=_REWRITABLE, columns=", ".join(checks), n=len(checks), oid=int(row[2])
+    )
     return FastShape(
         # the caller's own table, columns and ON CONFLICT clause, as matched: no data
         f"INSERT INTO {table} ({written}) SELECT * FROM unnest(",  # noqa: S608
-        f"){tail}",
+        f"){guard}{tail}",
         tuple(columns),
     )
 
@@ -342,6 +379,8 @@ def is_bad_write(exc: BaseException) -> bool:
     aside; nothing else ever condemns a write (see ``_VERDICT_CLASSES``)."""
     if not isinstance(exc, Exception) or isinstance(exc, DBResilienceError):
         return False
+    if is_shape_changed(exc):
+        return False  # the rewrite's guard: the table changed, the write may be fine
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate:
         return sqlstate[:2] in _VERDICT_CLASSES
