@@ -333,3 +333,44 @@ async def test_a_table_altered_between_batches_is_written_with_its_new_types(
     finally:
         with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("drop table if exists {}").format(name))
+
+
+async def test_a_table_shadowed_in_the_search_path_is_written_with_its_own_types(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """``insert into t`` resolves through the search_path: a table of that name made in the
+    user's own schema (``"$user"`` comes first) takes the writes from the next batch, with its
+    own column types (the guard resolves the name again), not the shadowed table's."""
+    name = f"dbr_shadow_{uuid.uuid4().hex[:8]}"
+    statement = f"insert into {name} (k, d) values (%s, %s)"
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        user = conn.execute("select current_user").fetchone()
+        assert user is not None
+        own = Ident(str(user[0]))
+        conn.execute(sql.SQL("create table public.{} (k int, d date)").format(Ident(name)))
+    try:
+        async with (
+            dbr.AsyncPool(pg_cluster.dsn, min_size=1) as pool,
+            dbr.AsyncWriteQueue(pool, flush_interval=60) as queue,
+        ):
+            for i in range(20):
+                queue.submit(statement, (i, "2024-05-06"))
+            assert await queue.flush(timeout=30)
+            with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("create schema {}").format(own))
+                conn.execute(
+                    sql.SQL("create table {}.{} (k int, d timestamp)").format(own, Ident(name))
+                )
+            for i in range(20, 40):
+                queue.submit(statement, (i, "2024-05-06 12:34:56"))
+            assert await queue.flush(timeout=30)
+            assert queue.stats()["failed"] == 0
+        with psycopg.connect(pg_cluster.dsn) as conn:
+            shadow = conn.execute(
+                sql.SQL("select d::text, count(*) from {}.{} group by 1").format(own, Ident(name))
+            ).fetchall()
+        assert shadow == [("2024-05-06 12:34:56", 20)]
+    finally:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(own))
+            conn.execute(sql.SQL("drop table if exists public.{}").format(Ident(name)))

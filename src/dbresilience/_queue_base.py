@@ -135,14 +135,15 @@ SELECT {rewritable},
 """.replace("{rewritable}", _REWRITABLE)
 
 # Every rewrite checks, in its own statement (one index look-up in the catalog, evaluated
-# once), that the table is still what its shape was read from: the same relation, still
-# rewritable, each named column of the same type. Otherwise it fails with this marker in a
-# 22P02 (a cast of the marker to boolean: SQL has no RAISE outside PL/pgSQL), which the queue
-# takes as "read the shapes again and retry", never as the write's verdict. Before it, a table
-# altered under a cached shape (date -> timestamp) was written through the old type, silently,
-# for up to a minute.
+# once), that the table is still what its shape was read from: the same relation (also as the
+# statement's name resolves now), still rewritable, each named column of the same type.
+# Otherwise it fails with this marker in a 22P02 (a cast of the marker to boolean: SQL has no
+# RAISE outside PL/pgSQL), which the queue takes as "read the shapes again and retry", never
+# as the write's verdict. Before it, a table altered under a cached shape (date -> timestamp)
+# was written through the old type, silently, for up to a minute.
 SHAPE_GUARD_MARKER = "dbresilience-shape-guard"
 _SHAPE_GUARD = """ WHERE (SELECT CASE WHEN coalesce({rewritable}
+         AND c.oid = pg_catalog.to_regclass({name})
          AND (SELECT count(*) FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                 AND (a.attname, a.atttypid) IN ({columns})) = {n}, false)
@@ -207,8 +208,15 @@ def fast_shape(statement: str, row: Any) -> FastShape | None:
         # the server's own quote_literal; a % doubled: the statement goes through psycopg
         literal = str(item[4]).replace("%", "%%")
         checks.append(f"({literal}, {int(item[5])})")
+    # the table as the statement names it, resolved again: a table of that name made since
+    # in an earlier schema of the search_path is another relation
+    name = "'" + table.replace("'", "''").replace("%", "%%") + "'"
     guard = _SHAPE_GUARD.format(
-        rewritable=_REWRITABLE, columns=", ".join(checks), n=len(checks), oid=int(row[2])
+        rewritable=_REWRITABLE,
+        name=name,
+        columns=", ".join(checks),
+        n=len(checks),
+        oid=int(row[2]),
     )
     return FastShape(
         # the caller's own table, columns and ON CONFLICT clause, as matched: no data
