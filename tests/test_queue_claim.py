@@ -376,3 +376,122 @@ def test_a_table_shadowed_in_the_search_path_is_written_with_its_own_types(
         with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("drop schema if exists {} cascade").format(own))
             conn.execute(sql.SQL("drop table if exists public.{}").format(Ident(name)))
+
+
+def test_a_value_carrying_the_guards_marker_is_set_aside_not_retried_for_ever(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """A string that is no integer fails its INSERT with a 22P02 quoting it: one reading
+    ``dbresilience-shape-guard`` was taken for the rewrite's guard, never a verdict, and the
+    batch was retried for ever behind it. Only the guard's own error (a token of this process)
+    is "read the shapes again"; this write is set aside, the others are written."""
+    schema = Ident(f"dbr_marker_{uuid.uuid4().hex[:8]}")
+    statement = f"insert into {schema.as_string()}.t (k) values (%s)"
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(schema))
+        conn.execute(sql.SQL("create table {}.t (k int)").format(schema))
+    try:
+        with (
+            dbr.Pool(pg_cluster.dsn, min_size=1) as pool,
+            dbr.WriteQueue(pool, flush_interval=60) as queue,
+        ):
+            for value in (1, "dbresilience-shape-guard", 3, "dbresilience-shape-guard 0"):
+                queue.submit(statement, (value,))
+            assert queue.flush(timeout=10)
+            stats = queue.stats()
+            failed = [w.params for w in queue.failed_writes()]
+        assert stats["written"] == 2
+        assert sorted(map(str, failed)) == [
+            "['dbresilience-shape-guard 0']",
+            "['dbresilience-shape-guard']",
+        ]
+        with psycopg.connect(pg_cluster.dsn) as conn:
+            got = conn.execute(sql.SQL("select k from {}.t order by k").format(schema))
+            assert got.fetchall() == [(1,), (3,)]
+    finally:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(schema))
+
+
+def test_a_type_renamed_and_replaced_under_a_cached_shape_is_not_cast_through(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """The rewrite casts strings through the column type's array type, by name. A migration
+    renames the column's domain (``numeric(10,2)``) and makes a new one of the old name
+    (``numeric(10,0)``): the column keeps its type, so the guard's column check passed, and
+    '1.25' went through the new type, stored 1.00 where one INSERT per row stores 1.25. The
+    guard also checks each such name still names the type the shape was read with."""
+    schema = Ident(f"dbr_retype_{uuid.uuid4().hex[:8]}")
+    statement = f"insert into {schema.as_string()}.t (k, x) values (%s, %s)"
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(schema))
+        conn.execute(sql.SQL("create domain {}.price as numeric(10,2)").format(schema))
+        conn.execute(sql.SQL("create table {0}.t (k int, x {0}.price)").format(schema))
+    try:
+        with (
+            dbr.Pool(pg_cluster.dsn, min_size=1) as pool,
+            dbr.WriteQueue(pool, flush_interval=60) as queue,
+        ):
+            for i in range(10):
+                queue.submit(statement, (i, "1.25"))
+            assert queue.flush(timeout=30)
+            with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("alter domain {}.price rename to price_old").format(schema))
+                conn.execute(sql.SQL("create domain {}.price as numeric(10,0)").format(schema))
+            for i in range(10, 20):
+                queue.submit(statement, (i, "1.25"))
+            assert queue.flush(timeout=30)
+            assert queue.stats()["failed"] == 0
+        with psycopg.connect(pg_cluster.dsn) as conn:
+            got = conn.execute(
+                sql.SQL("select x::text, count(*) from {}.t group by 1").format(schema)
+            )
+            assert got.fetchall() == [("1.25", 20)]
+    finally:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(schema))
+
+
+def test_names_the_rewrite_could_misread_store_what_one_insert_per_row_stores(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """Names the rewrite read otherwise than the server: an unquoted KELVIN SIGN (Python's
+    case-insensitive ``[a-z]`` matched it and lowered it to ``k``, another column, whose
+    ``date`` then parsed the strings), a ``%%`` (psycopg's ``%``) in a table name (the shape
+    was read of the table named with ``%%``), and a backslash in a table name under
+    ``standard_conforming_strings=off`` (the guard's name literal read otherwise: the guard
+    failed for ever). Each is written as one INSERT per row writes it, none held back."""
+    schema = Ident(f"dbr_names_{uuid.uuid4().hex[:8]}")
+    s = schema.as_string()
+    k = chr(8490)  # KELVIN SIGN
+    kelvin = f"insert into {s}.kt ({k}, n) values (%s, %s)"
+    percent = f'insert into {s}."a%%b" (d) values (%s)'
+    backslash = f'insert into {s}."b\\s" (k, d) values (%s, %s)'
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(schema))
+        conn.execute(f'create table {s}.kt (k date, "{k}" text, n int)')
+        conn.execute(f'create table {s}."a%b" (d text)')
+        conn.execute(f'create table {s}."a%%b" (d date)')
+        conn.execute(f'create table {s}."b\\s" (k int, d date)')
+    dsn = pg_cluster.dsn + " options='-c standard_conforming_strings=off'"
+    try:
+        with dbr.Pool(dsn, min_size=1) as pool, dbr.WriteQueue(pool, flush_interval=60) as queue:
+            for i in range(5):
+                queue.submit(kelvin, ("2024-5-6", i))
+            for _ in range(5):
+                queue.submit(percent, ("2024-5-6",))
+            assert queue.flush(timeout=30)
+            for i in range(5):
+                queue.submit(backslash, (i, "2024-05-06"))
+            assert queue.flush(timeout=10)
+            assert queue.stats()["failed"] == 0
+        with psycopg.connect(pg_cluster.dsn) as conn:
+            got = conn.execute(f'select "{k}", count(*) from {s}.kt group by 1')
+            assert got.fetchall() == [("2024-5-6", 5)]
+            got = conn.execute(f'select d, count(*) from {s}."a%b" group by 1')
+            assert got.fetchall() == [("2024-5-6", 5)]
+            got = conn.execute(f'select count(*) from {s}."b\\s"')
+            assert got.fetchall() == [(5,)]
+    finally:
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(schema))

@@ -278,8 +278,8 @@ def test_fast_insert_rewrites_only_what_it_can() -> None:
     row = (
         True,
         [
-            ["n", True, "pg_catalog._int4", ",", "'n'", 23],
-            ["v", True, "pg_catalog._text", ",", "'v%'", 25],
+            ["n", True, "pg_catalog._int4", ",", "'n'", 23, 1007],
+            ["v", True, "pg_catalog._text", ",", "'v%'", 25, 1009],
         ],
         16384,
     )
@@ -293,8 +293,11 @@ def test_fast_insert_rewrites_only_what_it_can() -> None:
     # the shape guard: the relation and each column's type as read, a % doubled for psycopg
     assert "IN (('n', 23), ('v%%', 25))) = 2" in statement
     assert "c.oid = 16384)" in statement
+    # the array types cast to by name still name the types read
+    assert "to_regtype('pg_catalog._text') = 1009" in statement
+    assert "c.oid = pg_catalog.to_regclass('t')" in statement
     assert (
-        fast_shape("INSERT INTO t (n, v) VALUES (%s, %s)", (True, [r[:4] for r in row[1]])) is None
+        fast_shape("INSERT INTO t (n, v) VALUES (%s, %s)", (True, [r[:6] for r in row[1]])) is None
     )
     assert params == ["{1,2}", '{"a",NULL}']
     assert fast_insert(shape, [(1, "a"), (2, 3)]) is None  # mixed Python types
@@ -310,6 +313,9 @@ def test_fast_insert_rewrites_only_what_it_can() -> None:
         "insert into t (n, v) select %s, %s",
         "insert into t (n, n) values (%s, %s)",
         "insert into t (n, v) values (%(a)s, %(b)s)",
+        "insert into t (n, \N{KELVIN SIGN}) values (%s, %s)",  # the server keeps it, not "k"
+        'insert into "t%%" (n, v) values (%s, %s)',  # psycopg's %: not the catalog's name
+        'insert into t (n, "v%%") values (%s, %s)',
     ):
         assert fast_shape(statement, row) is None, statement
     assert fast_shape("INSERT INTO t (n, v) VALUES (%s, %s)", (False, row[1])) is None

@@ -17,6 +17,7 @@ import json
 import operator
 import os
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -102,7 +103,9 @@ _FAST_INSERT = re.compile(
         \s*\((?P<cols>\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*,\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))*)\s*\)
         \s*values\s*\(\s*(?P<marks>%s(?:\s*,\s*%s)*)\s*\)
         (?P<tail>\s+on\s+conflict\b[^%;]*?\bdo\s+nothing)?\s*;?\s*$""",
-    re.IGNORECASE | re.VERBOSE,
+    # ASCII: the server folds only A-Z in an unquoted name; Unicode [a-z] matched a KELVIN
+    # SIGN, which .lower() made "k", another column than the one the server writes
+    re.IGNORECASE | re.VERBOSE | re.ASCII,
 )
 FAST_MIN_ROWS = 2  # a lone write goes as itself: its verdict is always one INSERT's own
 
@@ -124,7 +127,8 @@ SELECT {rewritable},
                         THEN quote_ident(n.nspname) || '.' || quote_ident(at.typname) END,
                    t.typdelim::text,
                    quote_literal(a.attname),
-                   a.atttypid::int8))
+                   a.atttypid::int8,
+                   at.oid::int8))
           FROM pg_catalog.pg_attribute a
           JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
           LEFT JOIN pg_catalog.pg_type at ON at.oid = t.typarray
@@ -141,15 +145,25 @@ SELECT {rewritable},
 # RAISE outside PL/pgSQL), which the queue takes as "read the shapes again and retry", never
 # as the write's verdict. Before it, a table altered under a cached shape (date -> timestamp)
 # was written through the old type, silently, for up to a minute.
+# The marker carries a token of this process: a write's own 22P02 quotes its value, and a value
+# reading "dbresilience-shape-guard" was taken for the guard, never a verdict, and retried for
+# ever, holding back every write after it.
 SHAPE_GUARD_MARKER = "dbresilience-shape-guard"
+_GUARD_TOKEN = f"{SHAPE_GUARD_MARKER} {secrets.token_hex(8)}"
 _SHAPE_GUARD = """ WHERE (SELECT CASE WHEN coalesce({rewritable}
-         AND c.oid = pg_catalog.to_regclass({name})
+         AND c.oid = pg_catalog.to_regclass({name}){types}
          AND (SELECT count(*) FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                 AND (a.attname, a.atttypid) IN ({columns})) = {n}, false)
-    THEN true ELSE ('dbresilience-shape-guard ' || coalesce(c.oid::text, '-'))::bool END
+    THEN true ELSE ('{token} ' || coalesce(c.oid::text, '-'))::bool END
   FROM (SELECT 1) AS one LEFT JOIN pg_catalog.pg_class c ON c.oid = {oid})"""
-assert SHAPE_GUARD_MARKER in _SHAPE_GUARD
+
+
+def _literal(text: str) -> str:
+    """*text* as a string literal read alike whatever ``standard_conforming_strings`` (as the
+    server's quote_literal writes it), a ``%`` doubled: the statement goes through psycopg."""
+    quoted = "'" + text.replace("'", "''").replace("%", "%%") + "'"
+    return "E" + quoted.replace("\\", "\\\\") if "\\" in text else quoted
 
 
 def is_shape_changed(exc: BaseException) -> bool:
@@ -159,7 +173,7 @@ def is_shape_changed(exc: BaseException) -> bool:
         return False
     diag = getattr(exc, "diag", None)
     message = getattr(diag, "message_primary", None) or ""
-    return SHAPE_GUARD_MARKER in message
+    return _GUARD_TOKEN in message
 
 
 class ColumnShape(NamedTuple):
@@ -182,8 +196,8 @@ def fast_target(statement: str) -> tuple[str, list[str], str, str] | None:
     """``(table, columns, column list as written, ON CONFLICT tail)`` when *statement* is a
     plain single-row ``INSERT INTO t (cols) VALUES (%s, …)``, else None."""
     m = _FAST_INSERT.match(statement)
-    if m is None:
-        return None
+    if m is None or "%" in m.group("table") or "%" in m.group("cols"):
+        return None  # %% in a name is psycopg's %: another name than the catalog would read
     written = [c.strip() for c in m.group("cols").split(",")]
     if len(written) != m.group("marks").count("%s") or len(set(written)) != len(written):
         return None
@@ -200,22 +214,31 @@ def fast_shape(statement: str, row: Any) -> FastShape | None:
     by_name = {item[0]: item for item in row[1]}
     columns = []
     checks = []
+    types: dict[str, int] = {}
     for name in names:
         item = by_name.get(name)
-        if item is None or len(item) < 6 or len(row) < 3:
+        if item is None or len(item) < 7 or len(row) < 3:
             return None
-        columns.append(ColumnShape(bool(item[1]), item[2], item[3] or ","))
+        array = None if item[2] is None else str(item[2]).replace("%", "%%")
+        columns.append(ColumnShape(bool(item[1]), array, item[3] or ","))
+        if array is not None:  # cast to by name: a type renamed, another made of its name
+            types[str(item[2])] = int(item[6])
         # the server's own quote_literal; a % doubled: the statement goes through psycopg
         literal = str(item[4]).replace("%", "%%")
         checks.append(f"({literal}, {int(item[5])})")
     # the table as the statement names it, resolved again: a table of that name made since
-    # in an earlier schema of the search_path is another relation
-    name = "'" + table.replace("'", "''").replace("%", "%%") + "'"
+    # in an earlier schema of the search_path is another relation; and each array type the
+    # strings are cast to, by name, still the one read
     guard = _SHAPE_GUARD.format(
         rewritable=_REWRITABLE,
-        name=name,
+        name=_literal(table),
+        types="".join(
+            f"\n         AND pg_catalog.to_regtype({_literal(cast)}) = {oid}"
+            for cast, oid in types.items()
+        ),
         columns=", ".join(checks),
         n=len(checks),
+        token=_GUARD_TOKEN,
         oid=int(row[2]),
     )
     return FastShape(
