@@ -273,6 +273,37 @@ def test_triggers_rules_defaults_and_on_conflict(
         assert got == ref, suffix
 
 
+def test_a_composite_column_goes_through_executemany_not_bisection(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], schema: str
+) -> None:
+    """``unnest`` of several arrays in FROM expands a composite element into its fields: the
+    rewrite of a table with a composite column (or a domain over one) had more columns than
+    the INSERT and failed (42601), a verdict, so every batch was bisected down to one INSERT
+    per write (2,000 writes: 2,000 batches and 8.5 s, against one batch and 0.09 s). Such a
+    run goes through executemany, in one batch, and stores the same values."""
+    pg_conn.execute(
+        f"create type {schema}.pair as (a int, b text);"
+        f"create domain {schema}.dpair as {schema}.pair;"
+        f"create table {schema}.ref (n int, v {schema}.pair, w {schema}.dpair);"
+        f"create table {schema}.queue (n int, v {schema}.pair, w {schema}.dpair)"
+    )
+
+    def writes(side: str) -> list[tuple[str, Any]]:
+        statement = f"insert into {schema}.{side} (n, v, w) values (%s, %s, %s)"
+        return [(statement, (n, f'({n},"x {n}")', f"({n},y)")) for n in range(200)]
+
+    assert _by_one_insert(pg_conn, writes("ref")) == set()
+    with dbr.Pool(pg_dsn, min_size=1, max_size=2) as pool:
+        set_aside, queue = _by_queue(pool, writes("queue"))
+    assert set_aside == set()
+    assert queue.stats()["batches"] == 1
+    got, ref = (
+        pg_conn.execute(f"select n, v::text, w::text from {schema}.{side} order by n").fetchall()
+        for side in ("queue", "ref")
+    )
+    assert got == ref
+
+
 def test_fast_insert_rewrites_only_what_it_can() -> None:
     """Pure logic: which statements and runs are rewritten, and the literal escaping."""
     row = (

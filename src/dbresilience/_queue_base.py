@@ -111,7 +111,9 @@ FAST_MIN_ROWS = 2  # a lone write goes as itself: its verdict is always one INSE
 
 # The catalog facts the rewrite depends on, read once per statement (see fast_shape):
 # the relation (a plain table, no INSERT rule, no INSERT trigger other than BEFORE … FOR EACH
-# ROW, no foreign key to itself) and, per named column, the facts to choose its array type.
+# ROW, no foreign key to itself) and, per named column, the facts to choose its array type
+# (none for an array, nor for a composite: unnest of several arrays expands one into its
+# fields, and the rewrite failed, bisected down to one INSERT per write, every batch).
 _REWRITABLE = """c.relkind = 'r' AND NOT c.relhasrules
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
                        WHERE g.tgrelid = c.oid AND NOT g.tgisinternal
@@ -123,7 +125,7 @@ SELECT {rewritable},
        (SELECT array_agg(json_build_array(
                    a.attname,
                    t.typtype = 'b' AND t.oid IN (20, 21, 23, 700, 701, 1700, 25, 1042, 1043),
-                   CASE WHEN t.typarray <> 0 AND t.typcategory <> 'A'
+                   CASE WHEN t.typarray <> 0 AND t.typcategory NOT IN ('A', 'C')
                         THEN quote_ident(n.nspname) || '.' || quote_ident(at.typname) END,
                    t.typdelim::text,
                    quote_literal(a.attname),
