@@ -619,6 +619,12 @@ class WriteQueue(QueueBase):
                 with conn.transaction():
                     todo, duplicates, reused = self._claim(conn, ledger, batch)
                     self._copy(conn, todo)
+            elif len(batch) == 1 and batch[0].key is None:
+                # a lone unkeyed write (the usual one after a quiet spell): the statement by
+                # itself, a transaction of its own (autocommit), without BEGIN, COMMIT or a
+                # pipeline: one round trip and the least Python between flush_interval and it
+                _execute(conn.cursor(), batch[0].sql, batch[0].params)
+                todo, duplicates, reused = (batch, 0, [])
             elif self.use_unnest and self._alone(conn, batch):
                 todo, duplicates, reused = (batch, 0, [])
             else:
@@ -650,6 +656,15 @@ class WriteQueue(QueueBase):
                 self.counters["rewritten"] += rewritten
         self.counters["batches"] += 1
         return (len(todo), duplicates, reused)
+
+
+def _execute(cur: Any, statement: str, params: Any) -> None:
+    """``cur.execute`` with psycopg's refusal to bind made the write's verdict (see
+    :func:`_executemany`)."""
+    try:
+        cur.execute(statement, params)
+    except TypeError as exc:
+        raise psycopg.ProgrammingError(f"cannot bind the parameters: {exc}") from exc
 
 
 def _executemany(cur: Any, statement: str, params: list[Any]) -> None:

@@ -642,6 +642,12 @@ class AsyncWriteQueue(QueueBase):
                 async with conn.transaction():
                     todo, duplicates, reused = await self._claim(conn, ledger, batch)
                     await self._copy(conn, todo)
+            elif len(batch) == 1 and batch[0].key is None:
+                # a lone unkeyed write (the usual one after a quiet spell): the statement by
+                # itself, a transaction of its own (autocommit), without BEGIN, COMMIT or a
+                # pipeline: one round trip and the least Python between flush_interval and it
+                await _execute(conn.cursor(), batch[0].sql, batch[0].params)
+                todo, duplicates, reused = batch, 0, []
             elif self.use_unnest and await self._alone(conn, batch):
                 todo, duplicates, reused = batch, 0, []
             else:
@@ -673,6 +679,15 @@ class AsyncWriteQueue(QueueBase):
                 self.counters["rewritten"] += rewritten
         self.counters["batches"] += 1
         return len(todo), duplicates, reused
+
+
+async def _execute(cur: Any, statement: str, params: Any) -> None:
+    """``cur.execute`` with psycopg's refusal to bind made the write's verdict (see
+    :func:`_executemany`)."""
+    try:
+        await cur.execute(statement, params)
+    except TypeError as exc:
+        raise psycopg.ProgrammingError(f"cannot bind the parameters: {exc}") from exc
 
 
 async def _executemany(cur: Any, statement: str, params: list[Any]) -> None:
