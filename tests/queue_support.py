@@ -284,3 +284,11 @@ async def main():
     os._exit(0)
 asyncio.run(main())
 """
+
+
+#: the write ledger as an operator may make it: partitioned by hash of the key; format with
+#: its name
+PARTITIONED_LEDGER = """create table {} (
+    scope text collate "C" not null, key text collate "C" not null, digest text not null,
+    applied_at timestamptz not null default now(), primary key (scope, key)
+) partition by hash (key)"""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from dbresilience import _instrument
 from dbresilience._classify import classify
@@ -293,20 +293,6 @@ class CircuitBreaker:
                 f"{slow} of {calls} calls took over {self.slow_call_duration:g} s",
             )
         return None
-
-    def _mark(self) -> tuple[int, Any]:
-        """The window's counts now, to be put back by :meth:`_forget_since` (the pool's warm-up
-        calls go through the breaker to warm its path, and must not count: a dozen successes
-        at start would dilute the failures that should open it)."""
-        with self._lock:
-            return self._epoch, self._counts.snapshot()
-
-    def _forget_since(self, mark: tuple[int, Any]) -> None:
-        """Put the counts of *mark* back, unless the circuit changed state meanwhile."""
-        epoch, snap = mark
-        with self._lock:
-            if self._epoch == epoch and self._state is _CLOSED:
-                self._counts.restore(snap)
 
     def _move(
         self, new: CircuitState, calls: int, failures: int, reason: str

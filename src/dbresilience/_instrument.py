@@ -184,11 +184,11 @@ class BudgetRefused(Event):
 
 @dataclass(frozen=True, slots=True)
 class PoolCallDone(Event):
-    """One pool call (``operation``: ``fetchone``, ``fetchall``, ``execute``, ``transaction``;
-    ``warm`` for ``open()``'s warm-up calls) ended after ``duration`` s and ``attempts``
-    attempts. ``outcome`` is ``"ok"``, ``"error"``, ``"rejected"`` (an open breaker failed it
-    fast: 0 attempts) or ``"cancelled"``; ``code`` the classification code of the error
-    (``None`` when ok) and ``sqlstate`` PostgreSQL's, when it sent one."""
+    """One pool call (``operation``: ``fetchone``, ``fetchall``, ``execute``, ``transaction``)
+    ended after ``duration`` s and ``attempts`` attempts. ``outcome`` is ``"ok"``, ``"error"``,
+    ``"rejected"`` (an open breaker failed it fast: 0 attempts) or ``"cancelled"``; ``code``
+    the classification code of the error (``None`` when ok) and ``sqlstate`` PostgreSQL's,
+    when it sent one."""
 
     kind = "pool_call_done"
     pool: str

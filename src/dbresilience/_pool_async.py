@@ -50,7 +50,6 @@ _monotonic = time.monotonic
 
 T = TypeVar("T")
 R = TypeVar("R")
-WARM_PASSES = 12  # open() runs the call path at least this often (see _warm_calls)
 Conn = AsyncPoolConnection
 
 
@@ -198,37 +197,25 @@ class AsyncPool(PoolBase):
         return self
 
     async def _warm_calls(self, deadline_at: float) -> None:
-        """Take every warm connection through the whole call path at least twice, and the path
-        itself ``WARM_PASSES`` times, before ``open()`` returns (psycopg_pool hands idle
-        connections out in turn).
+        """Take every warm connection through the whole call path twice before ``open()``
+        returns (psycopg_pool hands idle connections out in turn).
 
         Measured (docs/pool.md): without it the first call after ``open()`` cost 3 times a steady
         one, two thirds of that in client CPU: the first pass over a connection's objects and
-        the watchdog's first wake-up, then the backend's wake-up. The calls go the way a
-        caller's do, breaker and budget included (without them the first call still cost 1.3
-        times a steady one, with them 1.1: ``make bench``), as ``what="warm"`` for the
-        process-wide hooks; they are taken back out of ``stats()["calls"]`` and of the
-        breaker's window (a dozen successes at start would dilute the failures that should
-        open it). Best effort within ``connect_timeout``: a failure here is left to the first
-        caller to meet.
+        the watchdog's first wake-up, then the backend's wake-up. Best effort within
+        ``connect_timeout``: a failure here is left to the first caller to meet; no breaker,
+        budget or retry is involved.
         """
-        counters, breaker = self._counters, self._policy.breaker
-        before, tried = counters.calls, 0
-        mark = breaker._mark() if breaker is not None else None
-        args = ("select 1", None, _fetchone, None, None, False)
-        try:
-            for _ in range(max(WARM_PASSES, 2 * self._config.min_size)):
-                left = deadline_at - now()
-                if left <= 0.01:
-                    return
-                tried += 1
-                await self._call("warm", self._statement, args, min(left, 1.0), True)
-        except Exception:
-            return
-        finally:
-            counters.calls -= min(tried, counters.calls - before)
-            if breaker is not None and mark is not None:
-                breaker._forget_since(mark)
+        for _ in range(2 * self._config.min_size):
+            left = deadline_at - now()
+            if left <= 0.01:
+                return
+            try:
+                await self._statement(
+                    now() + min(left, 1.0), "select 1", None, _fetchone, None, None, False
+                )
+            except Exception:
+                return
 
     async def _abort_open(self) -> None:
         await self._pool.close(timeout=1.0)

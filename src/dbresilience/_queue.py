@@ -385,6 +385,12 @@ class WriteQueue(QueueBase):
             try:
                 written, duplicates, reused = self._attempt(batch)
             except Exception as exc:
+                if self._ledger_conflict(exc):
+                    # a key of the batch was in the ledger already (a retry of a write, a
+                    # replay, another instance), or the write's own unique violation: rolled
+                    # back whole, the batch goes again at once with the careful claim, whose
+                    # answer decides (a write's own violation is then its verdict)
+                    continue
                 self._shapes.clear()  # a table altered under a cached rewrite: read it again
                 bad = is_bad_write(exc)
                 if not bad and is_timeout(exc):
@@ -508,7 +514,8 @@ class WriteQueue(QueueBase):
             # every key its own (the usual batch): claimed by a plain INSERT, whose answer the
             # batch does not wait for (one round trip, as without keys). A key already in the
             # ledger makes it fail with a unique violation, the transaction with it (nothing
-            # of the batch is applied), and the batch goes again the careful way (_transaction)
+            # of the batch is applied), and the batch goes again the careful way (_process)
+            self._claimed_optimistically = True
             conn.execute(ledger.insert, arrays)
             return (batch, 0, [])
         cur = conn.execute(ledger.claim, arrays)
@@ -569,6 +576,7 @@ class WriteQueue(QueueBase):
         fast = self._rewrite(*work[0])
         if fast is None:
             return False
+        self._ahead = None  # prepared for the pipeline only
         conn.execute(fast[0], fast[1])
         self.counters["rewritten"] += len(batch)
         return True
@@ -602,27 +610,22 @@ class WriteQueue(QueueBase):
         return (todo, duplicates, reused, rewritten)
 
     def _transaction(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
-        try:
-            return self._transaction_once(batch)
-        except psycopg.errors.UniqueViolation as exc:
-            if not self._ledger_conflict(exc):
-                raise  # the write's own: a verdict
-        # a key of the batch was in the ledger already (a retry of a write, a replay, another
-        # instance): rolled back whole, the batch goes again with the careful claim
-        return self._transaction_once(batch)
-
-    def _transaction_once(self, batch: list[Record]) -> tuple[int, int, list[Record]]:
         ledger = self._ledger_sql()
+        self._claimed_optimistically = False
         with self.pool.connection(timeout=self.batch_timeout) as conn:
             self._maintain(conn, ledger)
             if self.use_copy:  # COPY cannot run inside a pipeline
+                self._ahead = None  # prepared for the pipeline only
                 with conn.transaction():
                     todo, duplicates, reused = self._claim(conn, ledger, batch)
                     self._copy(conn, todo)
-            elif len(batch) == 1 and batch[0].key is None:
+            elif len(batch) == 1 and batch[0].key is None and batch[0].params:
                 # a lone unkeyed write (the usual one after a quiet spell): the statement by
                 # itself, a transaction of its own (autocommit), without BEGIN, COMMIT or a
-                # pipeline: one round trip and the least Python between flush_interval and it
+                # pipeline: one round trip and the least Python between flush_interval and it.
+                # With parameters only: psycopg sends a statement without any by the simple
+                # protocol, which would run "a; b" that a batch's extended protocol refuses
+                self._ahead = None
                 _execute(conn.cursor(), batch[0].sql, batch[0].params)
                 todo, duplicates, reused = (batch, 0, [])
             elif self.use_unnest and self._alone(conn, batch):

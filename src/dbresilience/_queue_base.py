@@ -401,9 +401,10 @@ class Ahead(NamedTuple):
     shapes: list[FastShape | None]  # the shapes the rewrites were made from
 
 
-def _claim_order(item: tuple[tuple[str, str], str]) -> str:
-    """Sort key of a claim: its key (see QueueBase._claim_arrays)."""
-    return item[0][1]
+def _claim_order(item: tuple[tuple[str, str], str]) -> tuple[str, str]:
+    """Sort key of a claim: its key, then its scope (see QueueBase._claim_arrays)."""
+    (scope, key), _ = item
+    return key, scope
 
 
 def is_bad_write(exc: BaseException) -> bool:
@@ -642,7 +643,6 @@ class QueueBase(Lifecycle):
         self._on_commit = callable_or_none("on_commit", on_commit)
         schema, _, table = ledger_table.rpartition(".")
         self._ledger = sql.Identifier(schema, table) if schema else sql.Identifier(table)
-        self._ledger_name = (schema, table)
         self._buffer: collections.deque[Record] = collections.deque()
         self._cond = threading.Condition()
         self._seq = 0  # last seq handed out
@@ -674,6 +674,7 @@ class QueueBase(Lifecycle):
         # claim keys with a plain INSERT (see _claim) until one meets a key already in the
         # ledger; a careful claim that finds every key new turns it back on
         self._optimistic = True
+        self._claimed_optimistically = False  # the attempt in progress did
         self._ahead: Ahead | None = None  # the next batch's Python half, made in advance
 
     # --- submitting (thread-safe, never does database I/O) --------------------------------------
@@ -980,15 +981,14 @@ class QueueBase(Lifecycle):
         return None if shape is None else fast_insert(shape, params)
 
     def _ledger_conflict(self, exc: BaseException) -> bool:
-        """True when *exc* is the optimistic claim's unique violation on the ledger (the
-        careful claim's ``ON CONFLICT DO NOTHING`` never raises one): a key of the batch was
-        there already. The batch goes again with the careful claim."""
-        if not isinstance(exc, psycopg.errors.UniqueViolation):
+        """True when *exc* ended an attempt that claimed its keys optimistically with a unique
+        violation: a key of the batch was already in the ledger, or the write's own (the two
+        are not told apart by the table named in the error: a ledger made partitioned names its
+        partition). The batch goes again with the careful claim, whose ``ON CONFLICT DO
+        NOTHING`` never raises one on the ledger: a violation then is the write's verdict."""
+        if not (self._claimed_optimistically and isinstance(exc, psycopg.errors.UniqueViolation)):
             return False
-        schema, table = self._ledger_name
-        diag = exc.diag
-        if diag.table_name != table or (schema and diag.schema_name != schema):
-            return False
+        self._claimed_optimistically = False
         self._optimistic = False
         self.counters["ledger_conflicts"] += 1
         return True

@@ -5,6 +5,7 @@ timeouts, warming, checks, deadline and classification (see :mod:`dbresilience.s
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import timedelta
 from typing import Any
@@ -101,7 +102,8 @@ def warm_engine(engine: Engine, connections: int | None = None) -> Engine:
                     # holds a server connection, and warming more than it has would wait forever
                     conn.rollback()
                 except BaseException:
-                    conn.close()  # not warm: it does not count (it did, once)
+                    with contextlib.suppress(Exception):  # the check's error is the one to see
+                        conn.close()  # not warm: it does not count (it did, once)
                     raise
                 held.append(conn)
             except sa.exc.DBAPIError as exc:

@@ -3,6 +3,7 @@ timeouts, warming, checks, deadline and classification (see :mod:`dbresilience.s
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import timedelta
 from typing import Any
@@ -109,7 +110,8 @@ async def warm_async_engine(engine: AsyncEngine, connections: int | None = None)
                     # holds a server connection, and warming more than it has would wait forever
                     await conn.rollback()
                 except BaseException:
-                    await conn.close()  # not warm: it does not count (it did, once)
+                    with contextlib.suppress(Exception):  # the check's error is the one to see
+                        await conn.close()  # not warm: it does not count (it did, once)
                     raise
                 held.append(conn)
             except sa.exc.DBAPIError as exc:

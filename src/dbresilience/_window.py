@@ -86,17 +86,6 @@ class SlidingWindow:
                 slow += self.slow[i]
         return calls, bad, slow
 
-    def snapshot(self) -> tuple[list[int], list[int], list[int], list[int], int, float]:
-        """Every count as it is now, for :meth:`restore`."""
-        with self._lock:
-            return (self.slot_ids[:], self.calls[:], self.bad[:], self.slow[:], self.cur, self.end)
-
-    def restore(self, snap: tuple[list[int], list[int], list[int], list[int], int, float]) -> None:
-        """Put back the counts of a :meth:`snapshot`."""
-        with self._lock:
-            self.slot_ids[:], self.calls[:], self.bad[:], self.slow[:] = snap[:4]
-            self.cur, self.end = snap[4], snap[5]
-
     def clear(self) -> None:
         """Forget every count."""
         with self._lock:
