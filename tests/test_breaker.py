@@ -435,7 +435,9 @@ def test_storm_of_200_callers_is_bounded_and_recovers(
     attempts, opened, ok, fast = _storm(dsn, breaker, 1.5, 200)
     periods = int(1.5 / open_for) + 2
     assert ok == 0
-    assert opened > 1000  # most calls never reached the network
+    # most calls never reached the network (a ratio: how many calls 200 threads make in 1.5 s
+    # depends on the CPU they get; beside two busy processes it was 479 rejected, not > 1000)
+    assert opened > attempts
     admitted = 200 + 20 + 2 * periods
     assert attempts <= admitted + 0.1 * admitted + 10
     assert sorted(fast)[len(fast) // 2] < 0.05
