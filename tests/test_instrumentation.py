@@ -135,6 +135,42 @@ def test_warm_up_calls_are_neither_announced_nor_counted_nor_in_the_breaker(
             pg_cluster.start()
 
 
+def test_warm_up_neither_counts_nor_probes_a_breaker_or_budget_it_shares(
+    pg_cluster: TemporaryPostgres,
+) -> None:
+    """open()'s warm-up goes through the caller's call path uncounted: a shared budget and a
+    closed breaker count no call, a half-open breaker (shared with a caller that saw the
+    database fail) gives no probe slot to it and is not closed by it, an open one refuses
+    nothing to it; the first real call is then the probe that decides."""
+    budget = dbr.RetryBudget("warm-shared")
+    breaker = dbr.CircuitBreaker("warm-shared", minimum_calls=2, open_for=60)
+    with dbr.Pool(pg_cluster.dsn, min_size=2, breaker=breaker, budget=budget) as pool:
+        assert budget.stats()["calls"] == 0
+        assert breaker.stats()["calls"] == 0
+        pool.fetchone("select 1")
+        assert budget.stats()["calls"] == 1
+        assert breaker.stats()["calls"] == 1
+    breaker = dbr.CircuitBreaker("warm-open", minimum_calls=2, open_for=60, half_open_calls=2)
+    for _ in range(2):
+        breaker.record(
+            breaker.acquire(), psycopg.OperationalError("connection refused"), time.monotonic()
+        )
+    assert breaker.state is dbr.CircuitState.OPEN
+    with dbr.Pool(pg_cluster.dsn, min_size=2, breaker=breaker) as pool:
+        stats = breaker.stats()
+        assert stats["rejected"] == 0
+        assert stats["probes"] == 0
+        assert stats["state"] in ("open", "half_open")
+        breaker.evidence()
+        assert breaker.state is dbr.CircuitState.HALF_OPEN
+        pool._warm_calls(time.monotonic() + 5.0)  # again, half-open: still no probe taken
+        assert breaker.state is dbr.CircuitState.HALF_OPEN
+        assert breaker.stats()["probes"] == 0
+        for _ in range(2):
+            assert pool.fetchone("select 1") == (1,)
+        assert breaker.state is dbr.CircuitState.CLOSED
+
+
 def test_min_size_zero_opens_nothing(pg_cluster: TemporaryPostgres) -> None:
     """A pool with min_size=0 (serverless, a pooler in front) opens no connection in open()."""
     with dbr.Pool(pg_cluster.dsn, min_size=0) as pool:

@@ -62,6 +62,11 @@ class RetryBudget:
         """Count one call (the first attempt of an operation)."""
         self._window.count_call(self._clock())
 
+    def _touch(self, now: float) -> None:
+        """Touch what :meth:`deposit_at` touches, counting nothing (``Pool.open()``'s warm-up:
+        the window's current slot is only moved to *now*, as the deposit would)."""
+        self._window.index(now)
+
     def try_withdraw(self, now: float | None = None) -> bool:
         """Take one retry from the budget; ``False`` (and counted) when it is spent."""
         now = self._clock() if now is None else now

@@ -875,7 +875,9 @@ class PoolBase(Lifecycle):
             _instrument.emit(_instrument.GenerationRetired(self.name, counters.generation - 1))
         return True
 
-    def _begin(self, timeout: float | timedelta | None, what: str) -> tuple[float, float, int]:
+    def _begin(
+        self, timeout: float | timedelta | None, what: str, counted: bool = True
+    ) -> tuple[float, float, int]:
         """Start *what*: ``(start, deadline_at, breaker permit)``; may raise CircuitOpen (then
         announced to the process-wide hooks as a call ``rejected`` with its code).
 
@@ -883,10 +885,16 @@ class PoolBase(Lifecycle):
         :class:`~dbresilience._breaker.Permit`: a pool call's success path is measured against
         psycopg_pool's (make bench, pool table, target <= 1.10x), and one permit spans every
         attempt of the call.
+
+        ``counted=False`` (``open()``'s warm-up) asks the breaker nothing and counts nothing:
+        the permit is ``-1``, which ``_record`` and ``_call`` know.
         """
         start = now()
         limit = self._config.query_timeout if timeout is None else seconds("timeout", timeout)
         policy = self._policy
+        if not counted:
+            self._touch(start)
+            return start, start + limit, -1
         try:
             permit = policy.breaker.acquire() if policy.breaker is not None else 0
         except CircuitOpen as exc:
@@ -922,12 +930,24 @@ class PoolBase(Lifecycle):
     def _record(
         self, permit: int, exc: BaseException | None, start: float, what: str, attempts: int
     ) -> None:
-        """Record a call's outcome: to the breaker, and to the process-wide hooks if any."""
+        """Record a call's outcome: to the breaker, and to the process-wide hooks if any; an
+        uncounted call's (permit ``-1``) to nobody."""
+        if permit < 0:
+            self._touch(start)
+            return
         breaker = self._policy.breaker
         if breaker is not None:
             breaker.record(permit, exc, start)
         if _instrument.hooks:
             self._emit_call_done(exc, start, what, attempts)
+
+    def _touch(self, at: float) -> None:
+        """Touch the breaker and budget as a call at *at* would, counting nothing (warm-up)."""
+        policy = self._policy
+        if policy.breaker is not None:
+            policy.breaker._touch(at)
+        if policy.budget is not None:
+            policy.budget._touch(at)
 
     def _emit_call_done(
         self, exc: BaseException | None, start: float, what: str, attempts: int
