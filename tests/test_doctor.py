@@ -59,9 +59,11 @@ SEEDS_DATA = """
 insert into "User" (id, email, "isPremium", credits, preferences)
   select gen_random_uuid(), 'u' || i || '@example.com', i % 3 = 0, i, '{"theme": "dark"}'
   from generate_series(1, 2000) i;
+-- 120,000 sessions: the planted slow query (a scan of them) takes 3-4 ms on a fast machine;
+-- 30,000 took 0.95 ms there, under the test's slow_ms=1.0
 insert into "InterviewSession" ("userId", status)
   select u.id, (array['new', 'live', 'done', 'failed'])[1 + g % 4]
-  from generate_series(1, 15) g cross join "User" u;
+  from generate_series(1, 60) g cross join "User" u;
 insert into "Transcript" ("sessionId", content)
   select 1 + i % 500, (select string_agg(md5(random()::text || i || k), '')
                        from generate_series(1, 120) k)

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import dbresilience as dbr
 from dbresilience import _instrument, instrumentation
-from dbresilience.faults import TemporaryPostgres
+from dbresilience.faults import FaultProxy, TemporaryPostgres
 
 KILL_SELF = "select pg_terminate_backend(pg_backend_pid())"
 
@@ -169,6 +169,32 @@ def test_warm_up_neither_counts_nor_probes_a_breaker_or_budget_it_shares(
         for _ in range(2):
             assert pool.fetchone("select 1") == (1,)
         assert breaker.state is dbr.CircuitState.CLOSED
+
+
+def test_warm_up_is_short_for_a_distant_database(
+    pg_dsn: str, pg_proxy: tuple[FaultProxy, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open() warms with up to 20 calls on loopback (a fresh process's code and psycopg's
+    prepared statement), but a database 20 ms away gets only the two per connection: open()
+    must not spend a second of a cold start on warming."""
+    starts: list[float] = []
+    call = dbr.Pool._call
+
+    def spy(self: dbr.Pool, *args: Any) -> Any:
+        if args[-1] is False:  # counted=False: a warm-up call
+            starts.append(time.monotonic())
+        return call(self, *args)
+
+    monkeypatch.setattr(dbr.Pool, "_call", spy)
+    with dbr.Pool(pg_dsn, min_size=2):
+        pass
+    assert 4 <= len(starts) <= 20  # 20 unless a loaded machine took 25 ms for them
+    proxy, dsn = pg_proxy
+    proxy.latency(0.01)  # each way: a round trip of at least 20 ms
+    starts.clear()
+    with dbr.Pool(dsn, min_size=2, connect_timeout=10):
+        pass
+    assert len(starts) == 4
 
 
 def test_min_size_zero_opens_nothing(pg_cluster: TemporaryPostgres) -> None:
