@@ -204,11 +204,15 @@ def test_a_failed_lease_holder_gives_the_lease_back(
             return {"roles": {"admin"}}
         raise psycopg.OperationalError("connection refused")  # transient
 
+    # timeout=2: a Redis answer later than the default 0.1 s (a loaded machine) degrades the
+    # cache to memory only, which is another test's subject, not this one's
     with (
         dbr.CredentialCache(
-            redis_url, namespace=namespace, lease=True, ttl=0.1, jitter=0, stale_ttl=30
+            redis_url, namespace=namespace, lease=True, ttl=0.1, jitter=0, stale_ttl=30, timeout=2
         ) as a,
-        dbr.CredentialCache(redis_url, namespace=namespace, lease=True, lease_ttl=5) as b,
+        dbr.CredentialCache(
+            redis_url, namespace=namespace, lease=True, lease_ttl=5, timeout=2
+        ) as b,
     ):
         if failure == "stale served":
             a.get_or_load(7, creds)
@@ -255,9 +259,11 @@ def test_single_flight_for_32_callers(redis_url: str, namespace: str, backend: s
 def test_cross_instance_lease_loads_a_cold_key_once(redis_url: str, namespace: str) -> None:
     """With lease=True, two instances stampeding a cold key call the loader once in all."""
     calls, load = counting(delay=0.2)
+    # timeout=2: a Redis answer later than the default 0.1 s (seen beside two busy processes)
+    # degrades both to memory only, and each then loads: not the lease's subject
     with (
-        dbr.CredentialCache(redis_url, namespace=namespace, lease=True) as a,
-        dbr.CredentialCache(redis_url, namespace=namespace, lease=True) as b,
+        dbr.CredentialCache(redis_url, namespace=namespace, lease=True, timeout=2) as a,
+        dbr.CredentialCache(redis_url, namespace=namespace, lease=True, timeout=2) as b,
     ):
         loads = [spawn(cache.get_or_load, 7, load) for cache in (a, b)]
         assert gather(*loads) == [CREDS, CREDS]

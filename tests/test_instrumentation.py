@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -119,8 +120,12 @@ def test_warm_up_calls_are_neither_announced_nor_counted_nor_in_the_breaker(
         "warm", minimum_calls=3, open_for=30, slow_call_duration=0.000001, slow_call_rate=0.5
     )
     with dbr.Pool(pg_cluster.dsn, min_size=2, breaker=breaker, query_timeout=0.5) as pool:
-        assert not [e for e in seen if isinstance(e, instrumentation.PoolCallDone)]
+        calls = (instrumentation.PoolCallDone, instrumentation.AcquireWaited)
+        assert not [e for e in seen if isinstance(e, calls)]
         assert pool.stats()["calls"] == 0
+        # unprepared: no statement of the warm-up is left prepared on either connection
+        for _ in range(2):
+            assert pool.fetchall("select name from pg_prepared_statements") == []
         assert breaker.state is dbr.CircuitState.CLOSED
         breaker = dbr.CircuitBreaker("warm2", minimum_calls=3, open_for=30)
     with dbr.Pool(pg_cluster.dsn, min_size=2, breaker=breaker, query_timeout=0.5) as pool:
@@ -169,6 +174,56 @@ def test_warm_up_neither_counts_nor_probes_a_breaker_or_budget_it_shares(
         for _ in range(2):
             assert pool.fetchone("select 1") == (1,)
         assert breaker.state is dbr.CircuitState.CLOSED
+
+
+def test_warm_up_leaves_counts_on_their_own_clocks_and_never_erases_them(
+    pg_dsn: str, pg_proxy: tuple[FaultProxy, str]
+) -> None:
+    """A breaker and a budget with clocks of their own (unlike the pool's) shared with other
+    callers: open()'s warm-up neither stamps their windows with the pool's time nor erases the
+    failures and retries others recorded while a warm-up call was slow (a call that outlived
+    the window used to clear the newest slot when its end was counted at its start)."""
+    fake = [1_000_000.0]
+    refused = psycopg.OperationalError("connection refused")
+    breaker = dbr.CircuitBreaker("warm-clock", minimum_calls=10, window=0.5, clock=lambda: fake[0])
+    budget = dbr.RetryBudget("warm-clock", ratio=0.0, min_per_second=0.05, ttl=60.0)  # 3 retries
+    withdrawn: list[bool] = []
+
+    def others() -> None:  # another user of both, while the pool opens and warms
+        for _ in range(6):
+            time.sleep(0.1)
+            breaker.record(breaker.acquire(), refused, fake[0])
+            withdrawn.append(budget.try_withdraw())
+
+    proxy, dsn = pg_proxy
+    proxy.latency(0.1)  # warm-up calls of 0.2 s: longer than a breaker's slot
+    thread = threading.Thread(target=others)
+    thread.start()
+    with dbr.Pool(dsn, min_size=1, breaker=breaker, budget=budget, connect_timeout=10):
+        thread.join()
+        assert withdrawn == [True, True, True, False, False, False]
+        assert not budget.try_withdraw()
+        stats = breaker.stats()
+        assert (stats["calls"], stats["failures"]) == (6, 6)
+        for _ in range(4):
+            breaker.record(breaker.acquire(), refused, fake[0])
+        assert breaker.state is dbr.CircuitState.OPEN
+
+
+def test_a_call_older_than_the_window_erases_nothing() -> None:
+    """A failure reported now for a call that started almost a window ago, whose ring place
+    the newest slot holds, counts in the newest slot: it used to clear that slot, erasing the
+    failures counted in it."""
+    now = [100.0]
+    refused = psycopg.OperationalError("connection refused")
+    breaker = dbr.CircuitBreaker("stale", minimum_calls=6, window=1.0, clock=lambda: now[0])
+    for _ in range(5):
+        breaker.record(breaker.acquire(), refused, now[0])
+    now[0] += 0.04
+    breaker.record(breaker.acquire(), refused, 99.05)  # began 0.99 s ago: the same ring place
+    stats = breaker.stats()
+    assert (stats["calls"], stats["failures"]) == (6, 6)
+    assert breaker.state is dbr.CircuitState.OPEN
 
 
 def test_warm_up_is_short_for_a_distant_database(

@@ -211,3 +211,23 @@ def test_every_resource_is_listed() -> None:
     }
     listed = {name.split("(")[0] for name in (*SYNC, *ASYNC)}
     assert resources <= listed, f"not tested here: {sorted(resources - listed)}"
+
+
+async def test_open_cancelled_during_its_warm_up_did_not_open(pg_proxy: Any) -> None:
+    """open() cancelled while it warms (a request timeout around start-up): it raises, and
+    the pool is not left open with nobody to close it; opening again works."""
+    proxy, dsn = pg_proxy
+    proxy.latency(0.05)  # warm-up calls of 0.1 s
+    pool = dbr.AsyncPool(dsn, min_size=2, connect_timeout=10)
+    task = asyncio.create_task(pool.open())
+    while pool.state is not State.OPEN:  # connected: the warm-up runs
+        assert not task.done()
+        await asyncio.sleep(0.002)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.state is State.UNOPENED
+    proxy.latency(0)
+    async with pool:
+        assert await pool.fetchone("select 1") == (1,)
+    assert pool.state is State.CLOSED

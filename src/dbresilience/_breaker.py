@@ -196,12 +196,12 @@ class CircuitBreaker:
             return self._acquire_shared()
         return self._acquire_slow()
 
-    def _touch(self, now: float) -> None:
-        """Touch what a call made at *now* would touch in a closed breaker, counting nothing:
-        ``Pool.open()``'s warm-up takes a fresh breaker's first-use costs off the first caller
-        (the window's current slot is only moved to *now*, as the call's count would)."""
+    def _touch(self) -> None:
+        """Touch what a call would touch in a closed breaker, counting nothing: ``Pool.open()``'s
+        warm-up takes a fresh breaker's first-use costs off the first caller (the window's
+        current slot is only moved to now on the breaker's own clock, as a count would)."""
         if self._state is _CLOSED:
-            self._counts.index(now)
+            self._counts.index(self._clock())
 
     def _acquire_shared(self) -> int:
         """Closed here, but enough other instances may report it open: fail fast then."""

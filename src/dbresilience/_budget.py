@@ -62,10 +62,10 @@ class RetryBudget:
         """Count one call (the first attempt of an operation)."""
         self._window.count_call(self._clock())
 
-    def _touch(self, now: float) -> None:
+    def _touch(self) -> None:
         """Touch what :meth:`deposit_at` touches, counting nothing (``Pool.open()``'s warm-up:
-        the window's current slot is only moved to *now*, as the deposit would)."""
-        self._window.index(now)
+        the window's current slot is only moved to now on the budget's own clock)."""
+        self._window.index(self._clock())
 
     def try_withdraw(self, now: float | None = None) -> bool:
         """Take one retry from the budget; ``False`` (and counted) when it is spent."""

@@ -51,11 +51,13 @@ _monotonic = time.monotonic
 T = TypeVar("T")
 
 # open()'s warm-up (see _warm_calls): at most this many calls through the call path, beyond the
-# two per connection only while the warm-up has taken less than _WARM_BUDGET seconds. Measured
-# in fresh processes (docs/pool.md): the first call after open() 2.7-3.2x a steady one with two
-# per connection, 1.5x with 12, 1.3x with 20 or 40 (on loopback: 30 us a call).
+# two per connection only while the warm-up has taken less than _WARM_BUDGET seconds (measured
+# in fresh processes: docs/pool.md; on loopback a call takes about 30 us).
 _WARM_CALLS = 20
 _WARM_BUDGET = 0.025
+# A text no caller sends, unprepared: psycopg counts a statement's runs even with
+# prepare=False, so a warm-up of "select 1" made a caller's first "select 1" prepare it (43 us)
+_WARM_SQL = "select 1 /* dbresilience warm-up */"
 R = TypeVar("R")
 Conn = AsyncPoolConnection
 
@@ -182,7 +184,8 @@ class AsyncPool(PoolBase):
         """
         if self._is_open:
             return self
-        if self._state is ResourceState.CLOSED:
+        prior = self._state
+        if prior is ResourceState.CLOSED:
             # a closed psycopg_pool cannot be opened again; calls still in flight keep theirs
             self._pool = self._core_pool()
         deadline_at = now() + self._config.connect_timeout
@@ -200,38 +203,52 @@ class AsyncPool(PoolBase):
         self._state = ResourceState.OPEN
         self._log_mode()
         if wait:
-            await self._warm_calls(deadline_at)
+            try:
+                await self._warm_calls(deadline_at)
+            except BaseException:  # cancelled, interrupted: open() did not happen
+                self._state = prior
+                await self._abort_open()
+                raise
         return self
 
     async def _warm_calls(self, deadline_at: float) -> None:
-        """Take every warm connection through the whole call path twice before ``open()``
-        returns (psycopg_pool hands idle connections out in turn).
+        """Run the whole call path over every warm connection before ``open()`` returns
+        (psycopg_pool hands idle connections out in turn): the first caller then pays what a
+        steady one does, as nearly as can be (docs/pool.md).
 
-        Measured (docs/pool.md): without it the first call after ``open()`` cost 3 times a steady
-        one, two thirds of that in client CPU: the first pass over a connection's objects and
-        the watchdog's first wake-up, then the backend's wake-up. The calls go through the
-        caller's own path (``_call``), uncounted: the breaker and budget are touched but asked
-        and told nothing, no hook hears of them, nothing is retried (the first use of a fresh
-        breaker's and budget's objects was most of what two direct statements left: 1.4x a
-        steady call's client CPU). In a fresh process (a serverless cold start) the
-        interpreter specialises code only after several runs and psycopg prepares a statement
-        from its fifth run on a connection: so up to ``_WARM_CALLS`` calls, as long as they
-        take less than ``_WARM_BUDGET`` after the two per connection (a database 80 ms away
-        gets the two, one on loopback all of them in under a millisecond). ``min_size=0`` opens and
-        warms nothing. Best effort within ``connect_timeout``: a failure here is left to the
-        first caller to meet.
+        Without it the first call after ``open()`` cost 3 times a steady one: the first pass
+        over a connection's objects, the watchdog's first wake-up, the backend's wake-up, a
+        fresh breaker's and budget's first use, and in a fresh process (a serverless cold
+        start) bytecode the interpreter specialises only after several runs. So the calls go
+        through the caller's own path (``_call``), **uncounted**: the breaker and budget are
+        touched but asked and told nothing, no call hook (``PoolCallDone``, ``AcquireWaited``)
+        hears of them, nothing is retried; what happens to a connection meanwhile (one lost,
+        discarded or shut by its deadline) is still counted and announced as such. At least two
+        per connection, up to ``_WARM_CALLS`` while they take less than ``_WARM_BUDGET`` (a
+        database 80 ms away gets the two, one on loopback all of them in under a
+        millisecond); ``min_size=0`` opens and warms nothing. ``_WARM_SQL``, unprepared: the
+        warm-up leaves no server-side prepared statement behind and no count of a caller's
+        statement (psycopg prepares a text on its fifth run), and shows as such in
+        ``pg_stat_activity``. Best effort within
+        ``connect_timeout``: a failure ends it and is left to the first caller to meet.
         """
-        args = ("select 1", None, _fetchone, None, None, False)
+        args = (_WARM_SQL, None, _fetchone, None, False, False)
         at_least = 2 * self._config.min_size
         began = now()
-        for done in range(max(at_least, _WARM_CALLS) if at_least else 0):
-            left = deadline_at - now()
-            if left <= 0.01 or (done >= at_least and now() - began > _WARM_BUDGET):
-                return
-            try:
-                await self._call("fetchone", self._statement, args, min(left, 1.0), False, False)
-            except Exception:
-                return
+        self._warming = True
+        try:
+            for done in range(max(at_least, _WARM_CALLS) if at_least else 0):
+                left = deadline_at - now()
+                if left <= 0.01 or (done >= at_least and now() - began > _WARM_BUDGET):
+                    return
+                try:
+                    await self._call(
+                        "fetchone", self._statement, args, min(left, 1.0), False, False
+                    )
+                except Exception:
+                    return
+        finally:
+            self._warming = False
 
     async def _abort_open(self) -> None:
         await self._pool.close(timeout=1.0)
@@ -315,7 +332,7 @@ class AsyncPool(PoolBase):
                     wait = self._acquire_wait(deadline_at)  # raises AcquireTimeout
             else:
                 wait = self._acquire_wait(deadline_at)
-            waited_from = _monotonic() if _instrument.hooks else 0.0
+            waited_from = _monotonic() if _instrument.hooks and not self._warming else 0.0
             try:
                 conn = await pool.getconn(timeout=wait)
             except psycopg_pool.PoolTimeout:
@@ -439,7 +456,8 @@ class AsyncPool(PoolBase):
         counted: bool = True,
     ) -> T:
         """Run ``attempt(deadline_at, *args)`` under the breaker, budget and retry policy;
-        ``counted=False`` (``open()``'s warm-up): once, seen by no breaker, budget or hook."""
+        ``counted=False`` (``open()``'s warm-up): once, counted by no breaker or budget, no
+        call hook."""
         start, deadline_at, permit = self._begin(timeout, what, counted)
         failed = 0
         while True:

@@ -675,6 +675,8 @@ class PoolBase(Lifecycle):
         self._begin_sql = config.begin_sql(self._pooler)
         # called when a connection is made after connecting failed (the write queue's wake-up)
         self._recovery_hooks: list[Callable[[], None]] = []
+        # open()'s warm-up runs: its acquires are not announced (AcquireWaited)
+        self._warming = False
         self._pool = self._core_pool()
         _instrument.pools.add(self)  # weak: for gauges read at scrape time
         _logsummary.install()  # one line per outage, not one per failed reconnect; no conninfo
@@ -893,7 +895,7 @@ class PoolBase(Lifecycle):
         limit = self._config.query_timeout if timeout is None else seconds("timeout", timeout)
         policy = self._policy
         if not counted:
-            self._touch(start)
+            self._touch()
             return start, start + limit, -1
         try:
             permit = policy.breaker.acquire() if policy.breaker is not None else 0
@@ -933,7 +935,6 @@ class PoolBase(Lifecycle):
         """Record a call's outcome: to the breaker, and to the process-wide hooks if any; an
         uncounted call's (permit ``-1``) to nobody."""
         if permit < 0:
-            self._touch(start)
             return
         breaker = self._policy.breaker
         if breaker is not None:
@@ -941,13 +942,13 @@ class PoolBase(Lifecycle):
         if _instrument.hooks:
             self._emit_call_done(exc, start, what, attempts)
 
-    def _touch(self, at: float) -> None:
-        """Touch the breaker and budget as a call at *at* would, counting nothing (warm-up)."""
+    def _touch(self) -> None:
+        """Touch the breaker and budget as a call would, counting nothing (warm-up)."""
         policy = self._policy
         if policy.breaker is not None:
-            policy.breaker._touch(at)
+            policy.breaker._touch()
         if policy.budget is not None:
-            policy.budget._touch(at)
+            policy.budget._touch()
 
     def _emit_call_done(
         self, exc: BaseException | None, start: float, what: str, attempts: int

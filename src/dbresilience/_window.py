@@ -14,6 +14,9 @@ from dbresilience._validate import positive_int, seconds
 
 __all__ = ["SlidingWindow"]
 
+# the id of a slot never used: below any slot a clock can give (a clock may start below zero)
+_NEVER = -(1 << 62)
+
 
 class SlidingWindow:
     """Counts of calls, bad outcomes and slow calls over the last ``window`` seconds.
@@ -40,7 +43,7 @@ class SlidingWindow:
         self.window = window = seconds("window", window)
         self._n = slots = positive_int("slots", slots)
         self._width = window / slots
-        self.slot_ids = [-1] * slots
+        self.slot_ids = [_NEVER] * slots
         self.calls = [0] * slots
         self.bad = [0] * slots
         self.slow = [0] * slots
@@ -61,11 +64,18 @@ class SlidingWindow:
             self.calls[self.index(now)] += 1
 
     def index(self, now: float) -> int:
-        """The ring index of the slot holding *now*, cleared first if it held an older slot."""
+        """The ring index of the slot holding *now*, cleared first if it held an older slot.
+
+        A stamp a window or more older than the newest slot (a call that started that long
+        ago and ends now; its ring place may hold the newest slot) gets the newest slot, as
+        :meth:`count_call` does: clearing its place would erase the newer slot's counts.
+        """
         slot = int(now / self._width)
         i = slot % self._n
         if self.slot_ids[i] != slot:
             with self._lock:
+                if slot <= self.slot_ids[self.cur] - self._n:
+                    return self.cur
                 if self.slot_ids[i] != slot:
                     self.calls[i] = self.bad[i] = self.slow[i] = 0
                     self.slot_ids[i] = slot
@@ -91,5 +101,5 @@ class SlidingWindow:
         with self._lock:
             self.end = float("-inf")
             for i in range(self._n):
-                self.slot_ids[i] = -1
+                self.slot_ids[i] = _NEVER
                 self.calls[i] = self.bad[i] = self.slow[i] = 0
