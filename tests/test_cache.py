@@ -45,6 +45,12 @@ def store(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+# The Redis timeout of the tests that share values between instances through Redis: with the
+# default (0.1 s) a loaded machine (two busy processes beside the suite) sometimes answered
+# later, the cache degraded to memory only, and the test saw what it does not test.
+SLOW = 2.0
+
+
 def counting(value: object = CREDS, delay: float = 0.0) -> tuple[list[int], Callable[[], object]]:
     """A loader returning *value* after *delay* s, and the list its calls are counted in."""
     calls: list[int] = []
@@ -91,8 +97,8 @@ def test_two_instances_share_values_and_redis_holds_the_serializer_bytes(
     the serializer's bytes (MessagePack by default), never pickle."""
     calls, load = counting()
     with (
-        dbr.CredentialCache(redis_url, namespace=namespace) as a,
-        dbr.CredentialCache(redis_url, namespace=namespace) as b,
+        dbr.CredentialCache(redis_url, namespace=namespace, timeout=SLOW) as a,
+        dbr.CredentialCache(redis_url, namespace=namespace, timeout=SLOW) as b,
     ):
         assert a.get_or_load(7, load) == CREDS
         assert b.get_or_load(7, load) == CREDS
@@ -110,8 +116,8 @@ def test_invalidate_is_seen_by_the_other_instance_within_a_second(
     """invalidate() on one instance drops the value from the other's memory and from Redis."""
     calls, load = counting()
     with (
-        dbr.CredentialCache(redis_url, namespace=namespace) as a,
-        dbr.CredentialCache(redis_url, namespace=namespace) as b,
+        dbr.CredentialCache(redis_url, namespace=namespace, timeout=SLOW) as a,
+        dbr.CredentialCache(redis_url, namespace=namespace, timeout=SLOW) as b,
     ):
         a.get_or_load(7, load)
         b.get_or_load(7, load)
@@ -127,8 +133,8 @@ def test_invalidate_several_keys_in_one_call(
 ) -> None:
     """invalidate(a, b, c) drops all three here, in Redis and in the other instance."""
     with (
-        dbr.CredentialCache(redis_url, namespace=namespace) as a,
-        dbr.CredentialCache(redis_url, namespace=namespace) as b,
+        dbr.CredentialCache(redis_url, namespace=namespace, timeout=SLOW) as a,
+        dbr.CredentialCache(redis_url, namespace=namespace, timeout=SLOW) as b,
     ):
         for key in ("x", "y", "z"):
             a.get_or_load(key, creds)
@@ -144,7 +150,7 @@ def test_a_slow_load_cannot_put_back_an_invalidated_value(
     redis_url: str, namespace: str, store: redis.Redis
 ) -> None:
     """A load that started before an invalidation does not store its (old) value."""
-    with dbr.CredentialCache(redis_url, namespace=namespace) as cache:
+    with dbr.CredentialCache(redis_url, namespace=namespace, timeout=SLOW) as cache:
         started = Event()
 
         def slow() -> object:
@@ -166,8 +172,8 @@ def test_a_redis_hit_invalidated_before_it_is_kept_is_not_served_again(
     """An invalidation arriving between a Redis hit's GET and its keeping in memory wins: the
     value is returned that once, not kept (the generation guard that loads use)."""
     with (
-        dbr.CredentialCache(redis_url, namespace=namespace) as a,
-        dbr.CredentialCache(redis_url, namespace=namespace) as b,
+        dbr.CredentialCache(redis_url, namespace=namespace, timeout=SLOW) as a,
+        dbr.CredentialCache(redis_url, namespace=namespace, timeout=SLOW) as b,
     ):
         a.get_or_load(7, creds)  # in Redis now
         sleep(0.3)  # both subscribed
@@ -262,8 +268,8 @@ def test_cross_instance_lease_loads_a_cold_key_once(redis_url: str, namespace: s
     # timeout=2: a Redis answer later than the default 0.1 s (seen beside two busy processes)
     # degrades both to memory only, and each then loads: not the lease's subject
     with (
-        dbr.CredentialCache(redis_url, namespace=namespace, lease=True, timeout=2) as a,
-        dbr.CredentialCache(redis_url, namespace=namespace, lease=True, timeout=2) as b,
+        dbr.CredentialCache(redis_url, namespace=namespace, lease=True, timeout=SLOW) as a,
+        dbr.CredentialCache(redis_url, namespace=namespace, lease=True, timeout=SLOW) as b,
     ):
         loads = [spawn(cache.get_or_load, 7, load) for cache in (a, b)]
         assert gather(*loads) == [CREDS, CREDS]
@@ -332,8 +338,10 @@ def test_unsigned_or_foreign_values_are_misses(
     _, wrong = counting({"wrong": True})
     key = b"k" * 32
     with (
-        dbr.CredentialCache(redis_url, namespace=namespace, signing_key=key) as signed,
-        dbr.CredentialCache(redis_url, namespace=namespace, signing_key=key) as other,
+        dbr.CredentialCache(
+            redis_url, namespace=namespace, signing_key=key, timeout=SLOW
+        ) as signed,
+        dbr.CredentialCache(redis_url, namespace=namespace, signing_key=key, timeout=SLOW) as other,
     ):
         assert signed.get_or_load(7, creds) == CREDS  # the forged value was ignored
         assert signed.get_or_load(8, creds) == CREDS
