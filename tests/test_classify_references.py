@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import inspect
 import pkgutil
@@ -301,9 +302,12 @@ def test_failure_while_connecting_with_unknown_text_is_not_commit_unknown() -> N
     port = listener.getsockname()[1]
 
     def hang_up() -> None:
-        for _ in range(2):
-            conn, _ = listener.accept()
-            conn.close()
+        # libpq may try once or twice; once the test closed the listener, accept() fails (its
+        # OSError, unhandled, failed whichever test ran next: seen beside two busy processes)
+        with contextlib.suppress(OSError):
+            for _ in range(2):
+                conn, _ = listener.accept()
+                conn.close()
 
     thread = threading.Thread(target=hang_up, daemon=True)
     thread.start()
