@@ -364,7 +364,9 @@ def caches(redis_url: str) -> Iterator[dict[str, dbr.CredentialCache]]:
 def test_redis_gives_back_the_same_value_and_type(
     caches: dict[str, dbr.CredentialCache], value: Any, signed: bool
 ) -> None:
-    """What one instance loaded, a second reads from Redis: equal and of the same type."""
+    """What one instance loaded, a second reads from Redis: equal and of the same type; and
+    what that Redis hit left in the second's memory (the bytes it read, not encoded again) is
+    too, unchanged by the caller changing what it got."""
     prefix = "signed " if signed else ""
     writer, reader = caches[prefix + "writer"], caches[prefix + "reader"]
     key = uuid.uuid4().hex  # a miss in both memory tiers
@@ -373,6 +375,12 @@ def test_redis_gives_back_the_same_value_and_type(
     back = reader.get_or_load(key, lambda: pytest.fail("Redis missed"))
     assert reader.stats()["redis_hits"] == hits + 1
     assert same(back, value)
+    if isinstance(back, list | dict):
+        back.clear()
+    memory_hits = reader.stats()["memory_hits"]
+    again = reader.get_or_load(key, lambda: pytest.fail("memory missed"))
+    assert reader.stats()["memory_hits"] == memory_hits + 1
+    assert same(again, value)
 
 
 @settings(max_examples=30, deadline=None)

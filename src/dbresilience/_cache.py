@@ -218,12 +218,12 @@ class CredentialCache(CacheBase):
         if self._client is not None and (not self.degraded):
             since = self._tick  # before the GET: an invalidation arriving after it wins
             try:
-                ok, value = self._decode(k, self._client.get(self.redis_key(k)))
+                ok, value, body = self._read(k, self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
                     if _instrument.hooks:
                         _instrument.emit(_instrument.CacheHit(self.namespace, "redis"))
-                    self._remember(k, value, since)
+                    self._remember(k, value, since, body)
                     return self._public(value)  # type: ignore[no-any-return]
                 # a miss: the version the load's write-back must still find (read before
                 # loading, so an invalidation during the load makes the write-back a no-op);
@@ -330,10 +330,10 @@ class CredentialCache(CacheBase):
             deadline = _monotonic() + self.lease_ttl
             while _monotonic() < deadline:
                 sleep(0.02)
-                ok, value = self._decode(k, self._client.get(self.redis_key(k)))
+                ok, value, body = self._read(k, self._client.get(self.redis_key(k)))
                 if ok:
                     self.counters["redis_hits"] += 1
-                    self._remember(k, value, since)
+                    self._remember(k, value, since, body)
                     return (True, value, None)
         except Exception as exc:
             self._degrade(exc)

@@ -250,27 +250,35 @@ class CacheBase(Lifecycle):
         (truncated, too deep, an unknown extension, a bad date …): each is a miss, never an
         error. Whatever the serializer's ``loads`` raises counts as "cannot read".
         """
+        ok, value, _ = self._read(key, raw)
+        return ok, value
+
+    def _read(self, key: str | int, raw: bytes | None) -> tuple[bool, Any, bytes | None]:
+        """:meth:`_decode`, with the serializer bytes the value was read from (``None`` for
+        "not found" and a miss): what memory keeps of a Redis hit (:meth:`_kept`) without
+        encoding the value again (0.4 us of a 2 us hit path for a small dict)."""
         if raw is None or not raw.startswith(self._header):
-            return False, None
+            return False, None, None
         n = len(self._header)
         try:
             kind = raw[n]
             if kind == _VALUE and self._signing_key is None:  # the hit path
-                return True, self._loads(raw[n + 1 :])
+                body = raw[n + 1 :]
+                return True, self._loads(body), body
             if kind == _NOT_FOUND and self._signing_key is None:
-                return (True, NOT_FOUND) if len(raw) == n + 1 else (False, None)
+                return (True, NOT_FOUND, None) if len(raw) == n + 1 else (False, None, None)
             if kind not in (_SIGNED_VALUE, _SIGNED_NOT_FOUND) or len(raw) < n + 1 + _MAC_SIZE:
-                return False, None
+                return False, None, None
             body = raw[n + 1 + _MAC_SIZE :]
             if self._signing_key is not None and not hmac.compare_digest(
                 raw[n + 1 : n + 1 + _MAC_SIZE], self._mac(key, raw[: n + 1], body)
             ):
-                return False, None
+                return False, None, None
             if kind == _SIGNED_NOT_FOUND:
-                return (True, NOT_FOUND) if not body else (False, None)
-            return True, self._loads(body)
+                return (True, NOT_FOUND, None) if not body else (False, None, None)
+            return True, self._loads(body), body
         except Exception:  # untrusted bytes: whatever the serializer raises is a miss
-            return False, None
+            return False, None, None
 
     def _mac(self, key: str | int, head: bytes, body: bytes) -> bytes:
         assert self._signing_key is not None
