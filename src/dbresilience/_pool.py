@@ -229,8 +229,8 @@ class Pool(PoolBase):
         millisecond); ``min_size=0`` opens and warms nothing. ``_WARM_SQL``, unprepared: the
         warm-up leaves no server-side prepared statement behind and no count of a caller's
         statement (psycopg prepares a text on its fifth run), and shows as such in
-        ``pg_stat_activity``. Best effort within
-        ``connect_timeout``: a failure ends it and is left to the first caller to meet.
+        ``pg_stat_activity``. Best effort within ``connect_timeout``: a failure ends it and is
+        left to the first caller to meet.
         """
         args = (_WARM_SQL, None, _fetchone, None, False, False)
         at_least = 2 * self._config.min_size
