@@ -10,6 +10,7 @@ apply a write twice, drop one, or take a write's own unique violation for the le
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
@@ -35,6 +36,22 @@ def unique_kv(pg_cluster: TemporaryPostgres) -> Iterator[Ident]:
     with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("drop table if exists {}").format(name))
         conn.execute("drop table if exists dbr_queue_ledger")
+
+
+@contextlib.contextmanager
+def scratch_schema(dsn: str, prefix: str, *ddl: str) -> Iterator[Ident]:
+    """A schema of this test's own (*prefix* and a random suffix), with *ddl* run in it
+    (``{s}`` names the schema), dropped with all it holds at the end."""
+    schema = Ident(f"{prefix}_{uuid.uuid4().hex[:8]}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(schema))
+        for statement in ddl:
+            conn.execute(statement.format(s=schema.as_string()))
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(schema))
 
 
 def values(dsn: str, table: Ident) -> dict[int, str]:
@@ -412,12 +429,8 @@ def test_a_value_carrying_the_guards_marker_is_set_aside_not_retried_for_ever(
     ``dbresilience-shape-guard`` was taken for the rewrite's guard, never a verdict, and the
     batch was retried for ever behind it. Only the guard's own error (a token of this process)
     is "read the shapes again"; this write is set aside, the others are written."""
-    schema = Ident(f"dbr_marker_{uuid.uuid4().hex[:8]}")
-    statement = f"insert into {schema.as_string()}.t (k) values (%s)"
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create schema {}").format(schema))
-        conn.execute(sql.SQL("create table {}.t (k int)").format(schema))
-    try:
+    with scratch_schema(pg_cluster.dsn, "dbr_marker", "create table {s}.t (k int)") as schema:
+        statement = f"insert into {schema.as_string()}.t (k) values (%s)"
         with (
             dbr.Pool(pg_cluster.dsn, min_size=1) as pool,
             dbr.WriteQueue(pool, flush_interval=60) as queue,
@@ -435,9 +448,6 @@ def test_a_value_carrying_the_guards_marker_is_set_aside_not_retried_for_ever(
         with psycopg.connect(pg_cluster.dsn) as conn:
             got = conn.execute(sql.SQL("select k from {}.t order by k").format(schema))
             assert got.fetchall() == [(1,), (3,)]
-    finally:
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop schema if exists {} cascade").format(schema))
 
 
 def test_a_type_renamed_and_replaced_under_a_cached_shape_is_not_cast_through(
@@ -448,13 +458,13 @@ def test_a_type_renamed_and_replaced_under_a_cached_shape_is_not_cast_through(
     (``numeric(10,0)``): the column keeps its type, so the guard's column check passed, and
     '1.25' went through the new type, stored 1.00 where one INSERT per row stores 1.25. The
     guard also checks each such name still names the type the shape was read with."""
-    schema = Ident(f"dbr_retype_{uuid.uuid4().hex[:8]}")
-    statement = f"insert into {schema.as_string()}.t (k, x) values (%s, %s)"
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create schema {}").format(schema))
-        conn.execute(sql.SQL("create domain {}.price as numeric(10,2)").format(schema))
-        conn.execute(sql.SQL("create table {0}.t (k int, x {0}.price)").format(schema))
-    try:
+    with scratch_schema(
+        pg_cluster.dsn,
+        "dbr_retype",
+        "create domain {s}.price as numeric(10,2)",
+        "create table {s}.t (k int, x {s}.price)",
+    ) as schema:
+        statement = f"insert into {schema.as_string()}.t (k, x) values (%s, %s)"
         with (
             dbr.Pool(pg_cluster.dsn, min_size=1) as pool,
             dbr.WriteQueue(pool, flush_interval=60) as queue,
@@ -474,9 +484,6 @@ def test_a_type_renamed_and_replaced_under_a_cached_shape_is_not_cast_through(
                 sql.SQL("select x::text, count(*) from {}.t group by 1").format(schema)
             )
             assert got.fetchall() == [("1.25", 20)]
-    finally:
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop schema if exists {} cascade").format(schema))
 
 
 def test_names_the_rewrite_could_misread_store_what_one_insert_per_row_stores(
@@ -488,20 +495,20 @@ def test_names_the_rewrite_could_misread_store_what_one_insert_per_row_stores(
     was read of the table named with ``%%``), and a backslash in a table name under
     ``standard_conforming_strings=off`` (the guard's name literal read otherwise: the guard
     failed for ever). Each is written as one INSERT per row writes it, none held back."""
-    schema = Ident(f"dbr_names_{uuid.uuid4().hex[:8]}")
-    s = schema.as_string()
     k = chr(8490)  # KELVIN SIGN
-    kelvin = f"insert into {s}.kt ({k}, n) values (%s, %s)"
-    percent = f'insert into {s}."a%%b" (d) values (%s)'
-    backslash = f'insert into {s}."b\\s" (k, d) values (%s, %s)'
-    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create schema {}").format(schema))
-        conn.execute(f'create table {s}.kt (k date, "{k}" text, n int)')
-        conn.execute(f'create table {s}."a%b" (d text)')
-        conn.execute(f'create table {s}."a%%b" (d date)')
-        conn.execute(f'create table {s}."b\\s" (k int, d date)')
-    dsn = pg_cluster.dsn + " options='-c standard_conforming_strings=off'"
-    try:
+    with scratch_schema(
+        pg_cluster.dsn,
+        "dbr_names",
+        f'create table {{s}}.kt (k date, "{k}" text, n int)',
+        'create table {s}."a%b" (d text)',
+        'create table {s}."a%%b" (d date)',
+        'create table {s}."b\\s" (k int, d date)',
+    ) as schema:
+        s = schema.as_string()
+        kelvin = f"insert into {s}.kt ({k}, n) values (%s, %s)"
+        percent = f'insert into {s}."a%%b" (d) values (%s)'
+        backslash = f'insert into {s}."b\\s" (k, d) values (%s, %s)'
+        dsn = pg_cluster.dsn + " options='-c standard_conforming_strings=off'"
         with dbr.Pool(dsn, min_size=1) as pool, dbr.WriteQueue(pool, flush_interval=60) as queue:
             for i in range(5):
                 queue.submit(kelvin, ("2024-5-6", i))
@@ -519,6 +526,3 @@ def test_names_the_rewrite_could_misread_store_what_one_insert_per_row_stores(
             assert got.fetchall() == [("2024-5-6", 5)]
             got = conn.execute(f'select count(*) from {s}."b\\s"')
             assert got.fetchall() == [(5,)]
-    finally:
-        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop schema if exists {} cascade").format(schema))

@@ -427,6 +427,6 @@ def test_every_bad_extension_is_a_miss_never_an_error(signed: bool) -> None:
     exception."""
     cache = dbr.CredentialCache(None, signing_key=SIGNING_KEY if signed else None)
     for ext in BAD_EXTENSIONS:
-        ok, _ = cache._decode("7", HEADER + b"v" + _encode([1, ext]))
+        ok, _, _ = cache._read("7", HEADER + b"v" + _encode([1, ext]))
         assert ok is (not signed and _valid_unsigned(HEADER + b"v" + _encode([1, ext])))
-    assert cache._decode("7", HEADER + b"v" + _deep_tuples(5_000)) == (False, None)
+    assert cache._read("7", HEADER + b"v" + _deep_tuples(5_000)) == (False, None, None)

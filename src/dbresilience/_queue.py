@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import operator
 import os
 import signal
 import time
@@ -43,6 +42,7 @@ from dbresilience._queue_base import (
     fast_target,
     is_bad_write,
     is_timeout,
+    keyed_count,
     runs,
 )
 from dbresilience._serialize import Serializer
@@ -51,7 +51,6 @@ from dbresilience._validate import instance_or_none, label, non_empty_str, posit
 __all__ = ["WriteQueue"]
 
 _COMPACT_BYTES = 16 * 1024 * 1024
-_KEY = operator.itemgetter(3)  # Record.key
 _LEDGER_LOCK = 1684173393  # pg_advisory_xact_lock key serialising the ledger's creation
 
 
@@ -507,7 +506,7 @@ class WriteQueue(QueueBase):
         else:
             claims = self._claims(batch)
             arrays = self._claim_arrays(claims) if claims else None
-            keyed = len(batch) - list(map(_KEY, batch)).count(None)
+            keyed = keyed_count(batch)
         if not claims:
             return (batch, 0, [])
         if self._optimistic and len(claims) == keyed:
@@ -567,7 +566,7 @@ class WriteQueue(QueueBase):
         COMMIT or a pipeline: one round trip, and one wait in which the worker gives up the
         GIL (each costs it up to the interpreter's 5 ms switch interval while the submitting
         thread runs). True when the batch was written so."""
-        if list(map(_KEY, batch)).count(None) != len(batch):
+        if keyed_count(batch):
             return False
         work = list(runs(batch))
         if len(work) != 1:

@@ -6,7 +6,6 @@ Settings, batching, the journal's use and the counters live in :mod:`dbresilienc
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from dbresilience._queue_base import (
     fast_target,
     is_bad_write,
     is_timeout,
+    keyed_count,
     runs,
 )
 from dbresilience._serialize import Serializer
@@ -54,7 +54,6 @@ else:
 __all__ = ["AsyncWriteQueue"]
 
 _COMPACT_BYTES = 16 * 1024 * 1024
-_KEY = operator.itemgetter(3)  # Record.key
 _LEDGER_LOCK = 0x64627251  # pg_advisory_xact_lock key serialising the ledger's creation
 
 
@@ -532,7 +531,7 @@ class AsyncWriteQueue(QueueBase):
         else:
             claims = self._claims(batch)
             arrays = self._claim_arrays(claims) if claims else None
-            keyed = len(batch) - list(map(_KEY, batch)).count(None)
+            keyed = keyed_count(batch)
         if not claims:
             return batch, 0, []
         if self._optimistic and len(claims) == keyed:
@@ -590,7 +589,7 @@ class AsyncWriteQueue(QueueBase):
         COMMIT or a pipeline: one round trip, and one wait in which the worker gives up the
         GIL (each costs it up to the interpreter's 5 ms switch interval while the submitting
         thread runs). True when the batch was written so."""
-        if list(map(_KEY, batch)).count(None) != len(batch):
+        if keyed_count(batch):
             return False
         work = list(runs(batch))
         if len(work) != 1:
