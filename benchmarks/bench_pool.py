@@ -282,8 +282,9 @@ def first_query(quick: bool) -> float:
 
     Each trial opens fresh pools (defaults but ``min_size=max_size=2``) and times their first
     call, then steady calls; figures are medians over the trials with their range.
-    ``select 1`` is also what ``open()`` warms with, so a first query of another text is a row
-    of its own.
+    A text's first runs go unprepared (psycopg prepares it on its fifth run on a connection),
+    a steady one prepared: the steady unprepared row is the same call as the first one, once
+    warm, and the second ratio column compares the first call with it.
     """
     trials = 9 if quick else 41  # the first call is one sample a trial: many, for a stable median
     rows: dict[str, list[float]] = {
@@ -292,6 +293,7 @@ def first_query(quick: bool) -> float:
         "first Pool.fetchone('select 1') after open()": [],
         "first Pool.fetchone of another text ('select 2') after open()": [],
         "steady Pool.fetchone('select 1')": [],
+        "steady Pool.fetchone('select 1', prepare=False)": [],
     }
     for _ in range(trials):
         start = time.perf_counter()
@@ -328,13 +330,27 @@ def first_query(quick: bool) -> float:
                     pool.fetchone("select 1")
                     steady_calls.append(time.perf_counter() - start)
                 rows["steady Pool.fetchone('select 1')"].append(statistics.median(steady_calls))
+                unprepared = []
+                for _ in range(50):
+                    start = time.perf_counter()
+                    pool.fetchone("select 1", prepare=False)
+                    unprepared.append(time.perf_counter() - start)
+                rows["steady Pool.fetchone('select 1', prepare=False)"].append(
+                    statistics.median(unprepared)
+                )
     steady = statistics.median(rows["steady Pool.fetchone('select 1')"])
+    unprepared = statistics.median(rows["steady Pool.fetchone('select 1', prepare=False)"])
     print_table(
         f"first query after open (Pool defaults, min_size=max_size=2), median (min-max) of "
         f"{trials} trials (target: <= 1.2x a steady query)",
-        ("call", "us", "x steady"),
+        ("call", "us", "x steady", "x steady unprepared"),
         [
-            (name, spread(values, 1e6), f"{statistics.median(values) / steady:.2f}")
+            (
+                name,
+                spread(values, 1e6),
+                f"{statistics.median(values) / steady:.2f}",
+                f"{statistics.median(values) / unprepared:.2f}",
+            )
             for name, values in rows.items()
         ],
     )
