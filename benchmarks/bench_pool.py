@@ -284,7 +284,9 @@ def first_query(quick: bool) -> float:
     call, then steady calls; figures are medians over the trials with their range.
     A text's first runs go unprepared (psycopg prepares it on its fifth run on a connection),
     a steady one prepared: the steady unprepared row is the same call as the first one, once
-    warm, and the second ratio column compares the first call with it.
+    warm, and the second ratio column compares the first call with it. The last row is a
+    steady call made 2 ms after the one before: what any call after a pause costs (the
+    backend slept meanwhile), the floor no warm-up can go below.
     """
     trials = 9 if quick else 41  # the first call is one sample a trial: many, for a stable median
     rows: dict[str, list[float]] = {
@@ -294,6 +296,7 @@ def first_query(quick: bool) -> float:
         "first Pool.fetchone of another text ('select 2') after open()": [],
         "steady Pool.fetchone('select 1')": [],
         "steady Pool.fetchone('select 1', prepare=False)": [],
+        "Pool.fetchone('select 1') 2 ms after the call before (a warm pool)": [],
     }
     for _ in range(trials):
         start = time.perf_counter()
@@ -337,6 +340,15 @@ def first_query(quick: bool) -> float:
                     unprepared.append(time.perf_counter() - start)
                 rows["steady Pool.fetchone('select 1', prepare=False)"].append(
                     statistics.median(unprepared)
+                )
+                paused = []
+                for _ in range(5):
+                    time.sleep(0.002)
+                    start = time.perf_counter()
+                    pool.fetchone("select 1")
+                    paused.append(time.perf_counter() - start)
+                rows["Pool.fetchone('select 1') 2 ms after the call before (a warm pool)"].append(
+                    statistics.median(paused)
                 )
     steady = statistics.median(rows["steady Pool.fetchone('select 1')"])
     unprepared = statistics.median(rows["steady Pool.fetchone('select 1', prepare=False)"])
