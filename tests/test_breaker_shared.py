@@ -125,16 +125,23 @@ def test_redis_down_falls_back_to_local_state_without_errors(
     """A stopped Redis: transitions and calls go on locally; nothing reaches the caller."""
     state = dbr.RedisBreakerState(redis_server.url, namespace="dbr-down", refresh=0.05).open()
     try:
-        breaker = dbr.CircuitBreaker("db", minimum_calls=3, open_for=0.2, shared=state)
+        # the breaker's own clock, moved by hand: a stall of 0.2 s on a loaded machine
+        # half-opened it on the real clock before the test could see it open
+        clock = [time.monotonic()]
+        breaker = dbr.CircuitBreaker(
+            "db", minimum_calls=3, open_for=0.2, shared=state, clock=lambda: clock[0]
+        )
         breaker.acquire()
         redis_server.stop()
         start = time.monotonic()
-        open_breaker(breaker)  # publishing fails in the background
+        for _ in range(3):  # publishing the opening fails in the background
+            breaker.record(breaker.acquire(), REFUSED, clock[0])
+        assert breaker.state is dbr.CircuitState.OPEN
         with pytest.raises(dbr.CircuitOpen):
             breaker.acquire()
-        time.sleep(0.3)
+        clock[0] += 0.3
         for _ in range(3):  # half-open probes succeed: closed, all while Redis is gone
-            breaker.record(breaker.acquire(), None, time.monotonic())
+            breaker.record(breaker.acquire(), None, clock[0])
         assert breaker.state is dbr.CircuitState.CLOSED
         assert time.monotonic() - start < 1.5  # no Redis timeout was paid on the call path
         wait_until(lambda: state.errors > 0, 2.0)

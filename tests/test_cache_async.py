@@ -79,6 +79,13 @@ async def until(condition: Callable[[], bool], seconds: float) -> float:
     pytest.fail(f"not within {seconds} s")
 
 
+async def both_subscribed(store: redis.Redis, cache: dbr.AsyncCredentialCache) -> None:
+    """Until two instances listen on *cache*'s channel (each subscribes on a connection of its
+    own after opening): an invalidation published before that is heard by nobody."""
+    channel = cache.channel
+    await until(lambda: dict(store.pubsub_numsub(channel)).get(channel.encode(), 0) >= 2, 5.0)
+
+
 async def test_memory_only_caches_and_counts() -> None:
     """redis_url=None: the loader runs once, later calls are memory hits."""
     calls, load = counting()
@@ -111,7 +118,7 @@ async def test_two_instances_share_values_and_redis_holds_the_serializer_bytes(
 
 
 async def test_invalidate_is_seen_by_the_other_instance_within_a_second(
-    redis_url: str, namespace: str
+    redis_url: str, namespace: str, store: redis.Redis
 ) -> None:
     """invalidate() on one instance drops the value from the other's memory and from Redis."""
     calls, load = counting()
@@ -121,7 +128,7 @@ async def test_invalidate_is_seen_by_the_other_instance_within_a_second(
     ):
         await a.get_or_load(7, load)
         await b.get_or_load(7, load)
-        await asleep(0.3)  # both subscribed
+        await both_subscribed(store, a)
         await a.invalidate(7)
         assert await until(lambda: b._lookup("7") is None, 1.0) < 1.0
         assert await b.get_or_load(7, load) == CREDS
@@ -139,7 +146,7 @@ async def test_invalidate_several_keys_in_one_call(
         for key in ("x", "y", "z"):
             await a.get_or_load(key, creds)
             await b.get_or_load(key, creds)
-        await asleep(0.3)  # both subscribed
+        await both_subscribed(store, a)
         await a.invalidate("x", "y", "z")
         await until(lambda: all(b._lookup(k) is None for k in "xyz"), 1.0)
         assert all(store.get(f"{namespace}:v1:{k}") is None for k in "xyz")
@@ -167,7 +174,7 @@ async def test_a_slow_load_cannot_put_back_an_invalidated_value(
 
 
 async def test_a_redis_hit_invalidated_before_it_is_kept_is_not_served_again(
-    redis_url: str, namespace: str
+    redis_url: str, namespace: str, store: redis.Redis
 ) -> None:
     """An invalidation arriving between a Redis hit's GET and its keeping in memory wins: the
     value is returned that once, not kept (the generation guard that loads use)."""
@@ -176,7 +183,7 @@ async def test_a_redis_hit_invalidated_before_it_is_kept_is_not_served_again(
         dbr.AsyncCredentialCache(redis_url, namespace=namespace, timeout=SLOW) as b,
     ):
         await a.get_or_load(7, creds)  # in Redis now
-        await asleep(0.3)  # both subscribed
+        await both_subscribed(store, a)
         received: list[object] = []
         real_received, real_get = b._received, b._client.get
 
@@ -304,14 +311,14 @@ async def test_stale_served_within_stale_ttl_only() -> None:
     async def bug() -> object:
         raise ValueError("a bug, not an outage")
 
-    async with dbr.AsyncCredentialCache(None, ttl=0.1, stale_ttl=0.3, jitter=0) as cache:
+    async with dbr.AsyncCredentialCache(None, ttl=0.2, stale_ttl=1.0, jitter=0) as cache:
         await cache.get_or_load(7, creds)
-        await asleep(0.15)
+        await asleep(0.3)
         assert await cache.get_or_load(7, down) == CREDS
         assert cache.stats()["stale_served"] == 1
         with pytest.raises(ValueError, match="a bug"):
             await cache.get_or_load(7, bug)
-        await asleep(0.35)  # past ttl + stale_ttl
+        await asleep(1.0)  # past ttl + stale_ttl
         with pytest.raises(psycopg.OperationalError):
             await cache.get_or_load(7, down)
 
@@ -319,12 +326,12 @@ async def test_stale_served_within_stale_ttl_only() -> None:
 async def test_not_found_is_cached_briefly() -> None:
     """A loader's None is remembered for negative_ttl only."""
     calls, load = counting(value=None)
-    async with dbr.AsyncCredentialCache(None, negative_ttl=0.1, jitter=0) as cache:
+    async with dbr.AsyncCredentialCache(None, negative_ttl=0.5, jitter=0) as cache:
         assert await cache.get_or_load("ghost", load) is None
         assert await cache.get_or_load("ghost", load) is None
         assert len(calls) == 1
         assert cache.stats()["negative_hits"] == 1
-        await asleep(0.15)
+        await asleep(0.6)
         assert await cache.get_or_load("ghost", load) is None
         assert len(calls) == 2
 

@@ -392,7 +392,10 @@ def test_psycopg_pool_too_many_waiting_is_p2024(pg_dsn: str) -> None:
     with pool, pool.connection():
         waiter = threading.Thread(target=lambda: failure(lambda: pool.getconn(timeout=1)))
         waiter.start()
-        time.sleep(0.1)
+        deadline = time.monotonic() + 5
+        while pool.get_stats().get("requests_waiting", 0) < 1:  # the waiter is queued
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         exc = failure(lambda: pool.getconn(timeout=1))
         waiter.join()
     assert isinstance(exc, psycopg_pool.TooManyRequests)

@@ -912,7 +912,17 @@ def test_discarded_connections_log_one_line_and_a_count(
         workers = [threading.Thread(target=busy) for _ in range(6)]
         for worker in workers:
             worker.start()
-        time.sleep(0.3)
+        with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 10  # all six on the server, then the burst
+            while (
+                conn.execute(
+                    "select count(*) from pg_stat_activity where query = 'select pg_sleep(1)'"
+                    " and state = 'active'"
+                ).fetchone()
+                or (0,)
+            )[0] < 6:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
         terminate_backends(pg_cluster.dsn)
         for worker in workers:
             worker.join()

@@ -219,6 +219,12 @@ def test_the_lease_is_renewed_while_writes_flow(
                 lease_ttl=0.6,  # renewed every 0.2 s: a loaded machine's stall stays below it
             ) as queue,
         ):
+            # the window opens once the lease is held: the keeper's first EVAL, from a task
+            # that open() starts, may come after the first samples on a loaded machine
+            deadline = time.monotonic() + 10
+            while client.get(lease) is None:
+                assert time.monotonic() < deadline, "the queue never took the lease"
+                await asyncio.sleep(0.01)
             end = time.monotonic() + 1.5
             i = 0
             while time.monotonic() < end:

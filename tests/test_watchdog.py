@@ -413,7 +413,11 @@ def test_close_with_a_call_in_flight_lets_it_end_by_its_deadline(
         with frozen(pg_cluster, pid):
             caller = threading.Thread(target=call)
             caller.start()
-            time.sleep(0.2)
+            deadline = time.monotonic() + 5
+            while pool.stats()["idle"] != 0:  # min=max=1: the call holds the connection
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            time.sleep(0.05)  # and is waiting on the frozen backend
             pool.close()
             if reopen:
                 pool.open()
