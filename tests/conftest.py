@@ -131,6 +131,20 @@ def _redis_answers(url: str) -> bool:
         client.close()
 
 
+def forget_redis_keys(url: str, *patterns: str) -> int:
+    """Delete the keys matching ``patterns`` (``SCAN`` globs) in the Redis at ``url``: a test
+    that wrote to the shared Redis through the library (whose keys it does not name itself)
+    removes what it left. Returns how many keys went."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        keys = {key for pattern in patterns for key in client.scan_iter(match=pattern, count=500)}
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A URL for a running Redis the tests may use (keys are namespaced per test)."""

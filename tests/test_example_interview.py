@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import psycopg
@@ -20,11 +20,27 @@ from dbresilience._examples.interview_service import (
     start_session,
 )
 from dbresilience.faults import TemporaryPostgres
+from tests.conftest import forget_redis_keys
+
+_seeded: list[str] = []  # the user-id prefixes this test seeded
+
+
+@pytest.fixture(autouse=True)
+def _forget_cached_users(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the shared Redis, delete the credentials the service cached
+    there for the users it seeded (they would stay a day)."""
+    _seeded.clear()
+    yield
+    if "redis_url" in request.fixturenames and _seeded:
+        url = request.getfixturevalue("redis_url")
+        forget_redis_keys(url, *(f"credentials:*{prefix}*" for prefix in _seeded))
+    _seeded.clear()
 
 
 def seed_users(dsn: str) -> str:
     """Fresh users: ``{p}rich`` (5 credits), ``{p}broke`` (0), ``{p}vip`` (premium, 0)."""
     prefix = f"u{uuid.uuid4().hex[:8]}-"
+    _seeded.append(prefix)
     apply_schema(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         for name, credits, premium in (("rich", 5, False), ("broke", 0, False), ("vip", 0, True)):
